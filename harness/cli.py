@@ -1,0 +1,146 @@
+"""`harness`: eval, validate, schema, plugins, score."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from harness._version import __version__
+from harness.errors import HarnessError
+
+
+def _components(strict: bool):
+    from harness.pluginmanager import PluginWarning, get_components
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PluginWarning)
+        components = get_components(strict=strict)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    return components
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from harness.specfile import load_spec
+
+    loaded = load_spec(args.spec, _components(args.strict))
+    print(f"{args.spec}: valid (spec hash {loaded.hash[:12]})")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from harness.spec import Spec
+
+    print(json.dumps(Spec.model_json_schema(), indent=2))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    components = _components(args.strict)
+    if args.json:
+        out = {kind: [{"name": r.name, "description": r.record.description, **r.provenance(),
+                       "paper": getattr(r.record, "paper", None)} for r in reg]
+               for kind, reg in components.registries.items()}
+        out["broken"] = [vars(f) for f in components.failures]
+        print(json.dumps(out, indent=2))
+        return 0
+    for kind, reg in components.registries.items():
+        print(f"{kind}s:")
+        for r in reg:
+            print(f"  {r.name:<22} {r.distribution} {r.version}  {r.record.description}")
+            paper = getattr(r.record, "paper", "")
+            if paper:
+                print(f"  {'':<22} follows: {paper}")
+            for deviation in getattr(r.record, "deviations", ()):
+                print(f"  {'':<22} differs: {deviation}")
+        if not len(reg):
+            print("  (none)")
+    if components.failures:
+        print("broken plugins:")
+        for f in components.failures:
+            print(f"  {f.plugin} ({f.distribution} {f.version}): {f.error}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from harness.progress import make_reporter
+    from harness.runner import Runner
+    from harness.specfile import load_spec
+    from harness.table import markdown, print_table
+
+    started = time.perf_counter()
+    loaded = load_spec(args.spec, _components(args.strict))
+    runner = Runner(loaded, _components(args.strict), output_root=args.output, fresh=args.fresh,
+                    reporter=make_reporter(args.quiet))
+    runner.prepare()
+    entries = runner.run()
+    (runner.run_dir / "results.md").write_text(markdown(entries), encoding="utf-8")
+    print_table(entries, f"{loaded.spec.name}: {len(entries)} arms")
+    print(f"run folder: {runner.run_dir}  (entries in {runner.run_dir / 'entries'}, "
+          f"SAL in {runner.run_dir / 'run.h5'}); {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from harness.entries import compute_entries, write_entries
+    from harness.table import print_table
+
+    entries = compute_entries(Path(args.run))
+    if not args.no_write:
+        write_entries(Path(args.run), entries)
+    print_table(entries, f"{args.run}: {len(entries)} arms (recomputed from run.h5)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("eval", help="run a spec: train every arm, stream SAL to HDF5, write entries")
+    p.add_argument("spec", help="spec file (YAML)")
+    p.add_argument("--output", type=Path, default=None, help="folder for runs (overrides the spec's `output`)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over when the run folder holds a different spec (the old run is renamed)")
+    p.add_argument("--strict", action="store_true", help="fail on any broken plugin")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("validate", help="check a spec without running it")
+    p.add_argument("spec")
+    p.add_argument("--strict", action="store_true")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the JSON schema of spec files")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("plugins", help="list every component by kind, and broken plugins")
+    p.add_argument("--strict", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("score", help="recompute a run's entries from its run.h5 alone")
+    p.add_argument("run", help="run folder (holding run.h5)")
+    p.add_argument("--no-write", action="store_true", help="print only; leave entries/ as it is")
+    p.set_defaults(func=cmd_score)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last complete epoch", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The spec file's schema: what a researcher declares to run an evaluation.
+
+Every model forbids unknown fields, so a misspelt key is an error rather than a silently ignored
+setting. Component parameters (`params:`) are checked in a second stage, against the plugin's
+own `Params` model, by `harness.resolve`.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+SLUG = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+COMPONENT_NAME = r"^[a-z0-9][a-z0-9._:-]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _name_or_mapping(value: Any) -> Any:
+    """`backbone: small-cnn` is shorthand for `backbone: {name: small-cnn}`."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+class ComponentRef(Strict):
+    name: str = Field(pattern=COMPONENT_NAME, description="registered component name")
+    params: dict[str, Any] = Field(default_factory=dict, description="checked against the plugin's Params")
+
+
+class ArmComponentRef(ComponentRef):
+    label: str | None = Field(
+        default=None,
+        pattern=SLUG,
+        description="name of this arm in tables and file names; defaults to the component name",
+    )
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name.replace(":", "-")
+
+
+Component = Annotated[ComponentRef, BeforeValidator(_name_or_mapping)]
+ArmComponent = Annotated[ArmComponentRef, BeforeValidator(_name_or_mapping)]
+
+
+class SubsetSpec(Strict):
+    train: int | None = Field(default=None, gt=0, description="training samples kept (stratified)")
+    test: int | None = Field(default=None, gt=0, description="test samples kept (stratified)")
+    seed: int = Field(default=0, ge=0, description="seed of the subset draw")
+
+
+class DataSpec(ComponentRef):
+    subset: SubsetSpec = Field(default_factory=SubsetSpec)
+
+
+class OptimizerSpec(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    nesterov: bool = False
+
+
+class ScheduleSpec(Strict):
+    name: Literal["constant", "step", "cosine"] = "constant"
+    milestones: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
+    gamma: float = Field(default=0.1, gt=0, le=1)
+
+
+class AugmentationSpec(Strict):
+    name: Literal["crop", "flip"]
+    padding: int = Field(default=4, ge=0, description="crop only: zero padding before the random crop")
+    p: float = Field(default=0.5, ge=0, le=1, description="flip only: probability")
+
+
+Augmentation = Annotated[AugmentationSpec, BeforeValidator(_name_or_mapping)]
+
+
+class TrainingSpec(Strict):
+    epochs: int = Field(gt=0, le=10_000)
+    batch_size: int = Field(default=128, gt=0)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    augmentation: list[Augmentation] = Field(default_factory=list)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+    amp: bool = Field(default=False, description="mixed precision (bfloat16/float16 autocast on CUDA)")
+    grad_clip: float | None = Field(default=None, gt=0)
+
+
+class SALSpec(Strict):
+    estimator: Literal["reference"] = Field(
+        default="reference",
+        description="reference: the paper's code (relative L2 ball, SGD ascent and descent, max of the two)",
+    )
+    epsilon: float = Field(default=0.05, gt=0, description="ball radius relative to the layer's L2 norm")
+    iterations: int = Field(default=10, gt=0, description="outer iterations: a pass of SGD steps, then projection")
+    inner_lr: float = Field(default=0.1, gt=0)
+    probe_size: int = Field(default=256, gt=0, description="fixed probe subset of the arm's own training data")
+    probe_batch_size: int = Field(default=256, gt=0)
+    probe_augment: bool = Field(default=False, description="apply the training augmentation to the probe, as the reference does")
+    base_loss: Literal["eval", "train-running-mean"] = Field(
+        default="eval",
+        description="eval: base loss in eval mode on the probe (consistent); "
+        "train-running-mean: the epoch's running training loss, as the reference code does",
+    )
+
+
+class Spec(Strict):
+    name: str = Field(pattern=SLUG, description="run name; the run folder is <output>/<name>")
+    description: str = ""
+    data: Annotated[DataSpec, BeforeValidator(_name_or_mapping)]
+    task: Component = Field(default_factory=lambda: ComponentRef(name="classification"))
+    backbone: Component
+    training: TrainingSpec
+    sal: SALSpec = Field(default_factory=SALSpec)
+    poisons: list[ArmComponent] = Field(default_factory=list)
+    defences: list[ArmComponent] = Field(
+        default_factory=lambda: [ArmComponentRef(name="none")],
+        description="the undefended arms (`none`) are always run; list more to add defended arms",
+    )
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    output: str = Field(default="runs", description="relative folder for runs; no '..', not absolute")
+
+    @field_validator("output")
+    @classmethod
+    def _relative_output(cls, value: str) -> str:
+        for path in (PurePosixPath(value), PureWindowsPath(value)):
+            if path.is_absolute() or path.anchor or ".." in path.parts:
+                raise ValueError("must be a relative path inside the working folder, without '..'")
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("seeds must be unique")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_arm_labels(self) -> Spec:
+        for field in ("poisons", "defences"):
+            keys = [ref.key for ref in getattr(self, field)]
+            dup = {k for k in keys if keys.count(k) > 1}
+            if dup:
+                raise ValueError(
+                    f"{field}: two entries share the label {sorted(dup)[0]!r}; give each a distinct `label`"
+                )
+        if any(ref.key == "clean" for ref in self.poisons):
+            raise ValueError("poisons: the label 'clean' is reserved for the clean reference arm")
+        if not any(ref.name == "none" for ref in self.defences):
+            self.defences.insert(0, ArmComponentRef(name="none"))
+        return self

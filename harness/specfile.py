@@ -1,0 +1,195 @@
+"""Reading spec files safely, and reporting every problem with its file, line, column and field.
+
+Spec files come from third parties, so the YAML is first composed into nodes (nothing is
+constructed) and any tag outside plain YAML data types is refused; only then is it loaded with
+ruamel's safe loader. The node tree also gives the position of every value, which turns a
+pydantic error location such as `("training", "epochs")` into `spec.yaml:7:11`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from harness.errors import PluginError, SpecError
+from harness.pluginmanager import Components
+from harness.spec import ComponentRef, Spec
+
+SAFE_TAGS = {
+    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")
+}
+MAX_NODES = 100_000
+Path_ = tuple[Any, ...]
+
+
+@dataclass
+class SpecSource:
+    path: Path
+    data: Any
+    positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+
+    def where(self, loc: Path_) -> str:
+        """`file:line:col` of the deepest part of `loc` that exists in the file."""
+        loc = tuple(loc)
+        while loc and loc not in self.positions:
+            loc = loc[:-1]
+        line, col = self.positions.get(loc, (1, 1))
+        return f"{self.path}:{line}:{col}"
+
+
+def _problem(path: Path, line: int, col: int, message: str) -> SpecError:
+    return SpecError(f"{path}:{line}:{col}: {message}")
+
+
+def _walk(node: Node, loc: Path_, positions: dict, source: Path, budget: list[int]) -> None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise SpecError(f"{source}: the document is too large (over {MAX_NODES} values, or aliases expand too far)")
+    mark = node.start_mark
+    positions.setdefault(loc, (mark.line + 1, mark.column + 1))
+    if node.tag not in SAFE_TAGS:
+        raise _problem(
+            source, mark.line + 1, mark.column + 1,
+            f"{'.'.join(map(str, loc)) or '<document>'}: the YAML tag {node.tag!r} is not allowed; "
+            "spec files hold plain data only (maps, lists, strings, numbers, booleans, null)",
+        )
+    if isinstance(node, MappingNode):
+        for key, value in node.value:
+            if not isinstance(key, ScalarNode):
+                m = key.start_mark
+                raise _problem(source, m.line + 1, m.column + 1, "mapping keys must be plain scalars")
+            _walk(value, (*loc, key.value), positions, source, budget)
+    elif isinstance(node, SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, (*loc, i), positions, source, budget)
+
+
+def read_spec_file(path: str | Path) -> SpecSource:
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"{path}: no such spec file")
+    if not path.is_file():
+        raise SpecError(f"{path}: not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
+    positions: dict[Path_, tuple[int, int]] = {}
+    try:
+        node = YAML(typ="rt").compose(io.StringIO(text))
+        if node is None:
+            raise SpecError(f"{path}:1:1: the spec file is empty")
+        _walk(node, (), positions, path, [MAX_NODES])
+        data = YAML(typ="safe", pure=True).load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        what = (exc.problem or exc.context or "malformed YAML").strip()
+        raise _problem(path, line, col, f"malformed YAML: {what}") from None
+    except YAMLError as exc:
+        raise SpecError(f"{path}: malformed YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise _problem(path, 1, 1, f"the spec must be a mapping of fields, not a {type(data).__name__}")
+    return SpecSource(path, data, positions)
+
+
+def _describe_error(err: dict) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "<spec>"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field (not part of the spec; check the spelling)"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
+        shown = json.dumps(err["input"], default=str)
+        if len(shown) <= 60:
+            msg += f" (got {shown})"
+    return f"{loc}: {msg}"
+
+
+def _raise_validation(source: SpecSource, exc: ValidationError, prefix: Path_ = ()) -> None:
+    lines = []
+    for err in exc.errors():
+        loc = (*prefix, *err["loc"])
+        err = {**err, "loc": loc}
+        lines.append(f"{source.where(loc)}: {_describe_error(err)}")
+    raise SpecError("\n".join(lines))
+
+
+@dataclass
+class LoadedSpec:
+    """A validated spec with every component's parameters filled in from its plugin's defaults."""
+
+    spec: Spec
+    source: SpecSource
+
+    def resolved(self) -> dict[str, Any]:
+        return self.spec.model_dump(mode="json")
+
+    @property
+    def hash(self) -> str:
+        return spec_hash(self.resolved())
+
+
+def spec_hash(resolved: dict[str, Any]) -> str:
+    """Identity of what a run computes; the output folder and prose do not change results."""
+    identity = {k: v for k, v in resolved.items() if k not in ("output", "description")}
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _component_refs(spec: Spec) -> list[tuple[Path_, str, ComponentRef]]:
+    refs: list[tuple[Path_, str, ComponentRef]] = [
+        (("data",), "dataset", spec.data),
+        (("task",), "task", spec.task),
+        (("backbone",), "backbone", spec.backbone),
+    ]
+    refs += [(("poisons", i), "poison", ref) for i, ref in enumerate(spec.poisons)]
+    refs += [(("defences", i), "defence", ref) for i, ref in enumerate(spec.defences)]
+    return refs
+
+
+def validate_params(params_model: type[BaseModel], given: dict[str, Any]) -> dict[str, Any]:
+    """Validate component params, refusing unknown keys even if the plugin's model allows them."""
+    unknown = sorted(set(given) - set(params_model.model_fields))
+    if unknown:
+        raise ValidationError.from_exception_data(
+            params_model.__name__,
+            [{"type": "extra_forbidden", "loc": (k,), "input": given[k]} for k in unknown],
+        )
+    return params_model.model_validate(given).model_dump(mode="json")
+
+
+def load_spec(path: str | Path, components: Components) -> LoadedSpec:
+    """Read, validate and resolve a spec; raises SpecError listing every problem found."""
+    source = read_spec_file(path)
+    try:
+        spec = Spec.model_validate(source.data)
+    except ValidationError as exc:
+        _raise_validation(source, exc)
+    problems: list[str] = []
+    for loc, kind, ref in _component_refs(spec):
+        try:
+            registered = components.get(kind, ref.name)
+        except PluginError as exc:
+            problems.append(f"{source.where((*loc, 'name'))}: {'.'.join(map(str, (*loc, 'name')))}: {exc}")
+            continue
+        try:
+            ref.params = validate_params(registered.record.params, ref.params)
+        except ValidationError as exc:
+            try:
+                _raise_validation(source, exc, (*loc, "params"))
+            except SpecError as err:
+                problems.append(str(err))
+    if problems:
+        raise SpecError("\n".join(problems))
+    return LoadedSpec(spec, source)

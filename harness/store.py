@@ -1,0 +1,186 @@
+"""The run's HDF5 file: SAL and metrics streamed per epoch, one group per arm.
+
+Layout (FORMAT_VERSION 1):
+
+    /                      attrs: format_version, harness_version, spec (resolved, JSON),
+                                  spec_hash, spec_name, git_revision, created
+    /arms/<arm_id>/        attrs: config (JSON), hardware (JSON), epochs_planned,
+                                  last_complete_epoch (0 = none), complete (bool)
+        layer_names        [L] strings, the scored `.weight` parameters in module order
+        sal                [T, L] float64, resizable along T
+        sal_ascent_loss    [T, L] best loss of the ascent copy
+        sal_descent_loss   [T, L] best loss of the descent copy
+        metrics/<name>     [T] float64, resizable: train_loss, test_loss, test_metric,
+                           sal_base_loss, lr, train_seconds, sal_seconds
+
+The file is opened, appended and closed once per epoch, so it is complete on disk between
+epochs. Checkpoints (written atomically before each append) hold the same rows, so a file
+damaged by a kill in the middle of a write is rebuilt from them on resume.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+FORMAT_VERSION = 1
+METRICS = (
+    "train_loss",
+    "test_loss",
+    "test_metric",
+    "sal_base_loss",
+    "lr",
+    "train_seconds",
+    "sal_seconds",
+)
+SAL_ARRAYS = ("sal", "sal_ascent_loss", "sal_descent_loss")
+
+
+@dataclass
+class EpochRow:
+    sal: list[float]
+    sal_ascent_loss: list[float]
+    sal_descent_loss: list[float]
+    metrics: dict[str, float]
+
+
+@dataclass
+class ArmData:
+    arm_id: str
+    config: dict[str, Any]
+    hardware: dict[str, Any]
+    layer_names: list[str]
+    epochs_planned: int
+    last_complete_epoch: int
+    complete: bool
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def sal(self) -> np.ndarray:
+        return self.arrays["sal"]
+
+
+class RunStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @contextmanager
+    def _open(self, mode: str) -> Iterator[h5py.File]:
+        f = h5py.File(self.path, mode)
+        try:
+            yield f
+        finally:
+            f.close()
+
+    # --- the run ---------------------------------------------------------------------------
+    def create(self, attrs: dict[str, Any]) -> None:
+        with self._open("w") as f:
+            f.attrs["format_version"] = FORMAT_VERSION
+            for key, value in attrs.items():
+                f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+            f.create_group("arms")
+
+    def root_attrs(self) -> dict[str, Any]:
+        with self._open("r") as f:
+            return dict(f.attrs)
+
+    def readable(self) -> bool:
+        try:
+            with self._open("r") as f:
+                return "arms" in f and int(f.attrs.get("format_version", -1)) == FORMAT_VERSION
+        except (OSError, KeyError, ValueError):
+            return False
+
+    def arm_ids(self) -> list[str]:
+        with self._open("r") as f:
+            return list(f["arms"].keys())
+
+    # --- one arm ---------------------------------------------------------------------------
+    def init_arm(
+        self,
+        arm_id: str,
+        config: dict[str, Any],
+        hardware: dict[str, Any],
+        layer_names: list[str],
+        epochs_planned: int,
+    ) -> None:
+        with self._open("a") as f:
+            arms = f["arms"]
+            if arm_id in arms:
+                del arms[arm_id]
+            g = arms.create_group(arm_id)
+            g.attrs["config"] = json.dumps(config, sort_keys=True)
+            g.attrs["hardware"] = json.dumps(hardware, sort_keys=True)
+            g.attrs["epochs_planned"] = epochs_planned
+            g.attrs["last_complete_epoch"] = 0
+            g.attrs["complete"] = False
+            g.create_dataset("layer_names", data=np.array(layer_names, dtype=h5py.string_dtype()))
+            n_layers = len(layer_names)
+            for name in SAL_ARRAYS:
+                g.create_dataset(
+                    name, shape=(0, n_layers), maxshape=(None, n_layers), dtype="f8",
+                    chunks=(max(1, min(64, epochs_planned)), max(1, n_layers)),
+                )
+            m = g.create_group("metrics")
+            for name in METRICS:
+                m.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f8", chunks=(64,))
+
+    def append_epoch(self, arm_id: str, epoch: int, row: EpochRow) -> None:
+        """Write epoch `epoch` (1-based) of an arm, then record it as the last complete one."""
+        with self._open("a") as f:
+            g = f["arms"][arm_id]
+            done = int(g.attrs["last_complete_epoch"])
+            if epoch != done + 1:
+                raise ValueError(f"arm {arm_id}: epoch {epoch} cannot follow epoch {done}")
+            for name in SAL_ARRAYS:
+                ds = g[name]
+                ds.resize(epoch, axis=0)
+                ds[epoch - 1] = np.asarray(getattr(row, name), dtype=np.float64)
+            for name in METRICS:
+                ds = g["metrics"][name]
+                ds.resize(epoch, axis=0)
+                ds[epoch - 1] = float(row.metrics.get(name, np.nan))
+            g.attrs["last_complete_epoch"] = epoch
+            f.flush()
+
+    def truncate_arm(self, arm_id: str, epochs: int) -> None:
+        """Drop rows past `epochs` (written after the checkpoint a resume starts from)."""
+        with self._open("a") as f:
+            g = f["arms"][arm_id]
+            for name in SAL_ARRAYS:
+                g[name].resize(epochs, axis=0)
+            for name in METRICS:
+                g["metrics"][name].resize(epochs, axis=0)
+            g.attrs["last_complete_epoch"] = epochs
+            g.attrs["complete"] = False
+
+    def mark_complete(self, arm_id: str) -> None:
+        with self._open("a") as f:
+            f["arms"][arm_id].attrs["complete"] = True
+
+    def has_arm(self, arm_id: str) -> bool:
+        with self._open("r") as f:
+            return arm_id in f["arms"]
+
+    def read_arm(self, arm_id: str) -> ArmData:
+        with self._open("r") as f:
+            g = f["arms"][arm_id]
+            return ArmData(
+                arm_id=arm_id,
+                config=json.loads(g.attrs["config"]),
+                hardware=json.loads(g.attrs["hardware"]),
+                layer_names=[s.decode() if isinstance(s, bytes) else str(s) for s in g["layer_names"][()]],
+                epochs_planned=int(g.attrs["epochs_planned"]),
+                last_complete_epoch=int(g.attrs["last_complete_epoch"]),
+                complete=bool(g.attrs["complete"]),
+                arrays={name: g[name][()] for name in SAL_ARRAYS},
+                metrics={name: g["metrics"][name][()] for name in g["metrics"]},
+            )

@@ -1,0 +1,160 @@
+"""One arm's training loop: optimiser, schedule, augmentation, epoch and evaluation.
+
+All randomness (shuffling, augmentation, defences) comes from an explicit `torch.Generator`
+whose state is checkpointed, so a resumed run continues exactly where the killed one stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from harness.data import Split
+from harness.defence import Defence, StepContext
+from harness.spec import AugmentationSpec, OptimizerSpec, ScheduleSpec, TrainingSpec
+from harness.task import TaskHead
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"the spec asks for device {name!r} but no CUDA device is available")
+    return device
+
+
+def autocast_for(device: torch.device, amp: bool) -> contextlib.AbstractContextManager | None:
+    """Mixed precision only where it pays (CUDA); bfloat16 where supported, else float16."""
+    if not amp or device.type != "cuda":
+        return None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def make_optimizer(model: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+                               weight_decay=spec.weight_decay, nesterov=spec.nesterov)
+    if spec.name == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, spec: ScheduleSpec, epochs: int):
+    """Stepped once per epoch, after SAL (the reference's order)."""
+    if spec.name == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=spec.milestones, gamma=spec.gamma)
+    if spec.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
+    """Per-sample random crop after zero padding (RandomCrop(size, padding)), vectorised."""
+    if padding == 0:
+        return x
+    b, _, h, w = x.shape
+    padded = nn.functional.pad(x, (padding, padding, padding, padding))
+    oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
+    ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def random_flip(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    flip = (torch.rand(x.shape[0], generator=generator) < p).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def augment(x: Tensor, specs: Sequence[AugmentationSpec], generator: torch.Generator) -> Tensor:
+    for spec in specs:
+        if x.dim() != 4:
+            raise ValueError(f"augmentation {spec.name!r} needs image inputs [B, C, H, W], got {tuple(x.shape)}")
+        x = random_crop(x, spec.padding, generator) if spec.name == "crop" else random_flip(x, spec.p, generator)
+    return x
+
+
+def batch_order(n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool = False) -> list[Tensor]:
+    perm = torch.randperm(n, generator=generator)
+    stop = n - (n % batch_size) if drop_last and n >= batch_size else n
+    return [perm[i : i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def train_epoch(
+    model: nn.Module,
+    train: Split,
+    task: TaskHead,
+    defence: Defence,
+    recipe: TrainingSpec,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    device: torch.device,
+    epoch: int,
+    num_classes: int,
+    value_range: tuple[float, float] | None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> float:
+    """One pass over the (protected) training data; returns the running mean training loss."""
+    model.train()
+    autocast = autocast_for(device, recipe.amp)
+
+    def aug(x: Tensor, g: torch.Generator) -> Tensor:
+        return augment(x, recipe.augmentation, g)
+
+    ctx = StepContext(
+        epoch=epoch, generator=generator, loss=task.loss, per_sample_loss=task.per_sample_loss,
+        value_range=value_range, augment=aug,
+    )
+    total, count = 0.0, 0
+    for idx in batch_order(len(train), recipe.batch_size, generator):
+        x = train.x[idx].to(device, non_blocking=True)
+        y = train.y[idx].to(device, non_blocking=True)
+        x = defence.transform_images(x, generator)
+        x = aug(x, generator)
+        x, targets = defence.transform_batch(x, y, num_classes, generator)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast if autocast is not None else contextlib.nullcontext():
+            loss = defence.training_loss(model, x, targets, ctx)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if recipe.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        total += float(loss.detach()) * len(idx)
+        count += len(idx)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, split: Split, task: TaskHead, batch_size: int, device: torch.device, amp: bool = False
+) -> tuple[float, float]:
+    """(mean loss, task metric) on a split, in eval mode."""
+    model.eval()
+    metric = task.metric()
+    autocast = autocast_for(device, amp)
+    total, count = 0.0, 0
+    for start in range(0, len(split), batch_size):
+        x = split.x[start : start + batch_size].to(device)
+        y = split.y[start : start + batch_size].to(device)
+        with autocast if autocast is not None else contextlib.nullcontext():
+            out = model(x)
+        out = out.float()
+        total += float(task.loss(out, y)) * len(x)
+        count += len(x)
+        metric.update(out, y)
+    return total / max(count, 1), metric.compute()

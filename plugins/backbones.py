@@ -1,0 +1,118 @@
+"""Small backbones for CPU-scale runs: a small CNN, LeNet-5 and a linear classifier.
+
+Each returns pooled features; the task head sits on top. The larger backbones of the paper
+(ResNet, SENet, ViT through timm) come from their own plugin.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from harness.backbone import Backbone
+from harness.hookspecs import hookimpl
+from harness.records import BackboneRecord, NoParams
+
+
+class SmallCNNParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    width: int = Field(default=16, gt=0, le=512, description="channels of the first block; doubles per block")
+    blocks: int = Field(default=3, ge=1, le=6, description="conv-BN-ReLU blocks; all but the first halve the size")
+    batch_norm: bool = True
+
+
+class SmallCNN(Backbone):
+    """Conv3x3 blocks with batch norm; the first keeps the resolution, later ones pool by 2.
+
+    Works from 8×8 (digits) to 32×32 (CIFAR) and above: pooling stops once the map is 2×2 and
+    a global average pool ends the network.
+    """
+
+    def __init__(self, params: SmallCNNParams, input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"small-cnn needs image inputs [C, H, W], got shape {input_shape}")
+        channels, height, _ = input_shape
+        layers: list[nn.Module] = []
+        size, c_in = height, channels
+        for i in range(params.blocks):
+            c_out = params.width * 2**i
+            layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=not params.batch_norm))
+            if params.batch_norm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.ReLU(inplace=True))
+            if i > 0 and size >= 4:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            c_in = c_out
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.num_features = c_in
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+
+class LeNet5(Backbone):
+    """LeNet-5 (conv 6@5×5, pool, conv 16@5×5, pool, fc 120, fc 84); the head adds the last fc.
+
+    The first convolution pads by 2 as for 28×28 MNIST, so 32×32 inputs also work; inputs
+    smaller than 12×12 leave nothing for the second convolution and are refused.
+    """
+
+    MIN_SIZE = 12
+
+    def __init__(self, params: NoParams, input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"lenet5 needs image inputs [C, H, W], got shape {input_shape}")
+        channels, height, width = input_shape
+        if min(height, width) < self.MIN_SIZE:
+            raise ValueError(
+                f"lenet5 needs inputs of at least {self.MIN_SIZE}×{self.MIN_SIZE}, got {height}×{width}; "
+                "use small-cnn or linear for 8×8 data"
+            )
+        h = ((height // 2) - 4) // 2
+        w = ((width // 2) - 4) // 2
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16 * h * w, 120), nn.ReLU(inplace=True),
+            nn.Linear(120, 84), nn.ReLU(inplace=True),
+        )
+        self.num_features = 84
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+
+class Flatten(Backbone):
+    """No parameters: the head's single Linear layer is the whole model (the paper's toy model)."""
+
+    def __init__(self, params: NoParams, input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.num_features = math.prod(input_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1)
+
+
+@hookimpl
+def harness_register_backbones() -> list[BackboneRecord]:
+    return [
+        BackboneRecord(
+            name="small-cnn", factory=SmallCNN, params=SmallCNNParams,
+            description="conv3x3-BN-ReLU blocks with pooling and a global average pool; 8×8 to 32×32 inputs",
+        ),
+        BackboneRecord(
+            name="lenet5", factory=LeNet5, params=NoParams,
+            description="LeNet-5 (LeCun et al. 1998) features up to fc 84; inputs of 12×12 and more",
+        ),
+        BackboneRecord(
+            name="linear", factory=Flatten, params=NoParams,
+            description="flattened inputs into the task head: a linear classifier (the paper's toy model)",
+        ),
+    ]

@@ -1,0 +1,66 @@
+"""The classification task head: a Linear layer, cross-entropy, accuracy."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from harness.data import DataBundle
+from harness.hookspecs import hookimpl
+from harness.records import NoParams, TaskHeadRecord
+from harness.task import Metric, TaskHead
+
+
+class Accuracy(Metric):
+    def __init__(self) -> None:
+        self.correct = 0
+        self.total = 0
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        if targets.dim() == 2:  # soft targets: compare with their most likely class
+            targets = targets.argmax(dim=1)
+        self.correct += int((outputs.argmax(dim=1) == targets).sum())
+        self.total += int(targets.numel())
+
+    def compute(self) -> float:
+        return self.correct / self.total if self.total else float("nan")
+
+
+class Classification(TaskHead):
+    """Cross-entropy on hard labels, or on soft label distributions ([B, classes]) from MixUp/CutMix."""
+
+    metric_name = "accuracy"
+    higher_is_better = True
+
+    def __init__(self, params: NoParams | None = None) -> None:
+        self.params = params
+
+    def build(self, num_features: int, data: DataBundle) -> nn.Module:
+        return nn.Linear(num_features, data.num_classes)
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(outputs.float(), targets)
+
+    def per_sample_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(outputs.float(), targets, reduction="none")
+
+    def metric(self) -> Metric:
+        return Accuracy()
+
+
+def soft_targets(targets: Tensor, num_classes: int) -> Tensor:
+    """Hard labels as one-hot distributions; soft ones unchanged."""
+    if targets.dim() == 2:
+        return targets
+    return F.one_hot(targets, num_classes).to(torch.float32)
+
+
+@hookimpl
+def harness_register_task_heads() -> list[TaskHeadRecord]:
+    return [
+        TaskHeadRecord(
+            name="classification", factory=Classification, params=NoParams,
+            description="linear head, cross-entropy (hard or soft labels), accuracy (higher is better)",
+        )
+    ]
