@@ -96,6 +96,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_extract(args: argparse.Namespace) -> int:
+    from harness.archive import default_destination, extract_archive
+
+    dest = extract_archive(Path(args.archive), Path(args.dest) if args.dest else default_destination(args.archive))
+    print(dest)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
@@ -127,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder (holding run.h5)")
     p.add_argument("--no-write", action="store_true", help="print only; leave entries/ as it is")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("data", help="data-set utilities")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("extract", help="unpack a data-set archive into the cache (~/.cache/harness/data)")
+    p.add_argument("archive", type=Path)
+    p.add_argument("--dest", type=Path, default=None, help="target folder (default: the cache)")
+    p.set_defaults(func=cmd_data_extract)
     return parser
 
 

@@ -61,10 +61,17 @@ def _unknown_hooks(plugin: object) -> list[str]:
     known = set(hookspecs.HOOK_FOR_KIND.values())
     unknown = []
     for attr in dir(plugin):
-        if attr.startswith("harness_") and attr not in known:
+        try:
             func = getattr(plugin, attr, None)
-            if callable(func) and hasattr(func, f"{hookspecs.PROJECT}_impl"):
-                unknown.append(f"unknown hook {attr}: {did_you_mean(attr, sorted(known))}")
+            opts = getattr(func, f"{hookspecs.PROJECT}_impl", None) if callable(func) else None
+        except Exception:  # a property of a plugin object may raise: not a hook, so skip it
+            continue
+        if not isinstance(opts, dict):
+            continue  # not marked with harness.hookimpl
+        # @hookimpl(specname=...) implements the named hook whatever the function is called
+        hook = opts.get("specname") or attr
+        if hook not in known:
+            unknown.append(f"unknown hook {hook}: {did_you_mean(hook, sorted(known))}")
     return unknown
 
 

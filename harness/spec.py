@@ -10,7 +10,15 @@ from __future__ import annotations
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 COMPONENT_NAME = r"^[a-z0-9][a-z0-9._:-]*$"
@@ -141,17 +149,34 @@ class Spec(Strict):
             raise ValueError("seeds must be unique")
         return value
 
-    @model_validator(mode="after")
-    def _unique_arm_labels(self) -> Spec:
-        for field in ("poisons", "defences"):
-            keys = [ref.key for ref in getattr(self, field)]
-            dup = {k for k in keys if keys.count(k) > 1}
-            if dup:
-                raise ValueError(
-                    f"{field}: two entries share the label {sorted(dup)[0]!r}; give each a distinct `label`"
-                )
-        if any(ref.key == "clean" for ref in self.poisons):
-            raise ValueError("poisons: the label 'clean' is reserved for the clean reference arm")
-        if not any(ref.name == "none" for ref in self.defences):
-            self.defences.insert(0, ArmComponentRef(name="none"))
-        return self
+    @field_validator("poisons", "defences")
+    @classmethod
+    def _distinct_arm_labels(cls, value: list[ArmComponentRef], info: ValidationInfo) -> list[ArmComponentRef]:
+        """Arm labels name files in the run folder and rows in tables: each must be distinct.
+
+        The error's context carries `at`, the entry's location under the list, so that the spec
+        file reader can point at the offending line rather than at the whole list.
+        """
+        field = info.field_name
+        seen: dict[str, int] = {}
+        for i, ref in enumerate(value):
+            if field == "poisons" and ref.key == "clean":
+                raise _arm_error(i, "the label 'clean' is reserved for the clean reference arm; "
+                                    "choose another `label`")
+            if field == "defences" and ref.key == "none" and ref.name != "none":
+                raise _arm_error(i, "the label 'none' is reserved for the undefended arms; "
+                                    "choose another `label`")
+            if "__" in ref.key:
+                raise _arm_error(i, f"the label {ref.key!r} contains '__', which separates the parts of "
+                                    "arm ids; use a single '_' or '-'")
+            if ref.key in seen:
+                raise _arm_error(i, f"the label {ref.key!r} is already used by {field}.{seen[ref.key]}; "
+                                    "give each entry a distinct `label`")
+            seen[ref.key] = i
+        if field == "defences" and not any(ref.name == "none" for ref in value):
+            value = [ArmComponentRef(name="none"), *value]
+        return value
+
+
+def _arm_error(index: int, reason: str) -> PydanticCustomError:
+    return PydanticCustomError("arm_label", "{reason}", {"reason": reason, "at": (index, "label")})

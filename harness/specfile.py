@@ -8,6 +8,7 @@ pydantic error location such as `("training", "epochs")` into `spec.yaml:7:11`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -15,14 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from harness.errors import PluginError, SpecError
 from harness.pluginmanager import Components
-from harness.spec import ComponentRef, Spec
+from harness.spec import COMPONENT_NAME, SLUG, ArmComponent, Component, ComponentRef, DataSpec, Spec
 
 SAFE_TAGS = {
     f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")
@@ -36,10 +37,18 @@ class SpecSource:
     path: Path
     data: Any
     positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    key_positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
 
-    def where(self, loc: Path_) -> str:
-        """`file:line:col` of the deepest part of `loc` that exists in the file."""
+    def where(self, loc: Path_, *, key: bool = False) -> str:
+        """`file:line:col` of the deepest part of `loc` that exists in the file.
+
+        `key=True` points at the key of a mapping entry rather than at its value (where an
+        unknown field is misspelt).
+        """
         loc = tuple(loc)
+        if key and loc in self.key_positions:
+            line, col = self.key_positions[loc]
+            return f"{self.path}:{line}:{col}"
         while loc and loc not in self.positions:
             loc = loc[:-1]
         line, col = self.positions.get(loc, (1, 1))
@@ -50,27 +59,37 @@ def _problem(path: Path, line: int, col: int, message: str) -> SpecError:
     return SpecError(f"{path}:{line}:{col}: {message}")
 
 
-def _walk(node: Node, loc: Path_, positions: dict, source: Path, budget: list[int]) -> None:
+def _check_tag(node: Node, loc: Path_, source: Path) -> None:
+    if node.tag not in SAFE_TAGS:
+        mark = node.start_mark
+        raise _problem(
+            source, mark.line + 1, mark.column + 1,
+            f"{'.'.join(map(str, loc)) or '<document>'}: the YAML tag {node.tag!r} is not allowed; "
+            "spec files hold plain data only (maps, lists, strings, numbers, booleans, null)"
+            + ("; quote a date to make it a string" if node.tag.endswith(":timestamp") else ""),
+        )
+
+
+def _walk(node: Node, loc: Path_, positions: dict, source: Path, budget: list[int],
+          key_positions: dict) -> None:
     budget[0] -= 1
     if budget[0] < 0:
         raise SpecError(f"{source}: the document is too large (over {MAX_NODES} values, or aliases expand too far)")
     mark = node.start_mark
     positions.setdefault(loc, (mark.line + 1, mark.column + 1))
-    if node.tag not in SAFE_TAGS:
-        raise _problem(
-            source, mark.line + 1, mark.column + 1,
-            f"{'.'.join(map(str, loc)) or '<document>'}: the YAML tag {node.tag!r} is not allowed; "
-            "spec files hold plain data only (maps, lists, strings, numbers, booleans, null)",
-        )
+    _check_tag(node, loc, source)
     if isinstance(node, MappingNode):
         for key, value in node.value:
             if not isinstance(key, ScalarNode):
                 m = key.start_mark
                 raise _problem(source, m.line + 1, m.column + 1, "mapping keys must be plain scalars")
-            _walk(value, (*loc, key.value), positions, source, budget)
+            _check_tag(key, (*loc, key.value), source)
+            m = key.start_mark
+            key_positions.setdefault((*loc, key.value), (m.line + 1, m.column + 1))
+            _walk(value, (*loc, key.value), positions, source, budget, key_positions)
     elif isinstance(node, SequenceNode):
         for i, item in enumerate(node.value):
-            _walk(item, (*loc, i), positions, source, budget)
+            _walk(item, (*loc, i), positions, source, budget, key_positions)
 
 
 def read_spec_file(path: str | Path) -> SpecSource:
@@ -84,22 +103,35 @@ def read_spec_file(path: str | Path) -> SpecSource:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
     positions: dict[Path_, tuple[int, int]] = {}
+    key_positions: dict[Path_, tuple[int, int]] = {}
     try:
         node = YAML(typ="rt").compose(io.StringIO(text))
         if node is None:
             raise SpecError(f"{path}:1:1: the spec file is empty")
-        _walk(node, (), positions, path, [MAX_NODES])
+        _walk(node, (), positions, path, [MAX_NODES], key_positions)
         data = YAML(typ="safe", pure=True).load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         what = (exc.problem or exc.context or "malformed YAML").strip()
+        ctx = exc.context_mark
+        if exc.problem and exc.context and ctx is not None and ctx is not mark:
+            what += f" ({exc.context.strip()} started at line {ctx.line + 1}, column {ctx.column + 1})"
         raise _problem(path, line, col, f"malformed YAML: {what}") from None
     except YAMLError as exc:
         raise SpecError(f"{path}: malformed YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise _problem(path, 1, 1, f"the spec must be a mapping of fields, not a {type(data).__name__}")
-    return SpecSource(path, data, positions)
+        kind = {type(None): "null", str: "string", list: "list"}.get(type(data), type(data).__name__)
+        raise _problem(path, 1, 1, f"the spec must be a mapping of fields, not a {kind}")
+    return SpecSource(path, data, positions, key_positions)
+
+
+_PATTERN_MEANING = {
+    SLUG: "must be a plain name of at most 64 letters, digits, '.', '_' or '-', starting with a "
+          "letter or digit (it names files and folders, so no '/', '\\' or '..')",
+    COMPONENT_NAME: "must be a registered component name: lower-case letters, digits, '.', '_', ':' "
+                    "or '-'",
+}
 
 
 def _describe_error(err: dict) -> str:
@@ -109,20 +141,28 @@ def _describe_error(err: dict) -> str:
         msg = "unknown field (not part of the spec; check the spelling)"
     elif err["type"] == "missing":
         msg = "required field is missing"
-    if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
+    elif err["type"] == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") in _PATTERN_MEANING:
+        msg = _PATTERN_MEANING[err["ctx"]["pattern"]]
+    elif err["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    if err["type"] not in ("missing", "extra_forbidden", "arm_label") and "input" in err:
         shown = json.dumps(err["input"], default=str)
         if len(shown) <= 60:
             msg += f" (got {shown})"
     return f"{loc}: {msg}"
 
 
-def _raise_validation(source: SpecSource, exc: ValidationError, prefix: Path_ = ()) -> None:
+def _validation_problems(source: SpecSource, exc: ValidationError, prefix: Path_ = ()) -> list[str]:
+    """One `file:line:col: field.path: what was expected` line per error."""
     lines = []
     for err in exc.errors():
-        loc = (*prefix, *err["loc"])
+        # a list-level check (e.g. distinct arm labels) says which entry it means in ctx["at"]
+        at = err["ctx"]["at"] if err["type"] == "arm_label" else ()
+        loc = (*prefix, *err["loc"], *at)
         err = {**err, "loc": loc}
-        lines.append(f"{source.where(loc)}: {_describe_error(err)}")
-    raise SpecError("\n".join(lines))
+        where = source.where(loc, key=err["type"] == "extra_forbidden")
+        lines.append(f"{where}: {_describe_error(err)}")
+    return lines
 
 
 @dataclass
@@ -158,6 +198,32 @@ def _component_refs(spec: Spec) -> list[tuple[Path_, str, ComponentRef]]:
     return refs
 
 
+_COMPONENT = TypeAdapter(Component)
+_ARM_COMPONENT = TypeAdapter(ArmComponent)
+_DATA = TypeAdapter(DataSpec)
+
+
+def _raw_component_refs(data: dict[str, Any]) -> list[tuple[Path_, str, ComponentRef]]:
+    """The well-formed component references of a spec that failed validation elsewhere.
+
+    Lets one `validate` report an unknown plugin name or bad params together with, say, a wrong
+    epoch count; entries that are malformed themselves were already reported.
+    """
+    refs: list[tuple[Path_, str, ComponentRef]] = []
+    singles = (("data", "dataset", _DATA), ("task", "task", _COMPONENT), ("backbone", "backbone", _COMPONENT))
+    for key, kind, adapter in singles:
+        if key in data:
+            value = {"name": data[key]} if isinstance(data[key], str) else data[key]
+            with contextlib.suppress(ValidationError):
+                refs.append(((key,), kind, adapter.validate_python(value)))
+    for key, kind in (("poisons", "poison"), ("defences", "defence")):
+        items = data.get(key)
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            with contextlib.suppress(ValidationError):
+                refs.append(((key, i), kind, _ARM_COMPONENT.validate_python(item)))
+    return refs
+
+
 def validate_params(params_model: type[BaseModel], given: dict[str, Any]) -> dict[str, Any]:
     """Validate component params, refusing unknown keys even if the plugin's model allows them."""
     unknown = sorted(set(given) - set(params_model.model_fields))
@@ -172,12 +238,15 @@ def validate_params(params_model: type[BaseModel], given: dict[str, Any]) -> dic
 def load_spec(path: str | Path, components: Components) -> LoadedSpec:
     """Read, validate and resolve a spec; raises SpecError listing every problem found."""
     source = read_spec_file(path)
+    problems: list[str] = []
+    spec: Spec | None = None
     try:
         spec = Spec.model_validate(source.data)
+        refs = _component_refs(spec)
     except ValidationError as exc:
-        _raise_validation(source, exc)
-    problems: list[str] = []
-    for loc, kind, ref in _component_refs(spec):
+        problems += _validation_problems(source, exc)
+        refs = _raw_component_refs(source.data)
+    for loc, kind, ref in refs:
         try:
             registered = components.get(kind, ref.name)
         except PluginError as exc:
@@ -186,10 +255,7 @@ def load_spec(path: str | Path, components: Components) -> LoadedSpec:
         try:
             ref.params = validate_params(registered.record.params, ref.params)
         except ValidationError as exc:
-            try:
-                _raise_validation(source, exc, (*loc, "params"))
-            except SpecError as err:
-                problems.append(str(err))
-    if problems:
+            problems += _validation_problems(source, exc, (*loc, "params"))
+    if problems or spec is None:
         raise SpecError("\n".join(problems))
     return LoadedSpec(spec, source)

@@ -20,7 +20,7 @@ def hardware(device: torch.device) -> dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

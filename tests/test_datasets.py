@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
+from harness.archive import extract_archive
 from harness.data import DataBundle, stratified_indices
 from harness.errors import DataError
 from harness_plugins import datasets
@@ -296,12 +297,12 @@ def _tar_xz(path: Path, files: dict[str, bytes]) -> Path:
 def test_extract_archive_unpacks_once_into_dest(tmp_path: Path) -> None:
     archive = _tar_xz(tmp_path / "data.tar.xz", {"train/a/0.txt": b"hello"})
     dest = tmp_path / "cache" / "data"
-    assert datasets.extract_archive(archive, dest) == dest
+    assert extract_archive(archive, dest) == dest
     assert (dest / "train" / "a" / "0.txt").read_bytes() == b"hello"
     assert (dest / ".complete").is_file()
     assert sorted(p.name for p in dest.parent.iterdir()) == ["data"]  # no partial left behind
     archive.unlink()  # a completed destination is reused without touching the archive
-    assert datasets.extract_archive(archive, dest) == dest
+    assert extract_archive(archive, dest) == dest
 
 
 @pytest.mark.parametrize("name", ["../evil", "/tmp/evil", "ok/../../evil"])
@@ -309,6 +310,6 @@ def test_extract_archive_refuses_members_leaving_dest(tmp_path: Path, name: str)
     archive = _tar_xz(tmp_path / "bad.tar.xz", {"fine.txt": b"ok", name: b"pwned"})
     dest = tmp_path / "cache" / "bad"
     with pytest.raises(DataError, match="refusing"):
-        datasets.extract_archive(archive, dest)
+        extract_archive(archive, dest)
     assert not dest.exists() and list((tmp_path / "cache").iterdir()) == []
     assert not (tmp_path / "evil").exists()

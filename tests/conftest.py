@@ -1,0 +1,42 @@
+"""Shared helpers: tiny specs that train in a second or two on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+
+def tiny_spec(name: str = "tiny", **overrides) -> dict:
+    spec = {
+        "name": name,
+        "data": {"name": "digits", "subset": {"train": 300, "test": 200}},
+        "backbone": {"name": "small-cnn", "params": {"width": 4, "blocks": 2}},
+        "training": {"epochs": 3, "batch_size": 50, "optimizer": {"name": "sgd", "lr": 0.05}},
+        "sal": {"iterations": 3, "probe_size": 64, "probe_batch_size": 32},
+        "poisons": [
+            {"name": "random-noise", "label": "noise-sample", "params": {"epsilon": 0.1}},
+            {"name": "random-noise", "label": "noise-class", "params": {"epsilon": 0.1, "mode": "class-wise"}},
+        ],
+    }
+    for key, value in overrides.items():
+        spec[key] = value
+    return spec
+
+
+def write_spec(path: Path, spec: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        YAML(typ="safe", pure=True).dump(spec, f)
+    return path
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path):
+    """A function writing a tiny spec (with overrides) into the test's folder."""
+
+    def make(name: str = "tiny", **overrides) -> Path:
+        return write_spec(tmp_path / f"{name}.yaml", tiny_spec(name, **overrides))
+
+    return make

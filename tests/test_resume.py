@@ -1,0 +1,83 @@
+"""A run killed with SIGKILL at any moment resumes to exactly the entries of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import tiny_spec, write_spec
+
+from harness.entries import read_entries
+
+VOLATILE = {"wall_time_s", "hdf5"}  # timings and the file's bytes differ between any two runs
+
+
+def comparable(run: Path) -> dict[str, dict]:
+    return {e.arm_id: e.model_dump(exclude=VOLATILE) for e in read_entries(run)}
+
+
+def harness_eval(spec: Path, output: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "eval", str(spec), "--output", str(output),
+                             "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()}")
+        if ready():
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail("the run never reached the point to kill it at")
+
+
+def finish(spec: Path, output: Path) -> None:
+    proc = harness_eval(spec, output)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+
+
+@pytest.fixture(scope="module")
+def spec_and_reference(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("resume")
+    spec = write_spec(root / "resume.yaml", tiny_spec("resume", training={"epochs": 4, "batch_size": 50}))
+    finish(spec, root / "reference")
+    return spec, root / "reference" / "resume"
+
+
+def test_killed_twice_mid_run_resumes_to_the_same_entries(spec_and_reference, tmp_path):
+    spec, reference = spec_and_reference
+    out = tmp_path / "runs"
+    run = out / "resume"
+    # first kill: the clean arm has finished at least one epoch but not all of them
+    kill_when(harness_eval(spec, out), lambda: (run / "checkpoints" / "clean__none__s0.pt").exists())
+    # second kill: inside the second arm
+    kill_when(harness_eval(spec, out), lambda: (run / "checkpoints" / "noise-sample__none__s0.pt").exists())
+    finish(spec, out)
+    assert comparable(run) == comparable(reference)
+    with h5py.File(run / "run.h5") as a, h5py.File(reference / "run.h5") as b:
+        for arm in b["arms"]:
+            np.testing.assert_array_equal(a["arms"][arm]["sal"][()], b["arms"][arm]["sal"][()])
+
+
+def test_a_run_file_damaged_by_a_kill_mid_write_is_rebuilt_from_checkpoints(spec_and_reference, tmp_path):
+    spec, reference = spec_and_reference
+    out = tmp_path / "runs"
+    run = out / "resume"
+    kill_when(harness_eval(spec, out), lambda: (run / "checkpoints" / "noise-sample__none__s0.pt").exists())
+    data = (run / "run.h5").read_bytes()
+    (run / "run.h5").write_bytes(data[: len(data) // 3])  # what a kill inside an HDF5 write can leave
+    finish(spec, out)
+    assert comparable(run) == comparable(reference)
