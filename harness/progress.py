@@ -14,6 +14,7 @@ class Reporter:
     def sal_layer(self, arm_id: str, index: int, total: int) -> None: ...
     def epoch_done(self, arm_id: str, epoch: int, epochs: int, row: dict[str, Any]) -> None: ...
     def arm_done(self, arm_id: str, skipped: bool = False) -> None: ...
+    def poison_progress(self, label: str, message: str, fraction: float) -> None: ...
     def close(self) -> None: ...
 
 
@@ -26,6 +27,13 @@ def _epoch_line(arm_id: str, epoch: int, epochs: int, row: dict[str, Any]) -> st
 class LineReporter(Reporter):
     def __init__(self, stream=None) -> None:
         self.stream = stream or sys.stderr
+        self._last_tenth: dict[str, int] = {}
+
+    def poison_progress(self, label: str, message: str, fraction: float) -> None:
+        tenth = int(max(0.0, min(1.0, fraction)) * 10)
+        if tenth != self._last_tenth.get(label):
+            self._last_tenth[label] = tenth
+            self._print(f"poison {label}: {message} ({fraction:.0%})")
 
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -84,6 +92,12 @@ class RichReporter(Reporter):
     def arm_done(self, arm_id: str, skipped: bool = False) -> None:
         if skipped:
             self.console.log(f"{arm_id}: already complete, reused")
+
+    def poison_progress(self, label: str, message: str, fraction: float) -> None:
+        task_id = f"poison:{label}"
+        if task_id not in self.tasks:
+            self.tasks[task_id] = self.progress.add_task(f"poison {label}", total=1.0, status="")
+        self.progress.update(self.tasks[task_id], completed=max(0.0, min(1.0, fraction)), status=message)
 
     def close(self) -> None:
         self.progress.stop()

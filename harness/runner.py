@@ -40,6 +40,7 @@ from harness.entries import (
 from harness.errors import DataError, RunStateError, SpecError
 from harness.pluginmanager import Components
 from harness.poison import PoisonContext
+from harness.poison_cache import PoisonCache, data_fingerprint, poison_key
 from harness.progress import Reporter
 from harness.sal import SALSettings, compute_sal
 from harness.spec import ArmComponentRef, ComponentRef, Spec
@@ -122,6 +123,7 @@ class Runner:
         self.autocast = autocast_for(self.device, self.spec.training.amp)
         self.store = RunStore(self.run_dir / RUN_FILE)
         self._poisoned: dict[tuple[int, str], Tensor] = {}
+        self.poison_cache = PoisonCache()
         self.data: DataBundle | None = None
         self.task: TaskHead | None = None
         self.layers: list[str] = []
@@ -215,25 +217,44 @@ class Runner:
 
     # --- data for one arm --------------------------------------------------------------------
     def poisoned_inputs(self, arm: Arm) -> Tensor:
-        assert self.data is not None
+        """The arm's training inputs: clean, or the poison's (from the disk cache when it has them)."""
+        assert self.data is not None and self.task is not None
         if arm.poison is None:
             return self.data.train.x
         key = (arm.seed, arm.poison.key)
-        if key not in self._poisoned:
-            self.reporter.stage(f"generating poison {arm.poison.key} (seed {arm.seed})")
-            poison = self._build("poison", arm.poison)
-            ctx = PoisonContext(
-                seed=arm.seed, device=self.device, data=self.data,
-                build_model=lambda name, params: self.build_model(name, params),
-                task_loss=self.task.loss,
-                cache_dir=None,
-            )
-            x = poison.generate(self.data, ctx)
-            if x.shape != self.data.train.x.shape:
-                raise RuntimeError(f"poison {arm.poison.name!r} returned inputs of shape {tuple(x.shape)}, "
-                                   f"expected {tuple(self.data.train.x.shape)}")
-            self._poisoned[key] = x.detach().to(torch.float32).cpu()
-        return self._poisoned[key]
+        if key in self._poisoned:
+            return self._poisoned[key]
+        dataset = _component_info(self.components, "dataset", self.spec.data)
+        dataset["subset"] = self.spec.data.subset.model_dump(mode="json")
+        cache_key = poison_key(
+            _component_info(self.components, "poison", arm.poison), dataset,
+            data_fingerprint(self.data.train.x, self.data.train.y), arm.seed,
+        )
+        cached = self.poison_cache.load(cache_key, tuple(self.data.train.x.shape))
+        if cached is not None:
+            self.reporter.stage(f"poison {arm.poison.key} (seed {arm.seed}) from the cache")
+            self._poisoned[key] = cached[0]
+            return cached[0]
+        self.reporter.stage(f"generating poison {arm.poison.key} (seed {arm.seed})")
+        poison = self._build("poison", arm.poison)
+        label = arm.poison.key
+        ctx = PoisonContext(
+            seed=arm.seed, device=self.device, data=self.data,
+            build_model=lambda name, params: self.build_model(name, params),
+            task_loss=self.task.loss,
+            cache_dir=self.poison_cache.root,
+            progress=lambda message, fraction: self.reporter.poison_progress(label, message, fraction),
+        )
+        started = time.perf_counter()
+        x = poison.generate(self.data, ctx)
+        seconds = time.perf_counter() - started
+        if tuple(x.shape) != tuple(self.data.train.x.shape):
+            raise RuntimeError(f"poison {arm.poison.name!r} returned inputs of shape {tuple(x.shape)}, "
+                               f"expected {tuple(self.data.train.x.shape)}")
+        x = x.detach().to(torch.float32).cpu()
+        self.poison_cache.save(cache_key, x, {"seconds": seconds, "poison": arm.poison.name})
+        self._poisoned[key] = x
+        return x
 
     def probe_indices(self, seed: int) -> Tensor:
         assert self.data is not None

@@ -40,3 +40,11 @@ def spec_file(tmp_path: Path):
         return write_spec(tmp_path / f"{name}.yaml", tiny_spec(name, **overrides))
 
     return make
+
+
+def pytest_configure(config) -> None:
+    """Generated poisons are cached under $HARNESS_CACHE; tests keep theirs out of the user's cache."""
+    import os
+    import tempfile
+
+    os.environ["HARNESS_CACHE"] = tempfile.mkdtemp(prefix="harness-test-cache-")
