@@ -100,6 +100,52 @@ class Flatten(Backbone):
         return x.flatten(1)
 
 
+class ResNetParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    width: int = Field(default=64, gt=0, le=512, description="channels of the first stage (64 in the paper)")
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = nn.functional.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return nn.functional.relu(out + self.shortcut(x))
+
+
+class CifarResNet18(Backbone):
+    """ResNet-18 in its CIFAR form (3×3 stride-1 stem, no max-pool), as the paper and the UE
+    literature train it: 20 convolutions (17 plus 3 shortcut projections), so with the
+    classification head the 21 scored layers of the reference."""
+
+    def __init__(self, params: ResNetParams, input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"resnet18 needs image inputs [C, H, W], got shape {input_shape}")
+        w = params.width
+        self.stem = nn.Sequential(nn.Conv2d(input_shape[0], w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        stages, c_in = [], w
+        for i, c_out in enumerate((w, 2 * w, 4 * w, 8 * w)):
+            stride = 1 if i == 0 else 2
+            stages += [BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)]
+            c_in = c_out
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.num_features = c_in
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.stages(self.stem(x)))
+
+
 @hookimpl
 def harness_register_backbones() -> list[BackboneRecord]:
     return [
@@ -110,6 +156,10 @@ def harness_register_backbones() -> list[BackboneRecord]:
         BackboneRecord(
             name="lenet5", factory=LeNet5, params=NoParams,
             description="LeNet-5 (LeCun et al. 1998) features up to fc 84; inputs of 12×12 and more",
+        ),
+        BackboneRecord(
+            name="resnet18", factory=CifarResNet18, params=ResNetParams,
+            description="ResNet-18, CIFAR form (3×3 stride-1 stem, no max-pool); 21 scored layers with its head",
         ),
         BackboneRecord(
             name="linear", factory=Flatten, params=NoParams,

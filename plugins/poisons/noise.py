@@ -9,7 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from harness.data import DataBundle
-from harness.hookspecs import hookimpl
 from harness.poison import Poison, PoisonContext, clamp_to_range
 from harness.records import PoisonRecord
 
@@ -42,8 +41,7 @@ class RandomNoise(Poison):
         return clamp_to_range(x + noise, data.value_range)
 
 
-@hookimpl
-def harness_register_poisons() -> list[PoisonRecord]:
+def records() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="random-noise", factory=RandomNoise, params=RandomNoiseParams,
