@@ -1,0 +1,45 @@
+"""Every first-party backbone builds on 8×8 and 32×32 inputs and trains a step, or refuses clearly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from harness.backbone import TaskModel, scored_layers
+from harness.pluginmanager import get_components
+
+SHAPES = {"8x8 gray": (1, 8, 8), "32x32 rgb": (3, 32, 32)}
+
+
+def build(name: str, shape: tuple[int, ...], **params) -> TaskModel:
+    record = get_components().get("backbone", name).record
+    backbone = record.factory(record.params.model_validate(params), shape)
+    return TaskModel(backbone, nn.Linear(backbone.num_features, 10))
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize(("name", "params"), [("small-cnn", {}), ("linear", {}), ("resnet18", {"width": 8})])
+def test_backbone_trains_a_step(name, params, shape):
+    torch.manual_seed(0)
+    model = build(name, shape, **params)
+    x, y = torch.rand(4, *shape), torch.randint(0, 10, (4,))
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert scored_layers(model)
+
+
+def test_resnet18_scores_the_papers_21_layers():
+    assert len(scored_layers(build("resnet18", (3, 32, 32)))) == 21
+
+
+def test_lenet5_refuses_inputs_too_small_for_its_second_convolution():
+    with pytest.raises(ValueError, match="at least 12×12"):
+        build("lenet5", (1, 8, 8))
+    assert len(scored_layers(build("lenet5", (3, 32, 32)))) == 5
+
+
+def test_image_backbones_refuse_feature_vectors():
+    with pytest.raises(ValueError, match="image inputs"):
+        build("small-cnn", (12,))
