@@ -39,6 +39,9 @@ class PoisonContext:
 class Poison(ABC):
     """Turns the clean training inputs into protected ones. Labels never change."""
 
+    #: False for poisons that only read files: caching them would hide a change of the files.
+    cacheable: bool = True
+
     @abstractmethod
     def generate(self, data: DataBundle, ctx: PoisonContext) -> Tensor:
         """The protected training inputs, same shape and order as `data.train.x`."""

@@ -230,13 +230,13 @@ class Runner:
             _component_info(self.components, "poison", arm.poison), dataset,
             data_fingerprint(self.data.train.x, self.data.train.y), arm.seed,
         )
-        cached = self.poison_cache.load(cache_key, tuple(self.data.train.x.shape))
+        poison = self._build("poison", arm.poison)
+        cached = self.poison_cache.load(cache_key, tuple(self.data.train.x.shape)) if poison.cacheable else None
         if cached is not None:
             self.reporter.stage(f"poison {arm.poison.key} (seed {arm.seed}) from the cache")
             self._poisoned[key] = cached[0]
             return cached[0]
         self.reporter.stage(f"generating poison {arm.poison.key} (seed {arm.seed})")
-        poison = self._build("poison", arm.poison)
         label = arm.poison.key
         ctx = PoisonContext(
             seed=arm.seed, device=self.device, data=self.data,
@@ -252,7 +252,8 @@ class Runner:
             raise RuntimeError(f"poison {arm.poison.name!r} returned inputs of shape {tuple(x.shape)}, "
                                f"expected {tuple(self.data.train.x.shape)}")
         x = x.detach().to(torch.float32).cpu()
-        self.poison_cache.save(cache_key, x, {"seconds": seconds, "poison": arm.poison.name})
+        if poison.cacheable:
+            self.poison_cache.save(cache_key, x, {"seconds": seconds, "poison": arm.poison.name})
         self._poisoned[key] = x
         return x
 
