@@ -32,7 +32,7 @@ class Registered:
 
 
 def did_you_mean(name: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.7)
     if close:
         return "did you mean " + " or ".join(repr(c) for c in close) + "?"
     return "known: " + (", ".join(sorted(candidates)) if candidates else "none installed")
