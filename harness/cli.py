@@ -1,4 +1,4 @@
-"""`harness`: eval, validate, schema, plugins, score."""
+"""`harness`: eval, validate, schema, plugins, score, report, landscape, leaderboard, submit."""
 
 from __future__ import annotations
 
@@ -96,12 +96,65 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import build_report
+
+    if args.landscape:
+        cmd_landscape(args)
+    page, figures = build_report(Path(args.run))
+    for path in figures:
+        print(path)
+    print(f"report: {page}")
+    return 0
+
+
+def cmd_landscape(args: argparse.Namespace) -> int:
+    from harness.landscape import LandscapeSettings, draw_landscape, parse_components
+
+    settings = LandscapeSettings(components=parse_components(args.components), grid=args.grid,
+                                 samples=args.samples)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
+    path = draw_landscape(Path(args.run), _components(False), arms, settings,
+                          log=lambda message: print(message, file=sys.stderr))
+    print(path)
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from harness import leaderboard
+
+    entries = leaderboard.gather(args.sources)
+    for path in leaderboard.write(entries, args.out):
+        print(path)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from harness.submit import submit
+
+    written, unchanged = submit(Path(args.run), args.leaderboard, replace=args.replace)
+    for path in written:
+        print(f"added {path}")
+    for path in unchanged:
+        print(f"unchanged {path}")
+    print(f"leaderboard: {args.leaderboard / 'leaderboard.md'}, {args.leaderboard / 'index.html'}")
+    return 0
+
+
 def cmd_data_extract(args: argparse.Namespace) -> int:
     from harness.archive import default_destination, extract_archive
 
     dest = extract_archive(Path(args.archive), Path(args.dest) if args.dest else default_destination(args.archive))
     print(dest)
     return 0
+
+
+def _landscape_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arms", default=None,
+                   help="comma-separated arms: ids, poison labels or 'clean' (default: every traced arm)")
+    p.add_argument("--components", default="1,2", help="the two principal components of the plane, e.g. 1,2 or 3,4")
+    p.add_argument("--grid", type=int, default=21, help="grid points per axis")
+    p.add_argument("--samples", type=int, default=1024, help="training samples the loss is evaluated on")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +188,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder (holding run.h5)")
     p.add_argument("--no-write", action="store_true", help="print only; leave entries/ as it is")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("report", help="a run's figures (RUN/figures/*.png) and RUN/report.html")
+    p.add_argument("run", help="run folder (holding run.h5)")
+    p.add_argument("--landscape", action="store_true",
+                   help="draw the loss landscape first (needs a saved trajectory; see `harness landscape`)")
+    _landscape_options(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("landscape", help="loss landscape over the PCA plane of saved parameter trajectories")
+    p.add_argument("run", help="run folder (holding run.h5)")
+    _landscape_options(p)
+    p.set_defaults(func=cmd_landscape)
+
+    p = sub.add_parser("leaderboard", help="gather entries into leaderboard.md and a static index.html")
+    p.add_argument("sources", nargs="+", type=Path,
+                   help="run folders, leaderboard folders, folders of entry files, or entry files")
+    p.add_argument("--out", type=Path, required=True, help="folder for leaderboard.md, index.html, entries.json")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("submit", help="check a finished run and file its entries into a leaderboard folder")
+    p.add_argument("run", help="run folder (holding run.h5)")
+    p.add_argument("--leaderboard", type=Path, required=True, help="the leaderboard folder")
+    p.add_argument("--replace", action="store_true", help="overwrite a different entry of the same name")
+    p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("data", help="data-set utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)

@@ -44,7 +44,7 @@ from harness.poison_cache import PoisonCache, data_fingerprint, poison_key
 from harness.progress import Reporter
 from harness.sal import SALSettings, compute_sal
 from harness.spec import ArmComponentRef, ComponentRef, Spec
-from harness.specfile import LoadedSpec
+from harness.specfile import LoadedSpec, SpecSource
 from harness.store import EpochRow, RunStore
 from harness.sysinfo import git_revision, hardware, harness_version
 from harness.task import TaskHead
@@ -168,11 +168,27 @@ class Runner:
         self.data = self.load_data()
         self.task = self._build("task", self.spec.task)
         torch.manual_seed(self.spec.seeds[0])
-        self.layers = scored_layers(self.build_model())
+        model = self.build_model()
+        self.layers = scored_layers(model)
         if not self.layers:
             raise SpecError(f"{self.loaded.source.where(('backbone',))}: the model has no Conv2d or Linear "
                             "layer for SAL to score")
+        self._check_landscape(model)
         self._check_existing_run()
+
+    def _check_landscape(self, model: TaskModel) -> None:
+        """Refuse, before anything is written, a trajectory that would not fit in reason."""
+        ls = self.spec.landscape
+        if not ls.enabled:
+            return
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if n > ls.max_params:
+            raise SpecError(
+                f"{self.loaded.source.where(('landscape', 'max_params'))}: landscape.max_params: the model has "
+                f"{n:,} trainable parameters, over the limit of {ls.max_params:,} (each snapshot of the "
+                f"trajectory takes {4 * n / 1e6:.1f} MB); raise `max_params`, trace a smaller model, or "
+                "set `landscape.enabled: false`"
+            )
 
     def _check_existing_run(self) -> None:
         spec_file = self.run_dir / "spec.resolved.json"
@@ -288,13 +304,27 @@ class Runner:
         return self.run_dir / CHECKPOINTS_DIR / f"{arm.id}.pt"
 
     def _sync_store(self, arm: Arm, state: dict[str, Any]) -> None:
-        """Make the HDF5 arm hold exactly the checkpoint's rows (after a kill at any point)."""
+        """Make the HDF5 arm hold exactly the checkpoint's rows (after a kill at any point).
+
+        The checkpoint's rows are the truth: when the file's differ in number, they are all
+        rewritten from it. The parameter trajectory lives in the file alone, so the arm's group
+        is kept (not recreated) whenever it exists, and its trajectory is cut back to the
+        checkpoint's optimisation step.
+        """
         rows = state["rows"]
         if self.store.has_arm(arm.id):
             data = self.store.read_arm(arm.id)
-            if data.last_complete_epoch == len(rows) and data.sal.shape[0] == len(rows):
-                if state["complete"] and not data.complete:
+            if data.layer_names == list(state["layers"]):
+                complete = data.complete
+                if data.last_complete_epoch != len(rows) or data.sal.shape[0] != len(rows):
+                    self.store.truncate_arm(arm.id, 0)
+                    for epoch, row in enumerate(rows, start=1):
+                        self.store.append_epoch(arm.id, epoch, EpochRow(**row))
+                    complete = False
+                if state["complete"] and not complete:
                     self.store.mark_complete(arm.id)
+                if "steps" in state:
+                    self.store.truncate_trajectory(arm.id, int(state["steps"]))
                 return
         self.store.init_arm(arm.id, state["config"], state["hardware"], state["layers"], state["epochs"])
         for epoch, row in enumerate(rows, start=1):
@@ -339,6 +369,10 @@ class Runner:
             self._sync_store(arm, state)
         done = len(state["rows"])
         self.reporter.arm_start(arm.id, recipe.epochs, done)
+        tracer = _Tracer(model, optimizer, int(state.get("steps", 0)),
+                         self.spec.landscape.every_steps if self.spec.traces(arm.id, arm.poison_key) else None)
+        if done == 0:
+            tracer.snapshot()  # step 0: the initial parameters, written with the first epoch
 
         train = Split(train_x.to(self.device), self.data.train.y.to(self.device))
         test = Split(self.data.test.x.to(self.device), self.data.test.y.to(self.device))
@@ -365,10 +399,15 @@ class Runner:
             state.update(
                 model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                 generator=generator.get_state(), scaler=scaler.state_dict() if scaler is not None else {},
+                steps=tracer.step,
             )
+            # the epoch's snapshots go in before the checkpoint: a resume cuts the trajectory back
+            # to the checkpoint's step count, so rows of an epoch that never got its checkpoint go
+            self.store.append_trajectory(arm.id, *tracer.take(), self.spec.landscape.every_steps)
             atomic_write(ckpt_path, lambda f, s=state: torch.save(s, f))
             self.store.append_epoch(arm.id, epoch, row)
             self.reporter.epoch_done(arm.id, epoch, recipe.epochs, {**row.metrics, "sal": row.sal})
+        tracer.close()
         self.store.mark_complete(arm.id)
         self.reporter.arm_done(arm.id)
 
@@ -421,6 +460,65 @@ class Runner:
         entries = compute_entries(self.run_dir)
         write_entries(self.run_dir, entries)
         return entries
+
+
+class _Tracer:
+    """Counts optimisation steps and, when the arm is traced, snapshots the parameters.
+
+    Hooks the optimiser (`register_step_post_hook`) rather than the training loop, so every
+    step the optimiser really takes is counted (a step skipped by the AMP grad scaler is not).
+    Snapshots are held in memory until the epoch ends and go into the run file with it.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                 every_steps: int | None) -> None:
+        self.step = step
+        self.every = every_steps
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.steps: list[int] = []
+        self.rows: list[Any] = []
+        self._handle = optimizer.register_step_post_hook(self._on_step)
+
+    def _on_step(self, *_: Any) -> None:
+        self.step += 1
+        if self.every is not None and self.step % self.every == 0:
+            self.snapshot()
+
+    def snapshot(self) -> None:
+        if self.every is None:
+            return
+        flat = torch.nn.utils.parameters_to_vector([p.detach() for p in self.params])
+        self.steps.append(self.step)
+        self.rows.append(flat.float().cpu().numpy())
+
+    def take(self) -> tuple[list[int], list[Any]]:
+        steps, rows = self.steps, self.rows
+        self.steps, self.rows = [], []
+        return steps, rows
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def runner_for_run(run_dir: Path, components: Components, reporter: Reporter | None = None) -> Runner:
+    """A runner over an existing run folder, rebuilt from the resolved spec stored in its run.h5.
+
+    For analysis after the fact (the loss landscape): the same data, poisons (from the cache),
+    task and model as the run, with nothing written to the run folder.
+    """
+    run_dir = Path(run_dir)
+    store = RunStore(run_dir / RUN_FILE)
+    if not store.path.exists() or not store.readable():
+        raise RunStateError(f"{store.path}: no readable run file")
+    resolved = json.loads(store.root_attrs()["spec"])
+    spec = Spec.model_validate(resolved)
+    runner = Runner(LoadedSpec(spec, SpecSource(store.path, resolved)), components,
+                    output_root=run_dir.parent, reporter=reporter)
+    runner.run_dir = run_dir
+    runner.store = store
+    runner.data = runner.load_data()
+    runner.task = runner._build("task", spec.task)
+    return runner
 
 
 def entries_dir(run_dir: Path) -> Path:

@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -116,6 +117,26 @@ class SALSpec(Strict):
     )
 
 
+class LandscapeSpec(Strict):
+    """Saving the parameter trajectory for the loss-landscape views (paper §3.1, Appendix A.4).
+
+    Off by default: a snapshot is the whole flattened model, so the file grows by
+    4 × parameters bytes per snapshot. It does not change what is trained or scored; it only
+    adds `arms/<arm>/trajectory` to the run file for `harness landscape`.
+    """
+
+    enabled: bool = Field(default=False, description="save the flattened trainable parameters during training")
+    every_steps: int = Field(default=5, gt=0, description="a snapshot every k optimisation steps (and at step 0), "
+                                                           "as the paper does")
+    arms: list[str] | None = Field(
+        default=None,
+        description="arms to trace: 'clean', a poison label (every defence and seed of it) or a full arm id "
+        "such as 'clean__none__s0'; null traces every arm",
+    )
+    max_params: int = Field(default=2_000_000, gt=0, description="refuse to trace a model with more trainable "
+                                                                 "parameters than this")
+
+
 class Spec(Strict):
     name: str = Field(pattern=SLUG, description="run name; the run folder is <output>/<name>")
     description: str = ""
@@ -130,6 +151,7 @@ class Spec(Strict):
         description="the undefended arms (`none`) are always run; list more to add defended arms",
     )
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    landscape: LandscapeSpec = Field(default_factory=LandscapeSpec)
     output: str = Field(default="runs", description="relative folder for runs; no '..', not absolute")
 
     @field_validator("output")
@@ -176,6 +198,29 @@ class Spec(Strict):
         if field == "defences" and not any(ref.name == "none" for ref in value):
             value = [ArmComponentRef(name="none"), *value]
         return value
+
+
+    @model_validator(mode="after")
+    def _known_landscape_arms(self) -> Spec:
+        """A misspelt arm under `landscape.arms` would silently trace nothing: refuse it."""
+        if self.landscape.arms is None:
+            return self
+        poisons = ["clean", *(p.key for p in self.poisons)]
+        ids = {f"{p}__{d.key}__s{s}" for p in poisons for d in self.defences for s in self.seeds}
+        for i, name in enumerate(self.landscape.arms):
+            if name not in poisons and name not in ids:
+                raise PydanticCustomError(
+                    "arm_label", "{reason}",
+                    {"reason": f"no arm {name!r}; use 'clean', a poison label "
+                               f"({', '.join(poisons[1:]) or 'none'}) or an arm id such as "
+                               f"{sorted(ids)[0]!r}", "at": ("landscape", "arms", i)},
+                )
+        return self
+
+    def traces(self, arm_id: str, poison_key: str) -> bool:
+        """Whether the runner saves the parameter trajectory of this arm."""
+        ls = self.landscape
+        return ls.enabled and (ls.arms is None or arm_id in ls.arms or poison_key in ls.arms)
 
 
 def _arm_error(index: int, reason: str) -> PydanticCustomError:

@@ -181,8 +181,15 @@ class LoadedSpec:
 
 
 def spec_hash(resolved: dict[str, Any]) -> str:
-    """Identity of what a run computes; the output folder and prose do not change results."""
+    """Identity of what a run computes; the output folder and prose do not change results.
+
+    A disabled `landscape` section is left out too: it changes nothing in the run, and leaving
+    it out keeps the hash of every spec written before the section existed. Enabled, it adds
+    the trajectory to the run file, so it is part of the identity.
+    """
     identity = {k: v for k, v in resolved.items() if k not in ("output", "description")}
+    if not (identity.get("landscape") or {}).get("enabled", False):
+        identity.pop("landscape", None)
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -12,10 +12,17 @@ Layout (FORMAT_VERSION 1):
         sal_descent_loss   [T, L] best loss of the descent copy
         metrics/<name>     [T] float64, resizable: train_loss, test_loss, test_metric,
                            sal_base_loss, lr, train_seconds, sal_seconds
+        trajectory/        only when the spec's `landscape` traces the arm; attrs: every_steps
+            params         [S, P] float32, resizable along S: the flattened trainable parameters
+                           (model.parameters() order) at step 0 and every `every_steps` steps
+            step           [S] int64, the optimisation step of each snapshot
 
 The file is opened, appended and closed once per epoch, so it is complete on disk between
 epochs. Checkpoints (written atomically before each append) hold the same rows, so a file
-damaged by a kill in the middle of a write is rebuilt from them on resume.
+damaged by a kill in the middle of a write is rebuilt from them on resume. The trajectory is
+too large for checkpoints: it lives in this file alone, is cut back to the checkpoint's step on
+resume, and its snapshots before the resume point are lost if the file has to be rebuilt (its
+`step` then no longer starts at 0, which `harness landscape` reports).
 """
 
 from __future__ import annotations
@@ -161,6 +168,67 @@ class RunStore:
                 g["metrics"][name].resize(epochs, axis=0)
             g.attrs["last_complete_epoch"] = epochs
             g.attrs["complete"] = False
+
+    # --- the parameter trajectory (loss landscape) ----------------------------------------
+    def append_trajectory(self, arm_id: str, steps: list[int], params: list[np.ndarray],
+                          every_steps: int) -> None:
+        """Append snapshots taken during one epoch, in one open of the file.
+
+        Called once per epoch just before the checkpoint is written: rows past the checkpoint's
+        step count (from an epoch that never reached its checkpoint) are dropped on resume by
+        `truncate_trajectory`, while writing them after the checkpoint would lose them to a
+        kill between the two.
+        """
+        if not steps:
+            return
+        block = np.stack([np.asarray(p, dtype=np.float32).reshape(-1) for p in params])
+        with self._open("a") as f:
+            g = f["arms"][arm_id]
+            if "trajectory" not in g:
+                t = g.create_group("trajectory")
+                t.attrs["every_steps"] = every_steps
+                n = block.shape[1]
+                t.create_dataset("params", shape=(0, n), maxshape=(None, n), dtype="f4",
+                                 chunks=(1, max(1, min(n, 1 << 18))))
+                t.create_dataset("step", shape=(0,), maxshape=(None,), dtype="i8", chunks=(256,))
+            t = g["trajectory"]
+            start = t["step"].shape[0]
+            if start and steps[0] <= int(t["step"][start - 1]):
+                raise ValueError(f"arm {arm_id}: trajectory step {steps[0]} does not follow "
+                                 f"step {int(t['step'][start - 1])}")
+            if block.shape[1] != t["params"].shape[1]:
+                raise ValueError(f"arm {arm_id}: {block.shape[1]} parameters, the trajectory holds "
+                                 f"{t['params'].shape[1]}")
+            t["params"].resize(start + len(steps), axis=0)
+            t["params"][start:] = block
+            t["step"].resize(start + len(steps), axis=0)
+            t["step"][start:] = np.asarray(steps, dtype=np.int64)
+            f.flush()
+
+    def truncate_trajectory(self, arm_id: str, last_step: int) -> None:
+        """Drop snapshots taken after optimisation step `last_step` (the checkpoint's)."""
+        with self._open("a") as f:
+            g = f["arms"][arm_id]
+            if "trajectory" not in g:
+                return
+            t = g["trajectory"]
+            keep = int(np.searchsorted(t["step"][()], last_step, side="right"))
+            t["params"].resize(keep, axis=0)
+            t["step"].resize(keep, axis=0)
+
+    def read_trajectory(self, arm_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(steps [S], params [S, P]) of an arm, or None when it was not traced."""
+        with self._open("r") as f:
+            g = f["arms"][arm_id]
+            if "trajectory" not in g:
+                return None
+            return g["trajectory/step"][()], g["trajectory/params"][()]
+
+    def trajectory_shape(self, arm_id: str) -> tuple[int, int] | None:
+        """(snapshots, parameters) without reading the matrix, or None when not traced."""
+        with self._open("r") as f:
+            g = f["arms"][arm_id]
+            return tuple(g["trajectory/params"].shape) if "trajectory" in g else None
 
     def mark_complete(self, arm_id: str) -> None:
         with self._open("a") as f:

@@ -48,3 +48,47 @@ def pytest_configure(config) -> None:
     import tempfile
 
     os.environ["HARNESS_CACHE"] = tempfile.mkdtemp(prefix="harness-test-cache-")
+
+
+def figures_spec() -> dict:
+    """Three arms on the small CNN, the clean and one poisoned arm tracing their parameters."""
+    return tiny_spec(
+        "figs",
+        training={"epochs": 3, "batch_size": 50, "optimizer": {"name": "sgd", "lr": 0.1}},
+        sal={"iterations": 2, "probe_size": 64, "probe_batch_size": 32},
+        landscape={"enabled": True, "every_steps": 2, "arms": ["clean", "noise-sample"]},
+    )
+
+
+def linear_spec() -> dict:
+    """Another track (the linear backbone), two seeds: for leaderboards."""
+    return tiny_spec(
+        "lin",
+        backbone={"name": "linear"},
+        training={"epochs": 2, "batch_size": 50, "optimizer": {"name": "sgd", "lr": 0.1}},
+        sal={"iterations": 2, "probe_size": 64, "probe_batch_size": 32},
+        poisons=[{"name": "random-noise", "label": "noise-class", "params": {"epsilon": 0.1, "mode": "class-wise"}}],
+        seeds=[0, 1],
+    )
+
+
+@pytest.fixture(scope="session")
+def small_runs(tmp_path_factory) -> dict[str, Path]:
+    """Two finished runs of different tracks, trained once per test session: {name: run folder}.
+
+    One torch thread: on a busy 2-core machine, tiny models train several times faster so.
+    """
+    import torch
+
+    from harness.cli import main
+
+    root = tmp_path_factory.mktemp("small-runs")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for spec in (figures_spec(), linear_spec()):
+            path = write_spec(root / f"{spec['name']}.yaml", spec)
+            assert main(["eval", str(path), "--output", str(root / "runs"), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return {"figs": root / "runs" / "figs", "lin": root / "runs" / "lin"}
