@@ -31,6 +31,9 @@ class ComponentRecord:
     factory: Callable[..., Any]
     params: type[BaseModel] = NoParams
     description: str = ""
+    #: a family answers to every `<name>:<variant>` (as `timm` answers `timm:resnet18`); its
+    #: factory then also receives `variant=...`
+    family: bool = False
     kind: ClassVar[str] = "component"
 
     def problems(self) -> list[str]:
@@ -73,10 +76,15 @@ class TaskHeadRecord(ComponentRecord):
 
 @dataclass(frozen=True)
 class PoisonRecord(ComponentRecord):
-    """factory(params) -> harness.poison.Poison."""
+    """factory(params) -> harness.poison.Poison.
+
+    `task_aware`: the generator minimises whatever task loss the context hands it (with that
+    task's targets), so a spec may name the task to craft against (`crafting_task`).
+    """
 
     paper: str = ""
     deviations: tuple[str, ...] = field(default_factory=tuple)
+    task_aware: bool = False
     kind: ClassVar[str] = "poison"
 
 

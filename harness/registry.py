@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from harness.errors import DuplicateComponentError, UnknownComponentError
 from harness.records import ComponentRecord
@@ -18,6 +18,7 @@ class Registered:
     plugin: str
     distribution: str
     version: str
+    variant: str | None = None  # the part after `family:` when a family record answered
 
     @property
     def name(self) -> str:
@@ -62,6 +63,10 @@ class Registry:
         try:
             return self._items[name]
         except KeyError:
+            family, _, variant = name.partition(":")
+            found = self._items.get(family)
+            if variant and found is not None and found.record.family:
+                return replace(found, variant=variant)
             raise UnknownComponentError(
                 f"unknown {self.kind} {name!r}: {did_you_mean(name, list(self._items))}"
             ) from None

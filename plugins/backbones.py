@@ -51,6 +51,9 @@ class SmallCNN(Backbone):
         self.features = nn.Sequential(*layers)
         self.num_features = c_in
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.features[:-2](x)  # everything but the global pool and flatten
+
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x)
 
@@ -84,6 +87,7 @@ class LeNet5(Backbone):
             nn.Linear(120, 84), nn.ReLU(inplace=True),
         )
         self.num_features = 84
+        self.has_feature_map = False
 
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x)
@@ -95,6 +99,7 @@ class Flatten(Backbone):
     def __init__(self, params: NoParams, input_shape: tuple[int, ...]) -> None:
         super().__init__()
         self.num_features = math.prod(input_shape)
+        self.has_feature_map = False
 
     def forward(self, x: Tensor) -> Tensor:
         return x.flatten(1)
@@ -139,11 +144,13 @@ class CifarResNet18(Backbone):
             stages += [BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)]
             c_in = c_out
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.num_features = c_in
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.stages(self.stem(x))
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.pool(self.stages(self.stem(x)))
+        return self.pool(self.forward_features(x))
 
 
 @hookimpl
