@@ -7,7 +7,9 @@ every arm see byte-identical inputs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,15 +18,25 @@ from torch import Tensor
 
 @dataclass
 class Split:
-    """Inputs `x` ([N, *input_shape], float32) and integer labels `y` ([N])."""
+    """Inputs `x` ([N, *input_shape], float32), integer labels `y` ([N]) and dense targets.
+
+    `y` is always the class (or scene class) of each sample: subsets are stratified on it and
+    class-wise poisons key on it. `targets` holds whatever else the tasks learn, one tensor per
+    name with N rows (a segmentation mask [N, H, W], a depth map [N, 1, H, W], key-point
+    heat maps [N, K, H, W], ...).
+    """
 
     x: Tensor
     y: Tensor
     indices: Tensor | None = None  # positions in the full split, when this is a subset
+    targets: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
             raise ValueError(f"{self.x.shape[0]} inputs but {self.y.shape[0]} labels")
+        for name, value in self.targets.items():
+            if value.shape[0] != self.x.shape[0]:
+                raise ValueError(f"{self.x.shape[0]} inputs but {value.shape[0]} rows of target {name!r}")
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -32,7 +44,26 @@ class Split:
     def with_inputs(self, x: Tensor) -> Split:
         if x.shape != self.x.shape:
             raise ValueError(f"replacement inputs have shape {tuple(x.shape)}, expected {tuple(self.x.shape)}")
-        return Split(x, self.y, self.indices)
+        return Split(x, self.y, self.indices, self.targets)
+
+    def take(self, index: Tensor) -> Split:
+        """The samples at `index`, with every target."""
+        base = self.indices if self.indices is not None else torch.arange(len(self))
+        return Split(self.x[index].clone(), self.y[index].clone(), base[index].clone(),
+                     {k: v[index].clone() for k, v in self.targets.items()})
+
+
+def take_targets(targets: Tensor | dict[str, Tensor], index: Tensor) -> Tensor | dict[str, Tensor]:
+    """Rows `index` of a target tensor, or of every tensor of a multi-task target dict."""
+    if isinstance(targets, dict):
+        return {k: v[index] for k, v in targets.items()}
+    return targets[index]
+
+
+def targets_to(targets: Tensor | dict[str, Tensor], device: torch.device) -> Tensor | dict[str, Tensor]:
+    if isinstance(targets, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+    return targets.to(device, non_blocking=True)
 
 
 @dataclass
@@ -92,7 +123,22 @@ def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 def subset(split: Split, size: int | None, seed: int) -> Split:
     if size is None or size >= len(split):
         return split
-    idx = stratified_indices(split.y.numpy(), size, seed)
-    base = split.indices if split.indices is not None else torch.arange(len(split))
-    index = torch.as_tensor(idx)
-    return Split(split.x[index].clone(), split.y[index].clone(), base[index].clone())
+    return split.take(torch.as_tensor(stratified_indices(split.y.numpy(), size, seed)))
+
+
+def subset_request(subset: Mapping[str, Any] | None) -> tuple[int | None, int | None, int]:
+    """(train size, test size, seed) of the subset the runner asks a data-set factory for.
+
+    Factories that can decode only the samples asked for (image folders, Taskonomy) take the
+    request as `subset=` and check it with this, so a malformed one fails the same way everywhere.
+    """
+    if subset is None:
+        return None, None, 0
+    unknown = set(subset) - {"train", "test", "seed"}
+    if unknown:
+        raise ValueError(f"subset has unknown keys {sorted(unknown)}; expected train, test, seed")
+    sizes = (subset.get("train"), subset.get("test"))
+    for size in sizes:
+        if size is not None and (not isinstance(size, int) or size < 1):
+            raise ValueError(f"subset sizes must be positive integers or None, got {size!r}")
+    return sizes[0], sizes[1], int(subset.get("seed", 0))

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harness.atomic import atomic_write_text
 from harness.errors import RunStateError
-from harness.scoring import learnable_counts, score
+from harness.scoring import learnable_counts, learnable_proportion, score, task_similarity
 from harness.store import ArmData, RunStore
 
 SCHEMA_VERSION = 1
@@ -46,6 +46,10 @@ class Track(Model):
     backbone: ComponentInfo
     training: dict[str, Any]
     sal: dict[str, Any]
+    tasks: list[dict[str, Any]] | None = Field(
+        default=None, description="multi-task runs: every task trained together (label, weight, plugin); "
+        "`task` is then the one this entry scores"
+    )
 
 
 class MetricResult(Model):
@@ -68,6 +72,13 @@ class Results(Model):
     ud_change: float | None = Field(default=None, description="ud − ud_undefended (defended arms only)")
     test_metric: MetricResult
     final_train_loss: float
+    learnable_proportion_per_epoch: list[float] | None = Field(
+        default=None, description="λ(t) / layers per epoch (multi-task entries: of this task's SAL)"
+    )
+    task_similarity_per_epoch: dict[str, list[float]] | None = Field(
+        default=None, description="multi-task entries: cosine similarity of this task's SAL vector with "
+        "each other task's, per epoch"
+    )
 
 
 class HDF5Ref(Model):
@@ -83,6 +94,17 @@ class Entry(Model):
     epochs: int
     poison: ComponentInfo | None = Field(description="None for the clean reference")
     defence: ComponentInfo
+    evaluated_task: str | None = Field(
+        default=None, description="the task this entry scores: the trained task's name, or a label of a "
+        "multi-task run's tasks"
+    )
+    crafting_task: str | None = Field(
+        default=None, description="the task the poison minimised when crafted ('all' for the sum of a "
+        "multi-task model's); None for the clean arm and task-agnostic poisons"
+    )
+    task_label: str | None = Field(
+        default=None, description="multi-task runs: the task of the arm this entry scores (one entry per task)"
+    )
     track: Track
     results: Results
     spec_hash: str
@@ -91,6 +113,11 @@ class Entry(Model):
     hardware: dict[str, Any]
     wall_time_s: float
     hdf5: HDF5Ref
+
+    @property
+    def entry_id(self) -> str:
+        """Unique within a run: the arm id, and the task for multi-task arms."""
+        return self.arm_id if self.task_label is None else f"{self.arm_id}__{self.task_label}"
 
 
 def sha256_file(path: Path) -> str:
@@ -114,16 +141,41 @@ def arm_id(poison_key: str, defence_key: str, seed: int) -> str:
     return f"{poison_key}__{defence_key}__s{seed}"
 
 
+def _metric(values: np.ndarray, name: str, higher: bool) -> MetricResult:
+    return MetricResult(
+        name=name, higher_is_better=higher, final=float(values[-1]),
+        best=float(np.max(values) if higher else np.min(values)), per_epoch=[float(v) for v in values],
+    )
+
+
 def _entry(arm: ArmData, clean: ArmData, undefended: ArmData | None, root: dict[str, Any],
-           h5: HDF5Ref) -> Entry:
+           h5: HDF5Ref, task: str | None = None) -> Entry:
+    """The entry of an arm, or (multi-task arms) of one of its tasks, scored on that task's SAL."""
     cfg = arm.config
-    s = score(arm.sal, clean.sal)
+
+    def sal_of(data: ArmData) -> np.ndarray:
+        return data.sal if task is None else data.task_sal[task]
+
+    s = score(sal_of(arm), sal_of(clean))
     ud_undefended = None
     if undefended is not None:
-        ud_undefended = score(undefended.sal, clean.sal).ud
-    metric = arm.metrics["test_metric"]
-    higher = bool(cfg["task"]["higher_is_better"])
-    track = {k: cfg["track"][k] for k in ("dataset", "task", "backbone", "training", "sal")}
+        ud_undefended = score(sal_of(undefended), sal_of(clean)).ud
+    track = {k: cfg["track"][k] for k in ("dataset", "backbone", "training", "sal")}
+    similarity = None
+    if task is None:
+        track["task"] = cfg["track"]["task"]
+        metric = _metric(arm.metrics["test_metric"], cfg["task"]["metric_name"], bool(cfg["task"]["higher_is_better"]))
+        evaluated = cfg.get("evaluated_task", cfg["track"]["task"]["name"])
+    else:
+        info = next(t for t in cfg["tasks"] if t["label"] == task)
+        track["task"] = {k: info[k] for k in ("name", "params", "plugin", "distribution", "version")} | {"label": task}
+        track["tasks"] = cfg["track"]["tasks"]
+        metric = _metric(arm.metrics[f"test_metric.{task}"], info["metric_name"], bool(info["higher_is_better"]))
+        evaluated = task
+        sim = task_similarity(arm.task_sal)
+        labels = list(arm.task_sal)
+        k = labels.index(task)
+        similarity = {other: [float(v) for v in sim[:, k, j]] for j, other in enumerate(labels) if other != task}
     seconds = arm.metrics["train_seconds"].sum() + arm.metrics["sal_seconds"].sum()
     return Entry(
         run=root["spec_name"],
@@ -132,23 +184,23 @@ def _entry(arm: ArmData, clean: ArmData, undefended: ArmData | None, root: dict[
         epochs=int(arm.sal.shape[0]),
         poison=cfg["poison"],
         defence=cfg["defence"],
+        evaluated_task=evaluated,
+        crafting_task=cfg.get("crafting_task"),
+        task_label=task,
         track=Track(id=track_id(track), **track),
         results=Results(
             ud=s.ud,
             lp=s.lp,
             beta=s.beta,
             clean_lp=s.clean_lp,
-            learnable_per_epoch=[int(v) for v in learnable_counts(arm.sal, s.beta)],
+            learnable_per_epoch=[int(v) for v in learnable_counts(sal_of(arm), s.beta)],
             ud_undefended=ud_undefended,
             ud_change=(s.ud - ud_undefended) if (s.ud is not None and ud_undefended is not None) else None,
-            test_metric=MetricResult(
-                name=cfg["task"]["metric_name"],
-                higher_is_better=higher,
-                final=float(metric[-1]),
-                best=float(np.max(metric) if higher else np.min(metric)),
-                per_epoch=[float(v) for v in metric],
-            ),
+            test_metric=metric,
             final_train_loss=float(arm.metrics["train_loss"][-1]),
+            learnable_proportion_per_epoch=(
+                None if task is None else [float(v) for v in learnable_proportion(sal_of(arm), s.beta)]),
+            task_similarity_per_epoch=similarity,
         ),
         spec_hash=root["spec_hash"],
         harness_version=root["harness_version"],
@@ -182,7 +234,10 @@ def compute_entries(run_dir: Path) -> list[Entry]:
             undefended = arms.get(arm_id(poison_key, "none", seed))
             if undefended is not None and not undefended.complete:
                 undefended = None
-        entries.append(_entry(arm, clean, undefended, root, h5))
+        if arm.task_sal:
+            entries += [_entry(arm, clean, undefended, root, h5, task) for task in arm.task_sal]
+        else:
+            entries.append(_entry(arm, clean, undefended, root, h5))
     return entries
 
 
@@ -190,7 +245,7 @@ def write_entries(run_dir: Path, entries: list[Entry]) -> list[Path]:
     out = Path(run_dir) / ENTRIES_DIR
     paths = []
     for entry in entries:
-        path = out / f"{entry.arm_id}.json"
+        path = out / f"{entry.entry_id}.json"
         atomic_write_text(path, entry.model_dump_json(indent=2) + "\n")
         paths.append(path)
     return paths

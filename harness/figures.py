@@ -292,3 +292,68 @@ def loss_landscape(panels: Sequence[LandscapePanel], levels: int = 16) -> Figure
     c1, c2 = panels[0].components
     fig.suptitle(f"Loss landscape on principal components {c1} and {c2} of the trajectory")
     return fig
+
+
+# --- multi-task (paper Figure 4) -------------------------------------------------------------
+
+def task_similarity(panels: Sequence[tuple[str, list[str], np.ndarray]]) -> Figure:
+    """Cosine similarity of the tasks' per-layer SAL vectors, one panel per arm (Fig. 4a).
+
+    `panels`: (arm label, task labels, similarity [epochs, K, K]). Each panel shows the mean over
+    epochs, every cell annotated; the tasks' vectors are over the same shared backbone layers.
+    """
+    fig, axes = _panels(len(panels), width=3.6, height=3.2)
+    image = None
+    for ax, (label, tasks, sim) in zip(axes, panels, strict=True):
+        mean = np.asarray(sim, dtype=np.float64).mean(axis=0)
+        image = ax.imshow(mean, vmin=-1.0, vmax=1.0, cmap="RdBu_r")
+        ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
+        for i in range(len(tasks)):
+            for j in range(len(tasks)):
+                ax.text(j, i, f"{mean[i, j]:.2f}", ha="center", va="center", fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.set_label(f"similarity:{label}")
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="cosine similarity of SAL (mean over epochs)")
+    fig.suptitle("Similarity of the tasks' SAL over the shared backbone")
+    return fig
+
+
+def task_learnable_proportion(panels: Sequence[tuple[str, dict[str, np.ndarray]]]) -> Figure:
+    """Share of learnable backbone layers per task and epoch, one panel per arm (Fig. 4b).
+
+    `panels`: (arm label, {task: λ_task(t) / layers [epochs]}), each task against its own β.
+    """
+    fig, axes = _panels(len(panels), width=4.0, height=3.2, sharey=True)
+    for ax, (label, series) in zip(axes, panels, strict=True):
+        for i, (task, values) in enumerate(series.items()):
+            ax.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3, color=f"C{i % 10}", label=task)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_title(label, fontsize=9)
+        ax.set_label(f"proportion:{label}")
+    axes[0].set_ylabel("learnable layers (fraction)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Learnable proportion of the backbone per task")
+    return fig
+
+
+def task_metrics(series: dict[str, tuple[str, list[tuple[str, np.ndarray]]]]) -> Figure:
+    """Each task's test metric per epoch, one panel per task, one line per arm.
+
+    `series`: {task: (metric name, [(arm label, values [epochs])])}.
+    """
+    fig, axes = _panels(len(series), width=3.8, height=3.0)
+    for ax, (task, (metric_name, lines)) in zip(axes, series.items(), strict=True):
+        for i, (label, values) in enumerate(lines):
+            ax.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3, color=_colour(i, label),
+                    label=label)
+        ax.set_title(task, fontsize=9)
+        ax.set_ylabel(f"test {metric_name}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_label(f"metric:{task}")
+    axes[0].legend(fontsize=7)
+    return fig

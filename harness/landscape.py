@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.data import stratified_indices
+from harness.data import stratified_indices, take_targets, targets_to
 from harness.entries import RUN_FILE
 from harness.errors import HarnessError, RunStateError
 from harness.figures import LandscapePanel, loss_landscape
@@ -93,8 +93,9 @@ def loss_grid(runner: Runner, arm: Arm, final: np.ndarray, directions: np.ndarra
     idx = torch.as_tensor(stratified_indices(labels.numpy(), settings.samples, arm.seed))
     defence = runner._build("defence", arm.defence)
     x = defence.transform_images(train_x[idx], torch.Generator().manual_seed(arm.seed)).to(runner.device)
-    y = labels[idx].to(runner.device)
-    batches = list(zip(x.split(settings.batch_size), y.split(settings.batch_size), strict=True))
+    y = targets_to(take_targets(runner.task.targets(runner.data.train), idx), runner.device)
+    batches = [(x[part], take_targets(y, part.to(x.device)))
+               for part in torch.arange(len(x)).split(settings.batch_size)]
     torch.manual_seed(arm.seed)
     model = runner.build_model().to(runner.device)
     _batchnorm_on_batches(model)
@@ -112,7 +113,9 @@ def loss_grid(runner: Runner, arm: Arm, final: np.ndarray, directions: np.ndarra
             torch.nn.utils.vector_to_parameters(point, params)
             total = 0.0
             for xb, yb in batches:
-                total += float(runner.task.loss(model(xb).float(), yb)) * len(xb)
+                out_b = model(xb)
+                out_b = {k: v.float() for k, v in out_b.items()} if isinstance(out_b, dict) else out_b.float()
+                total += float(runner.task.loss(out_b, yb)) * len(xb)
             out[j, i] = total / len(x)
     return out
 

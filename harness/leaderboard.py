@@ -63,7 +63,7 @@ def gather(sources: Iterable[Path]) -> list[Entry]:
             except (ValidationError, UnicodeDecodeError, OSError) as exc:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise LeaderboardError(f"{path}: not a valid entry: {first}") from None
-            seen.setdefault((entry.run, entry.arm_id, entry.spec_hash, entry.hdf5.sha256), entry)
+            seen.setdefault((entry.run, entry.entry_id, entry.spec_hash, entry.hdf5.sha256), entry)
     if not seen:
         raise LeaderboardError("no entries found in " + ", ".join(str(s) for s in sources))
     return list(seen.values())
@@ -112,7 +112,10 @@ def track_summary(entry: Entry) -> str:
     s = t.sal
     sal = (f"SAL {s.get('estimator')} ε {s.get('epsilon')}, {s.get('iterations')} iterations, "
            f"probe {s.get('probe_size')}, base {s.get('base_loss')}")
-    return f"{data} · {t.task.name} · {backbone} · {recipe} · {sal}"
+    task = t.task.name
+    if t.tasks:
+        task = f"{t.task.label or t.task.name} of multi-task [{', '.join(x.get('label', x['name']) for x in t.tasks)}]"
+    return f"{data} · {task} · {backbone} · {recipe} · {sal}"
 
 
 @dataclass
@@ -198,9 +201,12 @@ def build(entries: list[Entry]) -> list[Track]:
         tid = e.track.id
         if tid not in tracks:
             tracks[tid] = Track(tid, track_summary(e), e.track.model_dump(mode="json", exclude={"id"}), [])
-        key = (tid, _component_key(e.poison), _component_key(e.defence))
+        key = (tid, _component_key(e.poison), e.crafting_task or "", _component_key(e.defence))
         if key not in groups:
-            groups[key] = Row(tid, _component_label(e.poison), _describe(e.poison),
+            poison = _component_label(e.poison)
+            if e.crafting_task is not None and e.crafting_task != e.evaluated_task:
+                poison += f" (crafted on {e.crafting_task})"  # cross-task: never merged with same-task rows
+            groups[key] = Row(tid, poison, _describe(e.poison),
                               e.defence.label or e.defence.name, _describe(e.defence))
             tracks[tid].rows.append(groups[key])
         groups[key].entries.append(e)

@@ -20,6 +20,11 @@ class PoisonContext:
 
     `build_model(backbone_name, backbone_params)` builds any registered backbone with the track's
     task head on top, so surrogate-based methods run at whatever scale their parameters ask for.
+
+    For a poison crafted against another task than the one trained (cross-task, paper §3.4),
+    `build_model` puts the crafting task's head(s) on the backbone, `task_loss` is that task's
+    loss, and `targets` holds its targets for every training sample (a tensor, or a dict by task
+    label for several tasks); `classification` says whether they are plain class labels.
     """
 
     seed: int
@@ -29,6 +34,13 @@ class PoisonContext:
     task_loss: Callable[[Tensor, Tensor], Tensor]
     cache_dir: Path | None = None
     progress: Callable[[str, float], None] = field(default=lambda message, fraction: None)
+    targets: Any = None
+    classification: bool = True
+    crafting_task: str | None = None
+
+    def train_targets(self, data: DataBundle) -> Any:
+        """The crafting task's targets of every training sample (the class labels by default)."""
+        return data.train.y if self.targets is None else self.targets
 
     def generator(self, salt: int = 0) -> torch.Generator:
         g = torch.Generator()

@@ -27,7 +27,13 @@ from harness import figures
 from harness.atomic import atomic_write_text
 from harness.entries import RUN_FILE, Entry, clean_arm_id, compute_entries
 from harness.errors import HarnessError, RunStateError
-from harness.scoring import epoch_threshold, learnable_counts, learnable_threshold
+from harness.scoring import (
+    epoch_threshold,
+    learnable_counts,
+    learnable_proportion,
+    learnable_threshold,
+    task_similarity,
+)
 from harness.store import ArmData, RunStore
 from harness.table import rows as table_rows
 
@@ -139,14 +145,31 @@ def final_parameters(run: RunData) -> tuple[list[tuple[str, np.ndarray]], str] |
 
 
 def multitask_figures(run: RunData) -> dict[str, Figure]:
-    """Hook for the multi-task views (paper Figure 4): none yet.
+    """The multi-task views (paper Figure 4) for arms that recorded per-task SAL.
 
-    When the run file gains per-task SAL (say `arms/<arm>/tasks/<task>/sal`, [epochs, layers]),
-    draw here the heat map of cosine similarities between the tasks' layer-SAL vectors per epoch
-    (4a) and the learnable proportion per task with its UD (4b), and return them by name; the
-    report embeds whatever this returns.
+    4a: the cosine similarity between the tasks' SAL vectors over the shared backbone; 4b: the
+    share of learnable backbone layers per task, each against the β of its own clean SAL; and
+    every task's test metric, which the single-metric curves cannot show.
     """
-    return {}
+    arms = [a for a in run.arms if a.task_sal]
+    if not arms:
+        return {}
+    multi = len({a.config["seed"] for a in run.arms}) > 1
+    out: dict[str, Figure] = {}
+    out["task_similarity"] = figures.task_similarity(
+        [(label(a, multi), list(a.task_sal), task_similarity(a.task_sal)) for a in arms])
+    cleans = {a.config["seed"]: a for a in arms if a.arm_id == clean_arm_id(a.config["seed"])}
+    scored = [a for a in arms if a.config["seed"] in cleans]
+    if scored:
+        betas = {seed: {t: learnable_threshold(c.task_sal[t])[0] for t in c.task_sal} for seed, c in cleans.items()}
+        out["task_learnable_proportion"] = figures.task_learnable_proportion([
+            (label(a, multi), {t: learnable_proportion(v, betas[a.config["seed"]][t]) for t, v in a.task_sal.items()})
+            for a in scored])
+    tasks = {t["label"]: t["metric_name"] for t in arms[0].config.get("tasks", [])}
+    out["task_metrics"] = figures.task_metrics({
+        task: (metric, [(label(a, multi), a.metrics[f"test_metric.{task}"]) for a in arms])
+        for task, metric in tasks.items()})
+    return out
 
 
 def build_figures(run: RunData) -> dict[str, Figure]:
@@ -187,6 +210,11 @@ CAPTIONS: dict[str, str] = {
                   "β their mean over epochs (paper Figure 12, Equation 4).",
     "training_curves": "Test metric and training loss per epoch.",
     "parameter_cdf": "Cumulative distribution of parameter values and magnitudes (paper Figure 9).",
+    "task_similarity": "Cosine similarity between the tasks' SAL vectors over the shared backbone's layers, "
+                       "mean over epochs, per arm (paper Figure 4a).",
+    "task_learnable_proportion": "Share of the backbone's layers learnable for each task per epoch, each task "
+                                 "against the β of its own clean SAL (paper Figure 4b).",
+    "task_metrics": "Each task's test metric per epoch (multi-task arms).",
 }
 
 

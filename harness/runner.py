@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 
 from harness.atomic import atomic_write, atomic_write_text
-from harness.backbone import TaskModel, scored_layers
-from harness.data import DataBundle, Split, stratified_indices, subset
+from harness.backbone import MultiTaskModel, TaskModel, backbone_layers, scored_layers
+from harness.data import DataBundle, Split, stratified_indices, subset, take_targets
 from harness.defence import Defence
 from harness.entries import (
     ENTRIES_DIR,
@@ -37,13 +37,14 @@ from harness.entries import (
     compute_entries,
     write_entries,
 )
-from harness.errors import DataError, RunStateError, SpecError
+from harness.errors import DataError, PluginError, RunStateError, SpecError
+from harness.multitask import MultiTask
 from harness.pluginmanager import Components
 from harness.poison import PoisonContext
 from harness.poison_cache import PoisonCache, data_fingerprint, poison_key
 from harness.progress import Reporter
 from harness.sal import SALSettings, compute_sal
-from harness.spec import ArmComponentRef, ComponentRef, Spec
+from harness.spec import ArmComponentRef, ComponentRef, PoisonRef, Spec
 from harness.specfile import LoadedSpec, SpecSource
 from harness.store import EpochRow, RunStore
 from harness.sysinfo import git_revision, hardware, harness_version
@@ -52,7 +53,7 @@ from harness.training import (
     augment,
     autocast_for,
     batch_order,
-    evaluate,
+    evaluate_all,
     make_optimizer,
     make_scheduler,
     resolve_device,
@@ -95,6 +96,15 @@ def plan_arms(spec: Spec) -> list[Arm]:
     return arms
 
 
+def build_component(components: Components, kind: str, ref: ComponentRef, *args: Any, **kwargs: Any) -> Any:
+    """Build a registered component from a spec reference (a family record also gets its variant)."""
+    registered = components.get(kind, ref.name)
+    if registered.variant is not None:
+        kwargs["variant"] = registered.variant
+    record = registered.record
+    return record.factory(record.params.model_validate(ref.params), *args, **kwargs)
+
+
 def _component_info(components: Components, kind: str, ref: ComponentRef) -> dict[str, Any]:
     registered = components.get(kind, ref.name)
     info = {"name": ref.name, "params": ref.params, **registered.provenance()}
@@ -127,21 +137,69 @@ class Runner:
         self.data: DataBundle | None = None
         self.task: TaskHead | None = None
         self.layers: list[str] = []
+        self.task_layers: list[str] = []  # multi-task: the shared backbone's layers, per-task SAL
 
     # --- components ------------------------------------------------------------------------
     def _build(self, kind: str, ref: ComponentRef, *args: Any, **kwargs: Any) -> Any:
-        record = self.components.get(kind, ref.name).record
-        return record.factory(record.params.model_validate(ref.params), *args, **kwargs)
+        return build_component(self.components, kind, ref, *args, **kwargs)
 
-    def build_model(self, backbone_name: str | None = None, backbone_params: dict | None = None) -> TaskModel:
+    def build_model(self, backbone_name: str | None = None, backbone_params: dict | None = None,
+                    task: TaskHead | None = None) -> TaskModel | MultiTaskModel:
+        """The backbone with the head(s) of `task` (default: the trained task or tasks) on top."""
         assert self.data is not None and self.task is not None
+        task = task or self.task
         ref = self.spec.backbone if backbone_name is None else ComponentRef(name=backbone_name, params=backbone_params or {})
         try:
             backbone = self._build("backbone", ref, self.data.input_shape)
         except (ValueError, TypeError) as exc:
             raise SpecError(f"{self.loaded.source.where(('backbone', 'name'))}: backbone {ref.name!r} "
-                            f"cannot take inputs of shape {self.data.input_shape}: {exc}") from None
-        return TaskModel(backbone, self.task.build(backbone.num_features, self.data))
+                            f"(inputs of shape {self.data.input_shape}): {exc}") from None
+        heads = task.heads if isinstance(task, MultiTask) else {"": task}
+        dense = [label or type(head).__name__ for label, head in heads.items() if head.features == "map"]
+        if dense and not backbone.has_feature_map:
+            raise SpecError(f"{self.loaded.source.where(('backbone', 'name'))}: backbone {ref.name!r} gives no "
+                            f"feature map, which the dense task(s) {', '.join(dense)} need; use a convolutional "
+                            "backbone (small-cnn, resnet18, timm:...)")
+        if isinstance(task, MultiTask):
+            return MultiTaskModel(
+                backbone, {k: h.build(backbone.num_features, self.data) for k, h in task.heads.items()},
+                {k: h.features for k, h in task.heads.items()},
+            )
+        return TaskModel(backbone, task.build(backbone.num_features, self.data), task.features)
+
+    def build_task(self) -> TaskHead:
+        """The trained task: one head, or a MultiTask over `tasks` with their weights."""
+        if not self.spec.tasks:
+            return self._build("task", self.spec.task)
+        heads = {ref.key: self._build("task", ref) for ref in self.spec.tasks}
+        return MultiTask(heads, {ref.key: ref.weight for ref in self.spec.tasks})
+
+    def _check_task_data(self) -> None:
+        """Refuse, before training, tasks the data cannot feed and settings dense targets break."""
+        assert self.data is not None and self.task is not None
+        heads = self.task.heads if isinstance(self.task, MultiTask) else {"": self.task}
+        for i, head in enumerate(heads.values()):
+            try:
+                head.check_data(self.data)
+            except ValueError as exc:
+                loc = ("tasks", i, "name") if self.spec.tasks else ("task",)
+                raise SpecError(f"{self.loaded.source.where(loc)}: {exc}") from None
+        dense = [h for h in heads.values() if h.target != "class" and h.features == "map"]
+        if dense and self.spec.training.augmentation:
+            raise SpecError(
+                f"{self.loaded.source.where(('training', 'augmentation'))}: training.augmentation: crop and "
+                "flip move the pixels but not the dense targets (masks, depth, key points); set "
+                "`augmentation: []` for dense tasks"
+            )
+        if any(h.target != "class" for h in heads.values()):
+            for i, ref in enumerate(self.spec.defences):
+                defence = self._build("defence", ref)
+                if type(defence).transform_batch is not Defence.transform_batch:
+                    raise SpecError(
+                        f"{self.loaded.source.where(('defences', i, 'name'))}: defence {ref.name!r} mixes "
+                        "images and class labels across a batch, which has no meaning for the dense or "
+                        "multi-task targets of this spec"
+                    )
 
     def load_data(self) -> DataBundle:
         ref = self.spec.data
@@ -166,15 +224,54 @@ class Runner:
     def prepare(self) -> None:
         self.reporter.stage(f"loading data set {self.spec.data.name}")
         self.data = self.load_data()
-        self.task = self._build("task", self.spec.task)
+        self.task = self.build_task()
+        self._check_task_data()
+        self._check_crafting_tasks()
         torch.manual_seed(self.spec.seeds[0])
         model = self.build_model()
         self.layers = scored_layers(model)
+        self.task_layers = backbone_layers(self.layers) if isinstance(self.task, MultiTask) else []
         if not self.layers:
             raise SpecError(f"{self.loaded.source.where(('backbone',))}: the model has no Conv2d or Linear "
                             "layer for SAL to score")
         self._check_landscape(model)
         self._check_existing_run()
+
+    @property
+    def trained_task_label(self) -> str:
+        """What entries call the trained task: its name, or 'all' for a multi-task model."""
+        return "all" if self.spec.tasks else self.spec.task.name
+
+    def crafting_task(self, ref: PoisonRef) -> tuple[TaskHead, str]:
+        """The task whose loss a poison minimises, and its label in entries.
+
+        Unset: the trained task(s). Otherwise a label of `tasks`, 'all' (their weighted sum), the
+        trained task's name, or any registered task head, built with its default parameters.
+        """
+        assert self.task is not None and self.data is not None
+        name = ref.crafting_task
+        if name is None or name == "all":
+            return self.task, self.trained_task_label
+        if isinstance(self.task, MultiTask) and name in self.task.heads:
+            return self.task.heads[name], name
+        if not self.spec.tasks and name == self.spec.task.name:
+            return self.task, name
+        head = self._build("task", ComponentRef(name=name))
+        head.check_data(self.data)
+        return head, name
+
+    def _check_crafting_tasks(self) -> None:
+        for i, ref in enumerate(self.spec.poisons):
+            if ref.crafting_task is None:
+                continue
+            where = self.loaded.source.where(("poisons", i, "crafting_task"))
+            if not self.components.get("poison", ref.name).record.task_aware:
+                raise SpecError(f"{where}: poisons.{i}.crafting_task: poison {ref.name!r} does not declare "
+                                "`task_aware`, so it cannot be crafted against another task's loss")
+            try:
+                self.crafting_task(ref)
+            except (ValueError, PluginError) as exc:
+                raise SpecError(f"{where}: poisons.{i}.crafting_task: {exc}") from None
 
     def _check_landscape(self, model: TaskModel) -> None:
         """Refuse, before anything is written, a trajectory that would not fit in reason."""
@@ -242,10 +339,11 @@ class Runner:
             return self._poisoned[key]
         dataset = _component_info(self.components, "dataset", self.spec.data)
         dataset["subset"] = self.spec.data.subset.model_dump(mode="json")
-        cache_key = poison_key(
-            _component_info(self.components, "poison", arm.poison), dataset,
-            data_fingerprint(self.data.train.x, self.data.train.y), arm.seed,
-        )
+        info = _component_info(self.components, "poison", arm.poison)
+        craft, craft_label = self.crafting_task(arm.poison)
+        if arm.poison.crafting_task is not None:
+            info["crafting_task"] = craft_label  # absent otherwise, so older cache entries still match
+        cache_key = poison_key(info, dataset, data_fingerprint(self.data.train.x, self.data.train.y), arm.seed)
         poison = self._build("poison", arm.poison)
         cached = self.poison_cache.load(cache_key, tuple(self.data.train.x.shape)) if poison.cacheable else None
         if cached is not None:
@@ -256,10 +354,13 @@ class Runner:
         label = arm.poison.key
         ctx = PoisonContext(
             seed=arm.seed, device=self.device, data=self.data,
-            build_model=lambda name, params: self.build_model(name, params),
-            task_loss=self.task.loss,
+            build_model=lambda name, params: self.build_model(name, params, task=craft),
+            task_loss=craft.loss,
             cache_dir=self.poison_cache.root,
             progress=lambda message, fraction: self.reporter.poison_progress(label, message, fraction),
+            targets=craft.targets(self.data.train),
+            classification=not isinstance(craft, MultiTask) and craft.target == "class",
+            crafting_task=craft_label,
         )
         started = time.perf_counter()
         x = poison.generate(self.data, ctx)
@@ -283,7 +384,7 @@ class Runner:
         spec = self.spec
         dataset = _component_info(self.components, "dataset", spec.data)
         dataset["subset"] = spec.data.subset.model_dump(mode="json")
-        return {
+        config: dict[str, Any] = {
             "arm_id": arm.id,
             "seed": arm.seed,
             "poison_key": arm.poison_key,
@@ -291,6 +392,8 @@ class Runner:
             "poison": None if arm.poison is None else _component_info(self.components, "poison", arm.poison),
             "defence": _component_info(self.components, "defence", arm.defence),
             "task": {"metric_name": self.task.metric_name, "higher_is_better": self.task.higher_is_better},
+            "evaluated_task": self.trained_task_label,
+            "crafting_task": self._crafting_label(arm),
             "track": {
                 "dataset": dataset,
                 "task": _component_info(self.components, "task", spec.task),
@@ -299,6 +402,23 @@ class Runner:
                 "sal": spec.sal.model_dump(mode="json"),
             },
         }
+        if isinstance(self.task, MultiTask):
+            config["tasks"] = [
+                {**_component_info(self.components, "task", ref), "label": ref.key, "weight": ref.weight,
+                 "metric_name": self.task.heads[ref.key].metric_name,
+                 "higher_is_better": self.task.heads[ref.key].higher_is_better}
+                for ref in spec.tasks
+            ]
+            del config["track"]["task"]
+            config["track"]["tasks"] = [{k: v for k, v in t.items() if k not in ("metric_name", "higher_is_better")}
+                                        for t in config["tasks"]]
+        return config
+
+    def _crafting_label(self, arm: Arm) -> str | None:
+        """The task a poison was crafted against; None for the clean arm and task-agnostic poisons."""
+        if arm.poison is None or not self.components.get("poison", arm.poison.name).record.task_aware:
+            return None
+        return self.crafting_task(arm.poison)[1]
 
     def _checkpoint_path(self, arm: Arm) -> Path:
         return self.run_dir / CHECKPOINTS_DIR / f"{arm.id}.pt"
@@ -326,7 +446,8 @@ class Runner:
                 if "steps" in state:
                     self.store.truncate_trajectory(arm.id, int(state["steps"]))
                 return
-        self.store.init_arm(arm.id, state["config"], state["hardware"], state["layers"], state["epochs"])
+        self.store.init_arm(arm.id, state["config"], state["hardware"], state["layers"], state["epochs"],
+                            state.get("tasks"), state.get("task_layers"))
         for epoch, row in enumerate(rows, start=1):
             self.store.append_epoch(arm.id, epoch, EpochRow(**row))
         if state["complete"]:
@@ -358,7 +479,10 @@ class Runner:
                 "config": self.arm_config(arm), "hardware": hardware(self.device),
                 "layers": self.layers, "epochs": recipe.epochs, "rows": [], "complete": False,
             }
-            self.store.init_arm(arm.id, state["config"], state["hardware"], self.layers, recipe.epochs)
+            if isinstance(self.task, MultiTask):
+                state["tasks"], state["task_layers"] = list(self.task.heads), self.task_layers
+            self.store.init_arm(arm.id, state["config"], state["hardware"], self.layers, recipe.epochs,
+                                state.get("tasks"), state.get("task_layers"))
         else:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -374,25 +498,32 @@ class Runner:
         if done == 0:
             tracer.snapshot()  # step 0: the initial parameters, written with the first epoch
 
-        train = Split(train_x.to(self.device), self.data.train.y.to(self.device))
-        test = Split(self.data.test.x.to(self.device), self.data.test.y.to(self.device))
+        train = _on_device(self.data.train.with_inputs(train_x), self.device)
+        test = _on_device(self.data.test, self.device)
         probe_idx = self.probe_indices(arm.seed)
         for epoch in range(done + 1, recipe.epochs + 1):
             t0 = time.perf_counter()
             train_loss = train_epoch(model, train, self.task, defence, recipe, optimizer, generator,
                                      self.device, epoch, self.data.num_classes, self.data.value_range, scaler)
-            test_loss, test_metric = evaluate(model, test, self.task, max(recipe.batch_size, 256),
-                                              self.device, recipe.amp)
+            test_loss, metric = evaluate_all(model, test, self.task, max(recipe.batch_size, 256),
+                                             self.device, recipe.amp)
+            test_metric = metric.compute()
             t1 = time.perf_counter()
             sal = self.sal(model, arm, train, defence, probe_idx, epoch, train_loss)
+            task_sal = self.task_sal(model, arm, train, defence, probe_idx, epoch)
             t2 = time.perf_counter()
+            per_task: dict[str, float] = {}
+            if isinstance(self.task, MultiTask):
+                per_task = {f"test_metric.{k}": v for k, v in metric.compute_all().items()}
+                per_task |= {f"test_loss.{k}": v for k, v in self.task_test_losses(model, test).items()}
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             row = EpochRow(
                 sal=sal.values, sal_ascent_loss=sal.ascent_losses, sal_descent_loss=sal.descent_losses,
                 metrics={"train_loss": train_loss, "test_loss": test_loss, "test_metric": test_metric,
                          "sal_base_loss": sal.base_loss, "lr": lr,
-                         "train_seconds": t1 - t0, "sal_seconds": t2 - t1},
+                         "train_seconds": t1 - t0, "sal_seconds": t2 - t1, **per_task},
+                task_sal=task_sal,
             )
             state["rows"].append(asdict(row))
             state["complete"] = epoch == recipe.epochs
@@ -411,13 +542,43 @@ class Runner:
         self.store.mark_complete(arm.id)
         self.reporter.arm_done(arm.id)
 
-    def sal(self, model: TaskModel, arm: Arm, train: Split, defence: Defence, probe_idx: Tensor,
-            epoch: int, train_loss: float):
+    def task_sal(self, model: MultiTaskModel, arm: Arm, train: Split, defence: Defence, probe_idx: Tensor,
+                 epoch: int) -> dict[str, list[float]]:
+        """Per-task SAL of a multi-task arm: each task's loss alone, over the backbone's layers.
+
+        Same probe and same seeded randomness as the arm's SAL, so the tasks' vectors differ
+        only by the loss; the base loss is the eval-mode loss (a running training loss exists
+        for the summed loss only).
+        """
+        if not isinstance(self.task, MultiTask):
+            return {}
+        return {
+            label: self.sal(model, arm, train, defence, probe_idx, epoch, None,
+                            loss_fn=self.task.task_loss(label), layers=self.task_layers).values
+            for label in self.task.heads
+        }
+
+    @torch.no_grad()
+    def task_test_losses(self, model: MultiTaskModel, test: Split) -> dict[str, float]:
+        assert isinstance(self.task, MultiTask)
+        model.eval()
+        targets = self.task.targets(test)
+        totals = dict.fromkeys(self.task.heads, 0.0)
+        bs = max(self.spec.training.batch_size, 256)
+        for start in range(0, len(test), bs):
+            index = torch.arange(start, min(start + bs, len(test)))
+            out = model(test.x[index.to(test.x.device)])
+            for label in totals:
+                totals[label] += float(self.task.task_loss(label)(out, take_targets(targets, index))) * len(index)
+        return {label: total / max(len(test), 1) for label, total in totals.items()}
+
+    def sal(self, model: TaskModel | MultiTaskModel, arm: Arm, train: Split, defence: Defence, probe_idx: Tensor,
+            epoch: int, train_loss: float | None, loss_fn=None, layers: list[str] | None = None):
         """SAL of every scored layer on the arm's fixed probe, with its own seeded randomness."""
         settings = self.spec.sal
         g = torch.Generator().manual_seed(arm.seed * 100_003 + epoch)
         x = defence.transform_images(train.x[probe_idx.to(train.x.device)], g)
-        y = train.y[probe_idx.to(train.y.device)]
+        y = take_targets(self.task.targets(train), probe_idx)
         n, bs = len(x), settings.probe_batch_size
 
         def batches(order: list[Tensor], augmented: bool) -> list[tuple[Tensor, Tensor]]:
@@ -426,7 +587,7 @@ class Runner:
                 xb = x[idx.to(x.device)]
                 if augmented:
                     xb = augment(xb, self.spec.training.augmentation, g)
-                out.append((xb, y[idx.to(y.device)]))
+                out.append((xb, take_targets(y, idx)))
             return out
 
         def train_batches(_: int) -> list[tuple[Tensor, Tensor]]:
@@ -438,11 +599,11 @@ class Runner:
 
         fixed_eval = None if settings.probe_augment else eval_batches(0)
         return compute_sal(
-            model, self.layers, self.task.loss,
+            model, layers or self.layers, loss_fn or self.task.loss,
             SALSettings(settings.epsilon, settings.iterations, settings.inner_lr),
             train_batches=train_batches,
             eval_batches=(lambda _: fixed_eval) if fixed_eval is not None else eval_batches,
-            base_loss=train_loss if settings.base_loss == "train-running-mean" else None,
+            base_loss=train_loss if settings.base_loss == "train-running-mean" and train_loss is not None else None,
             autocast=self.autocast,
             on_layer=lambda i: self.reporter.sal_layer(arm.id, i, len(self.layers)),
         )
@@ -517,8 +678,13 @@ def runner_for_run(run_dir: Path, components: Components, reporter: Reporter | N
     runner.run_dir = run_dir
     runner.store = store
     runner.data = runner.load_data()
-    runner.task = runner._build("task", spec.task)
+    runner.task = runner.build_task()
     return runner
+
+
+def _on_device(split: Split, device: torch.device) -> Split:
+    return Split(split.x.to(device), split.y.to(device), split.indices,
+                 {k: v.to(device) for k, v in split.targets.items()})
 
 
 def entries_dir(run_dir: Path) -> Path:

@@ -66,3 +66,24 @@ def score(sal: np.ndarray, clean_sal: np.ndarray) -> Score:
     clean_lp = learnable_parameters(clean_sal, beta)
     ud = lp / clean_lp if clean_lp > 0 else None
     return Score(beta=beta, lp=lp, clean_lp=clean_lp, ud=ud)
+
+
+def learnable_proportion(sal: np.ndarray, beta: float) -> np.ndarray:
+    """λ(t) / L: the share of layers above β per epoch (Figure 4b's per-task curves)."""
+    sal = np.asarray(sal, dtype=np.float64)
+    return learnable_counts(sal, beta) / max(sal.shape[1], 1)
+
+
+def task_similarity(task_sal: dict[str, np.ndarray]) -> np.ndarray:
+    """Cosine similarity between every two tasks' SAL vectors, per epoch: [T, K, K] (Figure 4a).
+
+    The vectors are the per-layer SAL of each task's loss over the same backbone layers, as
+    recorded; a zero vector has similarity 0 with everything (and 1 with itself).
+    """
+    stacked = np.stack([np.asarray(v, dtype=np.float64) for v in task_sal.values()], axis=1)  # [T, K, L]
+    norms = np.linalg.norm(stacked, axis=2, keepdims=True)
+    unit = np.divide(stacked, norms, out=np.zeros_like(stacked), where=norms > 0)
+    sim = np.einsum("tkl,tjl->tkj", unit, unit)
+    k = stacked.shape[1]
+    sim[:, np.arange(k), np.arange(k)] = 1.0
+    return sim

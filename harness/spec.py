@@ -51,8 +51,29 @@ class ArmComponentRef(ComponentRef):
         return self.label or self.name.replace(":", "-")
 
 
+class PoisonRef(ArmComponentRef):
+    crafting_task: str | None = Field(
+        default=None,
+        description="the task whose loss the poison minimises (poisons that declare `task_aware`): a label "
+        "of `tasks`, 'all' for the weighted sum of every task in `tasks` (the paper's EM(All)), or the name "
+        "of any registered task head; unset: the trained task(s)",
+    )
+
+
+class TaskRef(ComponentRef):
+    label: str | None = Field(default=None, pattern=SLUG, description="key of this task in files and tables; "
+                                                                        "defaults to the task name")
+    weight: float = Field(default=1.0, gt=0, description="weight of this task's loss in the sum trained")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name.replace(":", "-")
+
+
 Component = Annotated[ComponentRef, BeforeValidator(_name_or_mapping)]
 ArmComponent = Annotated[ArmComponentRef, BeforeValidator(_name_or_mapping)]
+PoisonComponent = Annotated[PoisonRef, BeforeValidator(_name_or_mapping)]
+TaskComponent = Annotated[TaskRef, BeforeValidator(_name_or_mapping)]
 
 
 class SubsetSpec(Strict):
@@ -142,10 +163,15 @@ class Spec(Strict):
     description: str = ""
     data: Annotated[DataSpec, BeforeValidator(_name_or_mapping)]
     task: Component = Field(default_factory=lambda: ComponentRef(name="classification"))
+    tasks: list[TaskComponent] = Field(
+        default_factory=list,
+        description="multi-task training: one backbone, one head per entry, the weighted sum of their losses; "
+        "SAL is also recorded per task over the backbone's layers. Give either `task` or `tasks`",
+    )
     backbone: Component
     training: TrainingSpec
     sal: SALSpec = Field(default_factory=SALSpec)
-    poisons: list[ArmComponent] = Field(default_factory=list)
+    poisons: list[PoisonComponent] = Field(default_factory=list)
     defences: list[ArmComponent] = Field(
         default_factory=lambda: [ArmComponentRef(name="none")],
         description="the undefended arms (`none`) are always run; list more to add defended arms",
@@ -199,6 +225,36 @@ class Spec(Strict):
             value = [ArmComponentRef(name="none"), *value]
         return value
 
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct_task_labels(cls, value: list[TaskRef]) -> list[TaskRef]:
+        seen: dict[str, int] = {}
+        for i, ref in enumerate(value):
+            if ref.key == "all":
+                raise _arm_error(i, "the label 'all' is reserved for the sum of every task; choose another `label`")
+            if ref.key in seen:
+                raise _arm_error(i, f"the label {ref.key!r} is already used by tasks.{seen[ref.key]}; "
+                                    "give each task a distinct `label`")
+            seen[ref.key] = i
+        return value
+
+    @model_validator(mode="after")
+    def _task_or_tasks(self) -> Spec:
+        if self.tasks and "task" in self.model_fields_set:
+            raise PydanticCustomError("task_or_tasks", "{reason}", {
+                "reason": "give either `task` (one task) or `tasks` (a multi-task model), not both",
+                "at": ("task",)})
+        for i, poison in enumerate(self.poisons):
+            if poison.crafting_task == "all" and not self.tasks:
+                raise PydanticCustomError("crafting_task", "{reason}", {
+                    "reason": "crafting_task 'all' means every task of `tasks`, and this spec has no `tasks`",
+                    "at": ("poisons", i, "crafting_task")})
+        return self
+
+    @property
+    def multitask(self) -> bool:
+        return bool(self.tasks)
 
     @model_validator(mode="after")
     def _known_landscape_arms(self) -> Spec:

@@ -157,7 +157,7 @@ def _validation_problems(source: SpecSource, exc: ValidationError, prefix: Path_
     lines = []
     for err in exc.errors():
         # a list-level check (e.g. distinct arm labels) says which entry it means in ctx["at"]
-        at = err["ctx"]["at"] if err["type"] == "arm_label" else ()
+        at = (err.get("ctx") or {}).get("at", ())
         loc = (*prefix, *err["loc"], *at)
         err = {**err, "loc": loc}
         where = source.where(loc, key=err["type"] == "extra_forbidden")
@@ -190,6 +190,11 @@ def spec_hash(resolved: dict[str, Any]) -> str:
     identity = {k: v for k, v in resolved.items() if k not in ("output", "description")}
     if not (identity.get("landscape") or {}).get("enabled", False):
         identity.pop("landscape", None)
+    # fields added after the first runs, left out while unset so that older runs keep their hash
+    if not identity.get("tasks"):
+        identity.pop("tasks", None)
+    identity["poisons"] = [{k: v for k, v in p.items() if not (k == "crafting_task" and v is None)}
+                           for p in identity.get("poisons", [])]
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -200,6 +205,7 @@ def _component_refs(spec: Spec) -> list[tuple[Path_, str, ComponentRef]]:
         (("task",), "task", spec.task),
         (("backbone",), "backbone", spec.backbone),
     ]
+    refs += [(("tasks", i), "task", ref) for i, ref in enumerate(spec.tasks)]
     refs += [(("poisons", i), "poison", ref) for i, ref in enumerate(spec.poisons)]
     refs += [(("defences", i), "defence", ref) for i, ref in enumerate(spec.defences)]
     return refs
@@ -223,7 +229,7 @@ def _raw_component_refs(data: dict[str, Any]) -> list[tuple[Path_, str, Componen
             value = {"name": data[key]} if isinstance(data[key], str) else data[key]
             with contextlib.suppress(ValidationError):
                 refs.append(((key,), kind, adapter.validate_python(value)))
-    for key, kind in (("poisons", "poison"), ("defences", "defence")):
+    for key, kind in (("tasks", "task"), ("poisons", "poison"), ("defences", "defence")):
         items = data.get(key)
         for i, item in enumerate(items if isinstance(items, list) else []):
             with contextlib.suppress(ValidationError):

@@ -11,7 +11,11 @@ Layout (FORMAT_VERSION 1):
         sal_ascent_loss    [T, L] best loss of the ascent copy
         sal_descent_loss   [T, L] best loss of the descent copy
         metrics/<name>     [T] float64, resizable: train_loss, test_loss, test_metric,
-                           sal_base_loss, lr, train_seconds, sal_seconds
+                           sal_base_loss, lr, train_seconds, sal_seconds; multi-task arms add
+                           test_metric.<task> and test_loss.<task> per task (test_metric is NaN)
+        tasks/             multi-task arms only; attrs: labels (JSON list)
+            layer_names    [B] the shared backbone's scored layers
+            <task>/sal     [T, B] SAL of that task's loss alone over the backbone layers
         trajectory/        only when the spec's `landscape` traces the arm; attrs: every_steps
             params         [S, P] float32, resizable along S: the flattened trainable parameters
                            (model.parameters() order) at step 0 and every `every_steps` steps
@@ -56,6 +60,7 @@ class EpochRow:
     sal_ascent_loss: list[float]
     sal_descent_loss: list[float]
     metrics: dict[str, float]
+    task_sal: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,6 +74,8 @@ class ArmData:
     complete: bool
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    task_layer_names: list[str] = field(default_factory=list)
+    task_sal: dict[str, np.ndarray] = field(default_factory=dict)  # label -> [T, B], multi-task only
 
     @property
     def sal(self) -> np.ndarray:
@@ -118,7 +125,10 @@ class RunStore:
         hardware: dict[str, Any],
         layer_names: list[str],
         epochs_planned: int,
+        tasks: list[str] | None = None,
+        task_layers: list[str] | None = None,
     ) -> None:
+        """Create an arm's group; `tasks` (multi-task arms) adds per-task SAL and metrics."""
         with self._open("a") as f:
             arms = f["arms"]
             if arm_id in arms:
@@ -137,8 +147,17 @@ class RunStore:
                     chunks=(max(1, min(64, epochs_planned)), max(1, n_layers)),
                 )
             m = g.create_group("metrics")
-            for name in METRICS:
+            per_task = [f"{kind}.{label}" for label in tasks or [] for kind in ("test_metric", "test_loss")]
+            for name in (*METRICS, *per_task):
                 m.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f8", chunks=(64,))
+            if tasks:
+                t = g.create_group("tasks")
+                t.attrs["labels"] = json.dumps(list(tasks))
+                t.create_dataset("layer_names", data=np.array(task_layers or [], dtype=h5py.string_dtype()))
+                n = len(task_layers or [])
+                for label in tasks:
+                    t.create_dataset(f"{label}/sal", shape=(0, n), maxshape=(None, n), dtype="f8",
+                                     chunks=(max(1, min(64, epochs_planned)), max(1, n)))
 
     def append_epoch(self, arm_id: str, epoch: int, row: EpochRow) -> None:
         """Write epoch `epoch` (1-based) of an arm, then record it as the last complete one."""
@@ -151,10 +170,14 @@ class RunStore:
                 ds = g[name]
                 ds.resize(epoch, axis=0)
                 ds[epoch - 1] = np.asarray(getattr(row, name), dtype=np.float64)
-            for name in METRICS:
+            for name in g["metrics"]:
                 ds = g["metrics"][name]
                 ds.resize(epoch, axis=0)
                 ds[epoch - 1] = float(row.metrics.get(name, np.nan))
+            for label in _task_labels(g):
+                ds = g[f"tasks/{label}/sal"]
+                ds.resize(epoch, axis=0)
+                ds[epoch - 1] = np.asarray(row.task_sal[label], dtype=np.float64)
             g.attrs["last_complete_epoch"] = epoch
             f.flush()
 
@@ -164,8 +187,10 @@ class RunStore:
             g = f["arms"][arm_id]
             for name in SAL_ARRAYS:
                 g[name].resize(epochs, axis=0)
-            for name in METRICS:
+            for name in g["metrics"]:
                 g["metrics"][name].resize(epochs, axis=0)
+            for label in _task_labels(g):
+                g[f"tasks/{label}/sal"].resize(epochs, axis=0)
             g.attrs["last_complete_epoch"] = epochs
             g.attrs["complete"] = False
 
@@ -251,4 +276,11 @@ class RunStore:
                 complete=bool(g.attrs["complete"]),
                 arrays={name: g[name][()] for name in SAL_ARRAYS},
                 metrics={name: g["metrics"][name][()] for name in g["metrics"]},
+                task_layer_names=[s.decode() if isinstance(s, bytes) else str(s)
+                                  for s in g["tasks/layer_names"][()]] if "tasks" in g else [],
+                task_sal={label: g[f"tasks/{label}/sal"][()] for label in _task_labels(g)},
             )
+
+
+def _task_labels(group: h5py.Group) -> list[str]:
+    return json.loads(group["tasks"].attrs["labels"]) if "tasks" in group else []

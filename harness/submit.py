@@ -62,9 +62,9 @@ def _read_stored_entries(run_dir: Path) -> list[Entry]:
         except (ValidationError, UnicodeDecodeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise SubmissionError(f"{path}: not a valid entry: {first}") from None
-        if path.stem != entries[-1].arm_id:
+        if path.stem != entries[-1].entry_id:
             raise SubmissionError(f"{path}: the file is named for arm {path.stem!r} but holds arm "
-                                  f"{entries[-1].arm_id!r}")
+                                  f"{entries[-1].entry_id!r}")
     return entries
 
 
@@ -147,8 +147,8 @@ def verify_run(run_dir: Path) -> list[Entry]:
         if e.hdf5.sha256 != digest:
             raise SubmissionError(f"entry {e.arm_id}: names run.h5 with SHA-256 {e.hdf5.sha256[:12]}, but the "
                                   f"file's is {digest[:12]}: the file changed after the entries were written")
-    recomputed = {e.arm_id: e for e in compute_entries(run_dir)}
-    by_arm = {e.arm_id: e for e in stored}
+    recomputed = {e.entry_id: e for e in compute_entries(run_dir)}
+    by_arm = {e.entry_id: e for e in stored}
     missing, extra = sorted(set(recomputed) - set(by_arm)), sorted(set(by_arm) - set(recomputed))
     if missing or extra:
         raise SubmissionError(f"{run_dir / ENTRIES_DIR}: entries do not match the run's arms"
@@ -164,7 +164,7 @@ def verify_run(run_dir: Path) -> list[Entry]:
 
 
 def entry_file_name(entry: Entry) -> str:
-    return f"{entry.run}__{entry.arm_id}.json"
+    return f"{entry.run}__{entry.entry_id}.json"
 
 
 def submit(run_dir: Path, leaderboard_dir: Path, *, replace: bool = False) -> tuple[list[Path], list[Path]]:

@@ -1,13 +1,20 @@
-"""Task heads: each owns its loss and its metric, and says which direction of the metric is better."""
+"""Task heads: each owns its loss and its metric, and says which direction of the metric is better.
+
+A head reads one target of the data: `target = "class"` is the split's integer labels `y`;
+any other name is a per-sample tensor in `Split.targets` (a segmentation mask, a depth map, key
+points) that the data set provides. A head on pooled features sets `features = "pooled"`, a dense
+head `features = "map"` and is built on the backbone's feature map.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from harness.data import DataBundle
+from harness.backbone import FeatureKind
+from harness.data import DataBundle, Split
 
 
 class Metric(ABC):
@@ -23,10 +30,13 @@ class Metric(ABC):
 class TaskHead(ABC):
     metric_name: str = "metric"
     higher_is_better: bool = True
+    features: ClassVar[FeatureKind] = "pooled"
+    #: which target of the data the head learns: "class" (Split.y) or a key of Split.targets
+    target: str = "class"
 
     @abstractmethod
     def build(self, num_features: int, data: DataBundle) -> nn.Module:
-        """The head module that maps backbone features to this task's outputs."""
+        """The head module that maps backbone features (pooled, or the map's channels) to outputs."""
 
     @abstractmethod
     def loss(self, outputs: Tensor, targets: Any) -> Tensor:
@@ -39,3 +49,16 @@ class TaskHead(ABC):
     def per_sample_loss(self, outputs: Tensor, targets: Any) -> Tensor:
         """Loss of each sample ([B]); defences such as UEraser take a max over copies of it."""
         raise NotImplementedError(f"{type(self).__name__} has no per-sample loss")
+
+    def targets(self, split: Split) -> Tensor:
+        """This head's targets for every sample of a split."""
+        if self.target == "class":
+            return split.y
+        return split.targets[self.target]
+
+    def check_data(self, data: DataBundle) -> None:
+        """Raise ValueError when the data set lacks what this head learns from."""
+        if self.target != "class" and self.target not in data.train.targets:
+            have = ", ".join(sorted(data.train.targets)) or "none"
+            raise ValueError(f"the task needs the target {self.target!r}, which data set {data.name!r} "
+                             f"does not provide (its dense targets: {have})")

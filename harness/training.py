@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from harness.data import Split
+from harness.data import Split, take_targets, targets_to
 from harness.defence import Defence, StepContext
 from harness.spec import AugmentationSpec, OptimizerSpec, ScheduleSpec, TrainingSpec
-from harness.task import TaskHead
+from harness.task import Metric, TaskHead
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,9 +113,10 @@ def train_epoch(
         value_range=value_range, augment=aug,
     )
     total, count = 0.0, 0
+    all_targets = task.targets(train)
     for idx in batch_order(len(train), recipe.batch_size, generator):
         x = train.x[idx].to(device, non_blocking=True)
-        y = train.y[idx].to(device, non_blocking=True)
+        y = targets_to(take_targets(all_targets, idx), device)
         x = defence.transform_images(x, generator)
         x = aug(x, generator)
         x, targets = defence.transform_batch(x, y, num_classes, generator)
@@ -144,17 +145,28 @@ def evaluate(
     model: nn.Module, split: Split, task: TaskHead, batch_size: int, device: torch.device, amp: bool = False
 ) -> tuple[float, float]:
     """(mean loss, task metric) on a split, in eval mode."""
+    loss, metric = evaluate_all(model, split, task, batch_size, device, amp)
+    return loss, metric.compute()
+
+
+@torch.no_grad()
+def evaluate_all(
+    model: nn.Module, split: Split, task: TaskHead, batch_size: int, device: torch.device, amp: bool = False
+) -> tuple[float, Metric]:
+    """(mean loss, the filled metric accumulator): multi-task metrics give every task's value."""
     model.eval()
     metric = task.metric()
     autocast = autocast_for(device, amp)
     total, count = 0.0, 0
+    all_targets = task.targets(split)
     for start in range(0, len(split), batch_size):
-        x = split.x[start : start + batch_size].to(device)
-        y = split.y[start : start + batch_size].to(device)
+        index = torch.arange(start, min(start + batch_size, len(split)))
+        x = split.x[index].to(device)
+        y = targets_to(take_targets(all_targets, index), device)
         with autocast if autocast is not None else contextlib.nullcontext():
             out = model(x)
-        out = out.float()
+        out = {k: v.float() for k, v in out.items()} if isinstance(out, dict) else out.float()
         total += float(task.loss(out, y)) * len(x)
         count += len(x)
         metric.update(out, y)
-    return total / max(count, 1), metric.compute()
+    return total / max(count, 1), metric

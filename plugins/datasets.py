@@ -22,7 +22,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
-from harness.data import DataBundle, Split, stratified_indices
+from harness.data import DataBundle, Split, stratified_indices, subset_request
 from harness.errors import DataError
 from harness.hookspecs import hookimpl
 from harness.records import DatasetRecord
@@ -417,19 +417,6 @@ def decode_images(
     return torch.from_numpy(out).to(torch.float32).div_(255.0)
 
 
-def _subset_request(subset: Mapping[str, Any] | None) -> tuple[int | None, int | None, int]:
-    if subset is None:
-        return None, None, 0
-    unknown = set(subset) - {"train", "test", "seed"}
-    if unknown:
-        raise ValueError(f"subset has unknown keys {sorted(unknown)}; expected train, test, seed")
-    sizes = (subset.get("train"), subset.get("test"))
-    for size in sizes:
-        if size is not None and (not isinstance(size, int) or size < 1):
-            raise ValueError(f"subset sizes must be positive integers or None, got {size!r}")
-    return sizes[0], sizes[1], int(subset.get("seed", 0))
-
-
 def _load_split(
     paths: list[Path], labels: np.ndarray, size: int | None, seed: int, params: ImageFolderParams
 ) -> Split:
@@ -449,7 +436,7 @@ def load_image_folder(params: ImageFolderParams, subset: Mapping[str, Any] | Non
     as harness.data.subset would have.
     """
     root = Path(params.root).expanduser()
-    train_size, test_size, seed = _subset_request(subset)
+    train_size, test_size, seed = subset_request(subset)
     train_paths, train_labels, classes = list_image_folder(root, params.train_dir)
     test_paths, test_labels, test_classes = list_image_folder(root, params.test_dir)
     if test_classes != classes:

@@ -164,7 +164,7 @@ def test_unknown_parameter_of_a_plugin(tmp_path: Path, capsys: pytest.CaptureFix
         (VALID.replace("digits", "digit"),
          "2:7: data.name: unknown dataset 'digit': did you mean 'digits'?"),
         (VALID + "task: clasification\n",
-         "7:7: task.name: unknown task 'clasification': did you mean 'classification'?"),
+         "7:7: task.name: unknown task 'clasification': did you mean 'classification' or 'scene-classification'?"),
         (VALID + "poisons: [random-nois]\n",
          "7:11: poisons.0.name: unknown poison 'random-nois': did you mean 'random-noise'?"),
         (VALID + "defences: [none, nne]\n",

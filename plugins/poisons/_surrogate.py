@@ -26,7 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from harness.data import DataBundle
+from harness.data import DataBundle, take_targets
 from harness.poison import PoisonContext, clamp_to_range
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -197,6 +197,17 @@ def predictions(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
 
 def classification_error(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> float:
     return float((predictions(model, x, batch_size) != y).float().mean())
+
+
+@torch.no_grad()
+def crafting_loss(model: nn.Module, x: Tensor, targets: Tensor | dict, loss_fn: LossFn, batch_size: int) -> float:
+    """Mean loss of `model` (eval mode) over x, for crafting tasks that have no class error."""
+    model.eval()
+    total = 0.0
+    for start in range(0, len(x), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(x)), device=x.device)
+        total += float(loss_fn(model(x[index]), take_targets(targets, index))) * len(index)
+    return total / max(len(x), 1)
 
 
 @contextlib.contextmanager

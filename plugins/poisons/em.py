@@ -12,7 +12,9 @@ the surrogate's error on x + δ is at most `stop_error`.
   stop at 10% error (the authors' class-wise command).
 
 The loss minimised (for the surrogate and for δ) is the track's task loss, `ctx.task_loss`,
-so the same generator serves any task head; the stop check uses arg-max classification error.
+so the same generator serves any task head, and a spec may name another task to craft against
+(`crafting_task`, the paper's cross-task setting); the stop check uses arg-max classification
+error, and for non-classification crafting tasks every round runs.
 
 Nothing here assumes 32×32: the method is size-agnostic (no patches, no augmentation), and the
 surrogate is any registered backbone that accepts the data's shape.
@@ -26,7 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from harness.data import DataBundle, stratified_indices
+from harness.data import DataBundle, stratified_indices, take_targets, targets_to
 from harness.poison import Poison, PoisonContext, clamp_to_range
 from harness.records import PoisonRecord
 
@@ -36,6 +38,7 @@ from ._surrogate import (
     batch_indices,
     build_surrogate,
     classification_error,
+    crafting_loss,
     derived_seed,
     make_sgd,
     project_linf,
@@ -110,7 +113,7 @@ class ErrorMinimizingNoise(Poison):
         p = self.params
         vr = data.value_range
         x = data.train.x.to(ctx.device)
-        y = data.train.y.to(ctx.device)
+        y = targets_to(ctx.train_targets(data), ctx.device)  # the crafting task's targets
         model = build_surrogate(ctx, p.surrogate, SALT_INIT)
         optimizer = make_sgd(model, p.surrogate)
         bs = p.surrogate.batch_size
@@ -124,21 +127,35 @@ class ErrorMinimizingNoise(Poison):
         for rnd in range(p.max_rounds):
             for _ in range(p.train_steps):
                 idx = stream.next().to(ctx.device)
-                train_step(model, clamp_to_range(x[idx] + delta[idx], vr), y[idx], ctx.task_loss,
-                           optimizer, p.surrogate.grad_clip)
+                train_step(model, clamp_to_range(x[idx] + delta[idx], vr), take_targets(y, idx),
+                           ctx.task_loss, optimizer, p.surrogate.grad_clip)
             model.eval()
             for idx in batch_indices(len(x), bs):
                 idx = idx.to(ctx.device)
-                delta[idx] = sign_pgd(model, x[idx], y[idx], delta[idx], loss_fn=ctx.task_loss,
+                delta[idx] = sign_pgd(model, x[idx], take_targets(y, idx), delta[idx], loss_fn=ctx.task_loss,
                                       epsilon=p.epsilon, step_size=p.step_size, steps=steps,
                                       value_range=vr, descend=True)
-            error = classification_error(model, clamp_to_range(x + delta, vr), y, bs)
-            self.rounds_run, self.final_error = rnd + 1, error
-            ctx.progress(f"round {rnd + 1}: surrogate error on x+δ {error:.4f} (stop at {stop})",
-                         min(0.99, (rnd + 1) / p.max_rounds))
-            if error <= stop:
+            if self._stop(rnd, model, clamp_to_range(x + delta, vr), y, ctx, bs, stop):
                 break
         return clamp_to_range(x + delta, vr)
+
+    def _stop(self, rnd: int, model: torch.nn.Module, x: Tensor, y: Tensor | dict, ctx: PoisonContext,
+              bs: int, stop: float) -> bool:
+        """The original's stop rule: classification error on x+δ at most `stop`.
+
+        A non-classification crafting task has no classification error: every round runs, and
+        the progress line reports the surrogate's loss on x+δ instead.
+        """
+        self.rounds_run = rnd + 1
+        fraction = min(0.99, (rnd + 1) / self.params.max_rounds)
+        if not ctx.classification:
+            loss = crafting_loss(model, x, y, ctx.task_loss, bs)
+            ctx.progress(f"round {rnd + 1}: surrogate crafting-task loss on x+δ {loss:.4f}", fraction)
+            return False
+        error = classification_error(model, x, y, bs)
+        self.final_error = error
+        ctx.progress(f"round {rnd + 1}: surrogate error on x+δ {error:.4f} (stop at {stop})", fraction)
+        return error <= stop
 
     # --- class-wise ----------------------------------------------------------------------------
     def _class_wise(self, data: DataBundle, ctx: PoisonContext) -> Tensor:
@@ -149,7 +166,8 @@ class ErrorMinimizingNoise(Poison):
         seed = derived_seed(ctx, SALT_SUBSET) % 2**32
         sub = torch.as_tensor(stratified_indices(data.train.y.numpy(), size, seed))
         x = data.train.x[sub].to(ctx.device)
-        y = data.train.y[sub].to(ctx.device)
+        y = data.train.y[sub].to(ctx.device)  # classes: one noise per class
+        t = targets_to(take_targets(ctx.train_targets(data), sub), ctx.device)  # what the loss reads
         model = build_surrogate(ctx, p.surrogate, SALT_INIT)
         optimizer = make_sgd(model, p.surrogate)
         bs = p.surrogate.batch_size
@@ -163,22 +181,18 @@ class ErrorMinimizingNoise(Poison):
         for rnd in range(p.max_rounds):
             for _ in range(p.train_steps):
                 idx = stream.next().to(ctx.device)
-                train_step(model, clamp_to_range(x[idx] + noise[y[idx]], vr), y[idx], ctx.task_loss,
-                           optimizer, p.surrogate.grad_clip)
+                train_step(model, clamp_to_range(x[idx] + noise[y[idx]], vr), take_targets(t, idx),
+                           ctx.task_loss, optimizer, p.surrogate.grad_clip)
             model.eval()
             for idx in batch_indices(len(x), bs, order, drop_last=True):
                 idx = idx.to(ctx.device)
                 xb, yb = x[idx], y[idx]
-                eta = sign_pgd(model, xb, yb, noise[yb], loss_fn=ctx.task_loss, epsilon=p.epsilon,
+                eta = sign_pgd(model, xb, take_targets(t, idx), noise[yb], loss_fn=ctx.task_loss, epsilon=p.epsilon,
                                step_size=p.step_size, steps=steps, value_range=vr, descend=True,
                                project_range=False)
                 for cls in torch.unique(yb).tolist():
                     noise[cls] = eta[yb == cls].mean(dim=0).clamp(-p.epsilon, p.epsilon)
-            error = classification_error(model, clamp_to_range(x + noise[y], vr), y, bs)
-            self.rounds_run, self.final_error = rnd + 1, error
-            ctx.progress(f"round {rnd + 1}: surrogate error on x+δ {error:.4f} (stop at {stop})",
-                         min(0.99, (rnd + 1) / p.max_rounds))
-            if error <= stop:
+            if self._stop(rnd, model, clamp_to_range(x + noise[y], vr), t, ctx, bs, stop):
                 break
         self.class_noise = noise.detach().cpu()
         full_x = data.train.x.to(ctx.device)
@@ -188,7 +202,7 @@ class ErrorMinimizingNoise(Poison):
 def records() -> list[PoisonRecord]:
     return [
         PoisonRecord(
-            name="em", factory=ErrorMinimizingNoise, params=EMParams,
+            name="em", factory=ErrorMinimizingNoise, params=EMParams, task_aware=True,
             description="error-minimizing noise: bi-level min-min against a surrogate trained on x+δ "
                         "(sample-wise or class-wise)",
             paper="Huang, Ma, Erfani, Bailey, Wang. Unlearnable Examples: Making Personal Data "
@@ -201,6 +215,9 @@ def records() -> list[PoisonRecord]:
                 "stop condition holds.",
                 "Class-wise: the 20% subset is drawn stratified (every class kept), where the original "
                 "takes a plain random split.",
+                "Cross-task (a `crafting_task` other than classification, as the paper's §3.4 does): "
+                "the loss minimised is that task's (or the weighted sum of all tasks' for 'all'); there "
+                "is no classification error to stop on, so every one of max_rounds runs.",
             ),
         )
     ]
