@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
@@ -153,6 +154,56 @@ class CifarResNet18(Backbone):
         return self.pool(self.forward_features(x))
 
 
+class SmallUNetParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    width: int = Field(default=16, gt=0, le=256, description="channels at full resolution; doubles per level")
+    levels: int = Field(default=2, ge=1, le=4, description="down-sampling levels (each halves the map)")
+    convs: int = Field(default=2, ge=1, le=3, description="conv-BN-ReLU layers per block (2 in U-Net)")
+
+
+def _conv_block(c_in: int, c_out: int, convs: int = 1) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                   nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class SmallUNet(Backbone):
+    """A small encoder-decoder with skip connections: a full-resolution feature map for dense heads.
+
+    Dense tasks (segmentation, depth, key points) need spatial detail that a classification
+    backbone pools away; at CPU scale a U-Net is the cheapest way to give every head of a
+    multi-task model a map it can learn from. Pooled features are the global average of the
+    decoder's output, so classification heads share every weight with the dense ones.
+    """
+
+    def __init__(self, params: SmallUNetParams, input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"small-unet needs image inputs [C, H, W], got shape {input_shape}")
+        channels, height, width = input_shape
+        if min(height, width) % 2**params.levels:
+            raise ValueError(f"small-unet with {params.levels} levels needs sides divisible by "
+                             f"{2**params.levels}, got {height}×{width}")
+        widths = [params.width * 2**i for i in range(params.levels + 1)]
+        n = params.convs
+        self.down = nn.ModuleList([_conv_block(channels, widths[0], n)])
+        self.down.extend(_conv_block(widths[i], widths[i + 1], n) for i in range(params.levels))
+        self.up = nn.ModuleList(_conv_block(widths[i + 1] + widths[i], widths[i])
+                                for i in reversed(range(params.levels)))
+        self.num_features = widths[0]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))
+            skips.append(x)
+        for block, skip in zip(self.up, reversed(skips[:-1]), strict=True):
+            x = block(torch.cat([nn.functional.interpolate(x, size=skip.shape[-2:], mode="nearest"), skip], dim=1))
+        return x
+
+
 @hookimpl
 def harness_register_backbones() -> list[BackboneRecord]:
     return [
@@ -167,6 +218,11 @@ def harness_register_backbones() -> list[BackboneRecord]:
         BackboneRecord(
             name="resnet18", factory=CifarResNet18, params=ResNetParams,
             description="ResNet-18, CIFAR form (3×3 stride-1 stem, no max-pool); 21 scored layers with its head",
+        ),
+        BackboneRecord(
+            name="small-unet", factory=SmallUNet, params=SmallUNetParams,
+            description="small encoder-decoder with skips: a full-resolution feature map for dense and "
+                        "multi-task heads at CPU scale",
         ),
         BackboneRecord(
             name="linear", factory=Flatten, params=NoParams,

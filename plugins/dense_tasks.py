@@ -266,7 +266,16 @@ class Depth(TaskHead):
         self.params = params or DepthParams()
 
     def build(self, num_features: int, data: DataBundle) -> nn.Module:
-        return DenseHead(num_features, self.params.hidden, 1, _image_size("depth", data))
+        head = DenseHead(num_features, self.params.hidden, 1, _image_size("depth", data))
+        stored = data.train.targets.get(self.target)
+        if stored is not None:
+            valid = depth_valid(stored)
+            if bool(valid.any()):
+                # start at the mean training depth: depth is in data units (metres, say), far from
+                # the zero an untrained head outputs, and an L1 loss closes that gap only slowly
+                with torch.no_grad():
+                    head.project.bias.fill_(float(stored[valid].double().mean()))
+        return head
 
     def _pixel_loss(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         outputs = outputs.float()
@@ -292,6 +301,12 @@ class Depth(TaskHead):
 
 
 class KeypointParams(DenseHeadParams):
+    loss: Literal["bce", "mse"] = Field(
+        default="bce",
+        description="bce: the head outputs logits and each heat-map pixel is a binary cross-entropy "
+                    "against the target in [0, 1] (mostly-zero maps give MSE almost no gradient); "
+                    "mse: the head outputs the heat map itself",
+    )
     metric: Literal["peak-distance", "l1"] = Field(
         default="peak-distance",
         description="peak-distance: pixel distance between predicted and true heat-map peaks, over "
@@ -328,13 +343,15 @@ class PeakDistance(Metric):
 class HeatmapL1(Metric):
     """Mean absolute heat-map error over every pixel and channel seen."""
 
-    def __init__(self) -> None:
+    def __init__(self, logits: bool = False) -> None:
+        self.logits = logits  # outputs are logits (BCE-trained head): compare their sigmoid
         self.error = 0.0
         self.count = 0
 
     def update(self, outputs: Tensor, targets: Tensor) -> None:
         _check_map("keypoints", outputs, targets, same_shape=True)
-        self.error += float((outputs.float() - targets.float()).abs().double().sum())
+        maps = torch.sigmoid(outputs.float()) if self.logits else outputs.float()
+        self.error += float((maps - targets.float()).abs().double().sum())
         self.count += int(targets.numel())
 
     def compute(self) -> float:
@@ -342,7 +359,8 @@ class HeatmapL1(Metric):
 
 
 class Keypoints(TaskHead):
-    """Heat-map regression (MSE), one channel per key point; metric the peak distance in pixels.
+    """Heat-map regression (per-pixel BCE on logits, or MSE), one channel per key point; metric
+    the peak distance in pixels.
 
     With `metric: l1` the metric is the mean absolute heat-map error instead, for data such as
     Taskonomy's keypoints2d whose "heat map" is a dense response image without one peak per point;
@@ -367,20 +385,29 @@ class Keypoints(TaskHead):
                 f"task head 'keypoints': data.metadata['keypoints'] says K={k}, but data set "
                 f"{data.name!r} stores key points of shape {tuple(stored.shape)} (expected [N, {k}, H, W])"
             )
-        return DenseHead(num_features, self.params.hidden, k, size)
+        head = DenseHead(num_features, self.params.hidden, k, size)
+        if self.params.loss == "bce":
+            with torch.no_grad():  # start near empty maps, as heat maps mostly are (sigmoid(-4) ≈ 0.018)
+                head.project.bias.fill_(-4.0)
+        return head
+
+    def _pixel_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        outputs = outputs.float()
+        _check_map("keypoints", outputs, targets, same_shape=True)
+        if self.params.loss == "bce":
+            return F.binary_cross_entropy_with_logits(outputs, targets.float(), reduction="none")
+        return F.mse_loss(outputs, targets.float(), reduction="none")
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        outputs = outputs.float()
-        _check_map("keypoints", outputs, targets, same_shape=True)
-        return F.mse_loss(outputs, targets.float())
+        return self._pixel_loss(outputs, targets).mean()
 
     def per_sample_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        outputs = outputs.float()
-        _check_map("keypoints", outputs, targets, same_shape=True)
-        return F.mse_loss(outputs, targets.float(), reduction="none").flatten(start_dim=1).mean(dim=1)
+        return self._pixel_loss(outputs, targets).flatten(start_dim=1).mean(dim=1)
 
     def metric(self) -> Metric:
-        return PeakDistance() if self.params.metric == "peak-distance" else HeatmapL1()
+        if self.params.metric == "peak-distance":
+            return PeakDistance()  # the arg-max is the same for logits and probabilities
+        return HeatmapL1(logits=self.params.loss == "bce")
 
 
 # --------------------------------------------------------------------------- scene class

@@ -19,7 +19,8 @@ def build(name: str, shape: tuple[int, ...], **params) -> TaskModel:
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-@pytest.mark.parametrize(("name", "params"), [("small-cnn", {}), ("linear", {}), ("resnet18", {"width": 8})])
+@pytest.mark.parametrize(("name", "params"), [("small-cnn", {}), ("linear", {}), ("resnet18", {"width": 8}),
+                                              ("small-unet", {"width": 4})])
 def test_backbone_trains_a_step(name, params, shape):
     torch.manual_seed(0)
     model = build(name, shape, **params)
@@ -43,3 +44,28 @@ def test_lenet5_refuses_inputs_too_small_for_its_second_convolution():
 def test_image_backbones_refuse_feature_vectors():
     with pytest.raises(ValueError, match="image inputs"):
         build("small-cnn", (12,))
+
+
+@pytest.mark.parametrize(("name", "params"), [("small-cnn", {}), ("resnet18", {"width": 8}), ("small-unet", {"width": 4})])
+def test_convolutional_backbones_give_a_map_whose_pool_is_their_output(name, params):
+    backbone = build(name, (3, 32, 32), **params).backbone
+    x = torch.rand(2, 3, 32, 32)
+    backbone.eval()
+    fmap = backbone.forward_features(x)
+    assert fmap.dim() == 4 and fmap.shape[1] == backbone.num_features
+    assert torch.allclose(backbone.pool(fmap), backbone(x), atol=1e-6)
+
+
+def test_small_unet_keeps_the_full_resolution_for_dense_heads():
+    backbone = build("small-unet", (3, 32, 32), width=4, levels=2).backbone
+    assert backbone.forward_features(torch.rand(1, 3, 32, 32)).shape[-2:] == (32, 32)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        build("small-unet", (3, 12, 12), width=4, levels=3)
+
+
+def test_backbones_without_a_map_say_so():
+    for name, shape in (("linear", (12,)), ("lenet5", (3, 32, 32))):
+        backbone = build(name, shape).backbone
+        assert backbone.has_feature_map is False
+        with pytest.raises(NotImplementedError, match="gives no feature map"):
+            backbone.forward_features(torch.rand(1, *shape))

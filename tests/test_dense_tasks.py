@@ -192,7 +192,7 @@ def test_keypoint_peaks_at_or_below_one_half_are_absent_points():
 
 
 def test_keypoint_l1_metric_and_mse_loss():
-    head = Keypoints(KeypointParams(metric="l1"))
+    head = Keypoints(KeypointParams(metric="l1", loss="mse"))
     assert head.metric_name == "keypoint_heatmap_l1" and Keypoints().metric_name == "keypoint_error"
     target = torch.zeros(1, 1, 2, 2)
     target[0, 0, 0, 0] = 1.0
@@ -202,6 +202,18 @@ def test_keypoint_l1_metric_and_mse_loss():
     assert metric.compute() == pytest.approx(0.5)
     assert float(head.loss(pred, target)) == pytest.approx(0.25)
     assert head.per_sample_loss(pred, target).shape == (1,)
+
+
+def test_keypoint_bce_head_outputs_logits_and_its_l1_metric_compares_probabilities():
+    head = Keypoints(KeypointParams(metric="l1"))  # loss: bce is the default
+    target = torch.zeros(1, 1, 2, 2)
+    target[0, 0, 0, 0] = 1.0
+    logits = torch.zeros(1, 1, 2, 2)  # probability 0.5 everywhere
+    metric = head.metric()
+    metric.update(logits, target)
+    assert metric.compute() == pytest.approx(0.5)
+    assert float(head.loss(logits, target)) == pytest.approx(math.log(2))
+    assert float(head.build(8, fake_bundle()).project.bias.mean()) == pytest.approx(-4.0)
 
 
 # --------------------------------------------------------------------------- accumulation
