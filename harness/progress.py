@@ -18,9 +18,17 @@ class Reporter:
     def close(self) -> None: ...
 
 
+def _test_text(row: dict[str, Any], digits: int = 4) -> str:
+    """The test metric, or every task's for a multi-task arm (whose single metric is NaN)."""
+    per_task = {k.removeprefix("test_metric."): v for k, v in row.items() if k.startswith("test_metric.")}
+    if not per_task:
+        return f"test {row['test_metric']:.{digits}f}"
+    return "test " + " ".join(f"{task} {value:.{digits - 1}f}" for task, value in per_task.items())
+
+
 def _epoch_line(arm_id: str, epoch: int, epochs: int, row: dict[str, Any]) -> str:
     return (f"{arm_id}: epoch {epoch}/{epochs} loss {row['train_loss']:.4f} "
-            f"test {row['test_metric']:.4f} sal [{min(row['sal']):.3g}, {max(row['sal']):.3g}] "
+            f"{_test_text(row)} sal [{min(row['sal']):.3g}, {max(row['sal']):.3g}] "
             f"({row['train_seconds']:.1f}s train, {row['sal_seconds']:.1f}s SAL)")
 
 
@@ -87,7 +95,7 @@ class RichReporter(Reporter):
 
     def epoch_done(self, arm_id: str, epoch: int, epochs: int, row: dict[str, Any]) -> None:
         self.progress.update(self.tasks[arm_id], completed=epoch,
-                             status=f"loss {row['train_loss']:.3f} test {row['test_metric']:.3f}")
+                             status=f"loss {row['train_loss']:.3f} {_test_text(row, 3)}")
 
     def arm_done(self, arm_id: str, skipped: bool = False) -> None:
         if skipped:
