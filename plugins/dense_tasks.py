@@ -449,7 +449,7 @@ def harness_register_task_heads() -> list[TaskHeadRecord]:
         ),
         TaskHeadRecord(
             name="keypoints", factory=Keypoints, params=KeypointParams,
-            description="conv head to K heat maps, upsampled; MSE, peak distance in pixels or "
+            description="conv head to K heat maps, upsampled; per-pixel BCE (or MSE), peak distance in pixels or "
                         "heat-map L1 (lower is better)",
         ),
         TaskHeadRecord(

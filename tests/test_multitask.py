@@ -157,3 +157,26 @@ def test_report_draws_the_multitask_figures(multitask_run: Path):
     assert all(0.0 <= v <= 1.0 for line in lines for v in line.get_ydata())
     metric_panels = [ax.get_label() for ax in figs["task_metrics"].axes if ax.get_label().startswith("metric:")]
     assert metric_panels == ["metric:shape", "metric:segmentation", "metric:depth"]
+
+
+def test_a_killed_multitask_run_with_a_damaged_file_resumes_to_the_same_entries(tmp_path: Path):
+    from conftest import write_spec
+    from test_resume import VOLATILE, finish, harness_eval, kill_when
+
+    spec = write_spec(tmp_path / "mtr.yaml", multitask_spec(
+        "mtr", poisons=[], training={"epochs": 3, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05}}))
+    finish(spec, tmp_path / "reference")
+    run = tmp_path / "runs" / "mtr"
+    kill_when(harness_eval(spec, tmp_path / "runs"), lambda: (run / "checkpoints" / "clean__none__s0.pt").exists())
+    data = (run / "run.h5").read_bytes()
+    (run / "run.h5").write_bytes(data[: len(data) // 3])  # what a kill inside an HDF5 write can leave
+    finish(spec, tmp_path / "runs")
+
+    def comparable(folder: Path) -> dict[str, dict]:
+        return {e.entry_id: e.model_dump(exclude=VOLATILE) for e in read_entries(folder)}
+
+    assert comparable(run) == comparable(tmp_path / "reference" / "mtr")
+    with h5py.File(run / "run.h5") as a, h5py.File(tmp_path / "reference" / "mtr" / "run.h5") as b:
+        for task in ("shape", "segmentation", "depth"):
+            key = f"arms/clean__none__s0/tasks/{task}/sal"
+            np.testing.assert_array_equal(a[key][()], b[key][()])
