@@ -185,6 +185,18 @@ def training_curves(series: Sequence[tuple[str, np.ndarray, np.ndarray]], metric
 
     `series`: (arm label, test metric [epochs], training loss [epochs]).
     """
+    if not any(np.isfinite(np.asarray(metric, dtype=np.float64)).any() for _, metric, _ in series):
+        # multi-task arms have no single metric (each task's is in the task_metrics figure)
+        fig = Figure(figsize=(5.2, 3.8), layout="constrained")
+        loss_ax = fig.add_subplot()
+        for i, (label, _, loss) in enumerate(series):
+            loss_ax.plot(np.arange(1, len(loss) + 1), loss, marker="o", markersize=3, color=_colour(i, label),
+                         label=label)
+        loss_ax.set(xlabel="epoch", ylabel="training loss", title="Training loss (sum of the tasks' losses)")
+        loss_ax.set_label("train_loss")
+        loss_ax.xaxis.get_major_locator().set_params(integer=True)
+        loss_ax.legend(fontsize=7)
+        return fig
     fig = Figure(figsize=(10.0, 3.8), layout="constrained")
     metric_ax, loss_ax = fig.subplots(1, 2)
     for i, (label, metric, loss) in enumerate(series):
@@ -315,8 +327,8 @@ def task_similarity(panels: Sequence[tuple[str, list[str], np.ndarray]]) -> Figu
         ax.set_title(label, fontsize=9)
         ax.set_label(f"similarity:{label}")
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.8, label="cosine similarity of SAL (mean over epochs)")
-    fig.suptitle("Similarity of the tasks' SAL over the shared backbone")
+        fig.colorbar(image, ax=axes, shrink=0.8, label="cosine similarity (epoch mean)")
+    fig.suptitle("Tasks' SAL similarity")
     return fig
 
 

@@ -180,3 +180,10 @@ def test_a_killed_multitask_run_with_a_damaged_file_resumes_to_the_same_entries(
         for task in ("shape", "segmentation", "depth"):
             key = f"arms/clean__none__s0/tasks/{task}/sal"
             np.testing.assert_array_equal(a[key][()], b[key][()])
+
+
+def test_training_curves_of_a_multitask_run_show_the_summed_loss_only(multitask_run: Path):
+    from harness.report import build_figures, load_run
+
+    curves = build_figures(load_run(multitask_run))["training_curves"]
+    assert [ax.get_label() for ax in curves.axes] == ["train_loss"]
