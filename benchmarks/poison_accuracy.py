@@ -45,7 +45,7 @@ METHODS: dict[str, tuple[str, dict]] = {
                     "attack_step_size": 0.0105, "eot_samples": 2}),
     "tap": ("tap", {"surrogate": TINY_SURROGATE, "epochs": 10, "steps": 50, "restarts": 1}),
     "hypo": ("hypo", {"surrogate": TINY_SURROGATE, "epochs": 10, "steps": 50}),
-    "dc": ("dc", {"classifier": TINY_SURROGATE, "rounds": 2, "classifier_epochs": 2}),  # the CPU Table 1 budget
+    "dc": ("dc", {"classifier": TINY_SURROGATE, "rounds": 3, "classifier_epochs": 3}),
     "lsp": ("lsp", {}),
     "ops": ("ops", {}),
     "ar": ("ar", {}),
