@@ -160,7 +160,7 @@ def test_unknown_parameter_of_a_plugin(tmp_path: Path, capsys: pytest.CaptureFix
     ("text", "expected"),
     [
         (VALID.replace("small-cnn", "small-cn"),
-         "3:11: backbone.name: unknown backbone 'small-cn': did you mean 'small-cnn'?"),
+         "3:11: backbone.name: unknown backbone 'small-cn': did you mean 'small-cnn' or 'small-unet'?"),
         (VALID.replace("digits", "digit"),
          "2:7: data.name: unknown dataset 'digit': did you mean 'digits'?"),
         (VALID + "task: clasification\n",
