@@ -79,7 +79,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     runner.prepare()
     entries = runner.run()
     (runner.run_dir / "results.md").write_text(markdown(entries), encoding="utf-8")
-    print_table(entries, f"{loaded.spec.name}: {len(entries)} arms")
+    print_table(entries, f"{loaded.spec.name}: {_count(entries)}")
     print(f"run folder: {runner.run_dir}  (entries in {runner.run_dir / 'entries'}, "
           f"SAL in {runner.run_dir / 'run.h5'}); {time.perf_counter() - started:.1f}s")
     return 0
@@ -92,7 +92,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     entries = compute_entries(Path(args.run))
     if not args.no_write:
         write_entries(Path(args.run), entries)
-    print_table(entries, f"{args.run}: {len(entries)} arms (recomputed from run.h5)")
+    print_table(entries, f"{args.run}: {_count(entries)} (recomputed from run.h5)")
     return 0
 
 
@@ -118,6 +118,11 @@ def cmd_landscape(args: argparse.Namespace) -> int:
                           log=lambda message: print(message, file=sys.stderr))
     print(path)
     return 0
+
+
+def _count(entries: list) -> str:
+    arms = len({e.arm_id for e in entries})
+    return f"{arms} arms" if arms == len(entries) else f"{arms} arms, {len(entries)} entries (one per task)"
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
