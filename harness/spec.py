@@ -166,7 +166,8 @@ class Spec(Strict):
     tasks: list[TaskComponent] = Field(
         default_factory=list,
         description="multi-task training: one backbone, one head per entry, the weighted sum of their losses; "
-        "SAL is also recorded per task over the backbone's layers. Give either `task` or `tasks`",
+        "SAL is also recorded per task over the backbone's layers. Give either `task` or `tasks` (with `tasks`, "
+        "`task` keeps its default and is not used)",
     )
     backbone: Component
     training: TrainingSpec
@@ -241,7 +242,8 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _task_or_tasks(self) -> Spec:
-        if self.tasks and "task" in self.model_fields_set:
+        # the resolved spec stored in a run holds `task` at its default beside `tasks`: accept that
+        if self.tasks and "task" in self.model_fields_set and self.task != ComponentRef(name="classification"):
             raise PydanticCustomError("task_or_tasks", "{reason}", {
                 "reason": "give either `task` (one task) or `tasks` (a multi-task model), not both",
                 "at": ("task",)})

@@ -137,7 +137,7 @@ def test_refused_before_anything_is_written(tmp_path: Path, overrides: dict, mes
 def test_task_and_tasks_together_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     from conftest import write_spec
 
-    path = write_spec(tmp_path / "both.yaml", multitask_spec("both", task="classification"))
+    path = write_spec(tmp_path / "both.yaml", multitask_spec("both", task="segmentation"))
     assert main(["validate", str(path)]) != 0
     assert "give either `task` (one task) or `tasks`" in capsys.readouterr().err
 
@@ -187,3 +187,11 @@ def test_training_curves_of_a_multitask_run_show_the_summed_loss_only(multitask_
 
     curves = build_figures(load_run(multitask_run))["training_curves"]
     assert [ax.get_label() for ax in curves.axes] == ["train_loss"]
+
+
+def test_a_multitask_run_passes_submission_checks(multitask_run: Path, tmp_path: Path):
+    from harness.submit import submit
+
+    written, _ = submit(multitask_run, tmp_path / "board")
+    assert len(written) == 6  # two arms, three tasks each
+    assert "of multi-task [shape, segmentation, depth]" in (tmp_path / "board" / "leaderboard.md").read_text()
