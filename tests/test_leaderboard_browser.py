@@ -111,3 +111,12 @@ def test_filters_by_poison_defence_and_track(page, small_runs):
     defence.select_by_value("")
     assert sum(len(visible_rows(s)) for s in sections) == 5
     assert [e for e in page.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_the_repositorys_leaderboard_page_loads_with_every_track(browser):
+    folder = Path(__file__).resolve().parent.parent / "leaderboard"
+    browser.get((folder / "index.html").as_uri())
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    sections = browser.find_elements(By.CSS_SELECTOR, "section.track")
+    tracks = {e.track.id for e in read_entries(folder)}
+    assert {s.get_attribute("data-track") for s in sections} == tracks
