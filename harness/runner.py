@@ -318,7 +318,7 @@ class Runner:
         if not spec_file.exists():
             atomic_write_text(self.run_dir / "spec.yaml", self.loaded.source.path.read_text(encoding="utf-8"))
             atomic_write_text(spec_file, json.dumps({"spec_hash": self.loaded.hash, "spec": resolved}, indent=2))
-        if not self.store.path.exists() or not self.store.readable():
+        if not self.store.path.exists() or not self.store.intact():
             if self.store.path.exists():
                 self.store.path.replace(self.store.path.with_suffix(".h5.damaged"))
                 self.reporter.stage("run.h5 was damaged by an interrupted write; rebuilding it from checkpoints")

@@ -110,7 +110,32 @@ class RunStore:
         try:
             with self._open("r") as f:
                 return "arms" in f and int(f.attrs.get("format_version", -1)) == FORMAT_VERSION
-        except (OSError, KeyError, ValueError):
+        except (OSError, KeyError, ValueError, RuntimeError):  # h5py raises RuntimeError on bad metadata
+            return False
+
+    def intact(self) -> bool:
+        """Whether every arm's data can really be read back, not only the file's header.
+
+        A kill in the middle of an HDF5 write can leave a file that opens and lists its arms but
+        whose last-written chunks point past its end; reading them then fails. Everything small
+        (SAL, metrics, names, attributes) is read in full; of a trajectory, its steps and the last
+        snapshot (the part a kill can damage), so large trajectories are not read whole.
+        """
+        try:
+            with self._open("r") as f:
+                if "arms" not in f or int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
+                    return False
+                dict(f.attrs)
+                for group in f["arms"].values():
+                    dict(group.attrs)
+                    for name, item in _datasets(group):
+                        if name == "trajectory/params":
+                            if item.shape[0]:
+                                item[item.shape[0] - 1]
+                        else:
+                            item[()]
+            return True
+        except (OSError, KeyError, ValueError, RuntimeError):
             return False
 
     def arm_ids(self) -> list[str]:
@@ -280,6 +305,12 @@ class RunStore:
                                   for s in g["tasks/layer_names"][()]] if "tasks" in g else [],
                 task_sal={label: g[f"tasks/{label}/sal"][()] for label in _task_labels(g)},
             )
+
+
+def _datasets(group: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
+    found: list[tuple[str, h5py.Dataset]] = []
+    group.visititems(lambda name, item: found.append((name, item)) if isinstance(item, h5py.Dataset) else None)
+    return found
 
 
 def _task_labels(group: h5py.Group) -> list[str]:

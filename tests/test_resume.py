@@ -81,3 +81,29 @@ def test_a_run_file_damaged_by_a_kill_mid_write_is_rebuilt_from_checkpoints(spec
     (run / "run.h5").write_bytes(data[: len(data) // 3])  # what a kill inside an HDF5 write can leave
     finish(spec, out)
     assert comparable(run) == comparable(reference)
+
+
+def shrink_end_of_allocation(path: Path, by: int) -> None:
+    """What a kill between an HDF5 data write and its end-of-file update leaves: the superblock's
+    end-of-allocation address (bytes 40–48 of a version-0 superblock) short of the data, so the
+    file opens and lists its arms but reading the last-written chunks fails with 'addr overflow'."""
+    data = bytearray(path.read_bytes())
+    assert data[:8] == b"\x89HDF\r\n\x1a\n" and data[8] == 0
+    eoa = int.from_bytes(data[40:48], "little")
+    data[40:48] = (eoa - by).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+
+
+def test_a_run_file_that_opens_but_cannot_be_read_back_is_rebuilt(spec_and_reference, tmp_path):
+    from harness.store import RunStore
+
+    spec, reference = spec_and_reference
+    out = tmp_path / "runs"
+    run = out / "resume"
+    kill_when(harness_eval(spec, out), lambda: (run / "checkpoints" / "noise-sample__none__s0.pt").exists())
+    shrink_end_of_allocation(run / "run.h5", 2000)
+    store = RunStore(run / "run.h5")
+    assert store.readable() and not store.intact()  # the header is fine; the data is not
+    finish(spec, out)
+    assert comparable(run) == comparable(reference)
+    assert (run / "run.h5.damaged").exists()
