@@ -24,12 +24,22 @@ class MultiMetric(Metric):
     returns NaN and the runner records the per-task metrics instead.
     """
 
-    def __init__(self, metrics: dict[str, Metric]) -> None:
+    def __init__(self, metrics: dict[str, Metric], heads: dict[str, TaskHead]) -> None:
         self.metrics = metrics
+        self.heads = heads
+        self.loss_sums = dict.fromkeys(metrics, 0.0)  # each task's loss, summed over samples
+        self.samples = 0
 
     def update(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> None:
+        n = len(next(iter(outputs.values())))
         for label, metric in self.metrics.items():
             metric.update(outputs[label], targets[label])
+            self.loss_sums[label] += float(self.heads[label].loss(outputs[label], targets[label])) * n
+        self.samples += n
+
+    def losses(self) -> dict[str, float]:
+        """Each task's mean loss over the samples seen (the same pass that fills the metrics)."""
+        return {label: total / max(self.samples, 1) for label, total in self.loss_sums.items()}
 
     def compute(self) -> float:
         return math.nan
@@ -72,7 +82,7 @@ class MultiTask(TaskHead):
         return lambda outputs, targets: head.loss(outputs[label], targets[label])
 
     def metric(self) -> MultiMetric:
-        return MultiMetric({label: head.metric() for label, head in self.heads.items()})
+        return MultiMetric({label: head.metric() for label, head in self.heads.items()}, self.heads)
 
     def targets(self, split: Split) -> dict[str, Tensor]:  # type: ignore[override]
         return {label: head.targets(split) for label, head in self.heads.items()}

@@ -515,7 +515,7 @@ class Runner:
             per_task: dict[str, float] = {}
             if isinstance(self.task, MultiTask):
                 per_task = {f"test_metric.{k}": v for k, v in metric.compute_all().items()}
-                per_task |= {f"test_loss.{k}": v for k, v in self.task_test_losses(model, test).items()}
+                per_task |= {f"test_loss.{k}": v for k, v in metric.losses().items()}
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             row = EpochRow(
@@ -557,20 +557,6 @@ class Runner:
                             loss_fn=self.task.task_loss(label), layers=self.task_layers).values
             for label in self.task.heads
         }
-
-    @torch.no_grad()
-    def task_test_losses(self, model: MultiTaskModel, test: Split) -> dict[str, float]:
-        assert isinstance(self.task, MultiTask)
-        model.eval()
-        targets = self.task.targets(test)
-        totals = dict.fromkeys(self.task.heads, 0.0)
-        bs = max(self.spec.training.batch_size, 256)
-        for start in range(0, len(test), bs):
-            index = torch.arange(start, min(start + bs, len(test)))
-            out = model(test.x[index.to(test.x.device)])
-            for label in totals:
-                totals[label] += float(self.task.task_loss(label)(out, take_targets(targets, index))) * len(index)
-        return {label: total / max(len(test), 1) for label, total in totals.items()}
 
     def sal(self, model: TaskModel | MultiTaskModel, arm: Arm, train: Split, defence: Defence, probe_idx: Tensor,
             epoch: int, train_loss: float | None, loss_fn=None, layers: list[str] | None = None):
