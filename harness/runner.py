@@ -418,7 +418,8 @@ class Runner:
         """The task a poison was crafted against; None for the clean arm and task-agnostic poisons."""
         if arm.poison is None or not self.components.get("poison", arm.poison.name).record.task_aware:
             return None
-        return self.crafting_task(arm.poison)[1]
+        name = arm.poison.crafting_task  # the label alone; no need to build the head for it
+        return self.trained_task_label if name in (None, "all") else name
 
     def _checkpoint_path(self, arm: Arm) -> Path:
         return self.run_dir / CHECKPOINTS_DIR / f"{arm.id}.pt"
