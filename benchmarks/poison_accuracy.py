@@ -24,13 +24,14 @@ from pathlib import Path
 
 import torch
 
-from harness.backbone import TaskModel
+from harness.assembly import Assembly
 from harness.defence import Defence
+from harness.plan import Arm
 from harness.pluginmanager import get_components
-from harness.poison import PoisonContext
-from harness.poison_cache import PoisonCache, data_fingerprint, poison_key
-from harness.spec import TrainingSpec
-from harness.training import evaluate, make_optimizer, train_epoch
+from harness.poisoning import PoisonedInputs
+from harness.spec import ComponentRef
+from harness.specfile import spec_from_data
+from harness.training import evaluate, make_optimizer, make_scheduler, train_epoch
 
 TINY_SURROGATE = {"backbone": "small-cnn", "backbone_params": {"width": 16, "blocks": 3}}
 
@@ -68,69 +69,54 @@ def main() -> None:
     parser.add_argument("--no-augment", action="store_true", help="train without crop and flip")
     args = parser.parse_args()
 
-    from harness_plugins.datasets import ImageFolderParams, load_image_folder
-    from harness_plugins.tasks import Classification
-
-    components = get_components()
-    cache = PoisonCache()  # generation time is the first run's, kept with the cached poison
-    data = load_image_folder(ImageFolderParams(root=str(Path(args.root).expanduser())),
-                             subset={"train": args.train, "test": args.test, "seed": args.seed})
-    task = Classification()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    recipe = TrainingSpec(epochs=args.epochs, batch_size=args.batch_size,
-                          augmentation=[] if args.no_augment else ["crop", "flip"],
-                          optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-                          schedule={"name": "cosine"})
-
     victim = {"width": args.width, **({"blocks": 3} if args.backbone == "small-cnn" else {})}
-
-    def build_model(name: str | None = None, params: dict | None = None) -> TaskModel:
-        record = components.get("backbone", name or args.backbone).record
-        backbone = record.factory(record.params.model_validate((params or {}) if name else victim), data.input_shape)
-        return TaskModel(backbone, task.build(backbone.num_features, data))
+    methods = [m for m in args.methods.split(",") if m != "clean"]
+    spec = spec_from_data({
+        "name": "poison-accuracy",
+        "data": {"name": "image-folder", "params": {"root": str(Path(args.root).expanduser())},
+                 "subset": {"train": args.train, "test": args.test, "seed": args.seed}},
+        "backbone": {"name": args.backbone, "params": victim},
+        "training": {"epochs": args.epochs, "batch_size": args.batch_size,
+                     "augmentation": [] if args.no_augment else ["crop", "flip"],
+                     "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+                     "schedule": {"name": "cosine"}},
+        "poisons": [{"name": METHODS[m][0], "label": m, "params": METHODS[m][1]} for m in methods],
+        "seeds": [args.seed],
+    }, get_components(), origin="benchmarks/poison_accuracy.py")
+    assembly = Assembly.from_spec(spec, get_components())
+    poisons = PoisonedInputs(assembly)  # generation time is the first run's, kept with the cached poison
+    data, tasks, device, recipe = assembly.data, assembly.tasks, assembly.device, spec.spec.training
+    none = spec.spec.defences[0]
 
     def train_and_test(x: torch.Tensor) -> tuple[float, float]:
         torch.manual_seed(args.seed)
-        model = build_model().to(device)
+        model = assembly.build_model(ComponentRef(name=args.backbone, params=victim)).to(device)
         optimizer = make_optimizer(model, recipe.optimizer)
-        from harness.training import make_scheduler
-
         scheduler = make_scheduler(optimizer, recipe.schedule, recipe.epochs)
         g = torch.Generator().manual_seed(args.seed)
         train = data.train.with_inputs(x)
         accs = []
         for epoch in range(1, recipe.epochs + 1):
-            train_epoch(model, train, task, Defence(), recipe, optimizer, g, device, epoch,
+            train_epoch(model, train, tasks, Defence(), recipe, optimizer, g, device, epoch,
                         data.num_classes, data.value_range)
             scheduler.step()
-            accs.append(evaluate(model, data.test, task, 512, device)[1])
+            accs.append(evaluate(model, data.test, tasks, 512, device)[1])
         return accs[-1], max(accs)
 
     print(f"CIFAR-10 folder, {len(data.train)} train / {len(data.test)} test, {args.backbone} width "
-          f"{args.width}, {args.epochs} epochs of batch {args.batch_size}, augmentation {recipe.augmentation or 'none'}, device {device}")
-    print("| method | test acc (final) | test acc (best) | generation s |")
+          f"{args.width}, {args.epochs} epochs of batch {args.batch_size}, augmentation "
+          f"{[a.name for a in recipe.augmentation] or 'none'}, device {device}")
+    print("| method | test acc (final) | test acc (best) | generation s (a cache hit: load time) |")
     print("|---|---|---|---|")
     for label in args.methods.split(","):
-        started = time.perf_counter()
         generation = 0.0
         if label == "clean":
             x = data.train.x
         else:
-            name, params = METHODS[label]
-            record = components.get("poison", name).record
-            poison = record.factory(record.params.model_validate(params))
-            ctx = PoisonContext(seed=args.seed, device=device, data=data, build_model=build_model,
-                                task_loss=task.loss)
-            key = poison_key({"name": name, "params": record.params.model_validate(params).model_dump(mode="json"),
-                              "benchmark": "poison_accuracy"}, {"root": args.root, "train": args.train},
-                             data_fingerprint(data.train.x, data.train.y), args.seed)
-            hit = cache.load(key, tuple(data.train.x.shape))
-            if hit is not None:
-                x, generation = hit[0], float(hit[1].get("seconds", float("nan")))
-            else:
-                x = poison.generate(data, ctx)
-                generation = time.perf_counter() - started
-                cache.save(key, x, {"seconds": generation})
+            ref = next(p for p in spec.spec.poisons if p.key == label)
+            started = time.perf_counter()
+            x = poisons.for_arm(Arm(args.seed, ref, none))
+            generation = time.perf_counter() - started
         final, best = train_and_test(x)
         print(f"| {label} | {final:.4f} | {best:.4f} | {generation:.1f} |", flush=True)
 

@@ -16,9 +16,10 @@ import time
 
 import torch
 
+from harness.assembly import Assembly
 from harness.defence import Defence
 from harness.pluginmanager import get_components
-from harness.runner import Arm, Runner
+from harness.probe import SALProbe
 from harness.specfile import load_spec
 from harness.training import make_optimizer, train_epoch
 
@@ -31,44 +32,42 @@ def main() -> None:
 
     components = get_components()
     loaded = load_spec(args.spec, components)
-    runner = Runner(loaded, components, output_root="/nonexistent-unused")
-    runner.data = runner.load_data()
-    runner.task = runner._build("task", loaded.spec.task)
+    assembly = Assembly.from_spec(loaded, components)
+    data, tasks, device = assembly.data, assembly.tasks, assembly.device
     torch.manual_seed(0)
-    model = runner.build_model().to(runner.device)
-    from harness.backbone import scored_layers
-
-    runner.layers = scored_layers(model)
+    model = assembly.build_model().to(device)
     recipe = loaded.spec.training
     optimizer = make_optimizer(model, recipe.optimizer)
     generator = torch.Generator().manual_seed(0)
-    arm = Arm(0, None, loaded.spec.defences[0])
-    n_train = len(runner.data.train)
+    n_train = len(data.train)
     sal = loaded.spec.sal
-    spec_probe = sal.probe_size
-    probe_sizes = sorted({spec_probe, 128, 512, n_train})
-    print(f"spec {args.spec}: {n_train} training samples, {len(runner.layers)} scored layers, "
-          f"{sal.iterations} iterations, device {runner.device}, {torch.get_num_threads()} threads")
+    probe_sizes = sorted({sal.probe_size, 128, 512, n_train})
+    probes = {
+        p: SALProbe(sal.model_copy(update={"probe_size": p}), recipe.augmentation, tasks, assembly.layers,
+                    assembly.task_layers, data.train, Defence(), seed=0, autocast=assembly.autocast)
+        for p in probe_sizes
+    }
+    print(f"spec {args.spec}: {n_train} training samples, {len(assembly.layers)} scored layers, "
+          f"{sal.iterations} iterations, device {device}, {torch.get_num_threads()} threads")
     print(f"{'epoch':>5} {'train s':>8} " + " ".join(f"{'SAL@' + str(p):>10} {'×train':>7}" for p in probe_sizes))
     ratios: dict[int, list[float]] = {p: [] for p in probe_sizes}
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
-        loss = train_epoch(model, runner.data.train, runner.task, Defence(), recipe, optimizer, generator,
-                           runner.device, epoch, runner.data.num_classes, runner.data.value_range)
+        loss = train_epoch(model, data.train, tasks, Defence(), recipe, optimizer, generator,
+                           device, epoch, data.num_classes, data.value_range)
         train_s = time.perf_counter() - t0
         cells = []
-        for p in probe_sizes:
-            runner.spec.sal.probe_size = p
+        for p, probe in probes.items():
             t1 = time.perf_counter()
-            runner.sal(model, arm, runner.data.train, Defence(), runner.probe_indices(0), epoch, loss)
+            probe.measure(model, epoch, loss)
             sal_s = time.perf_counter() - t1
             ratios[p].append(sal_s / train_s)
             cells.append(f"{sal_s:>10.2f} {sal_s / train_s:>7.1f}")
         print(f"{epoch:>5} {train_s:>8.2f} " + " ".join(cells))
     print("\nmedian SAL cost per epoch, as a multiple of one training epoch:")
     for p in probe_sizes:
-        passes = len(runner.layers) * sal.iterations * 4 * p / n_train
-        note = " (spec setting)" if p == spec_probe else (" (whole training set)" if p == n_train else "")
+        passes = len(assembly.layers) * sal.iterations * 4 * p / n_train
+        note = " (spec setting)" if p == sal.probe_size else (" (whole training set)" if p == n_train else "")
         print(f"  probe {p:>6}: {statistics.median(ratios[p]):6.1f}×   "
               f"({passes:.0f} training-set passes of work by count){note}")
 

@@ -1,17 +1,17 @@
 """harness: evaluate unlearnable examples by Sharpness-Aware Learnability and Unlearnable Distance.
 
-Plugin authors need only `hookimpl` and the record types re-exported here.
+Plugin authors import from `harness.api`; the names re-exported here are kept for older plugins.
 """
 
 from harness._version import __version__
-from harness.hookspecs import hookimpl
-from harness.records import (
+from harness.api import (
     BackboneRecord,
     DatasetRecord,
     DefenceRecord,
     NoParams,
     PoisonRecord,
     TaskHeadRecord,
+    hookimpl,
 )
 
 __all__ = [

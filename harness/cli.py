@@ -25,9 +25,12 @@ def _components(strict: bool):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from harness.preflight import preflight
     from harness.specfile import load_spec
 
-    loaded = load_spec(args.spec, _components(args.strict))
+    components = _components(args.strict)
+    loaded = load_spec(args.spec, components)
+    preflight(loaded, components)
     print(f"{args.spec}: valid (spec hash {loaded.hash[:12]})")
     return 0
 
@@ -67,6 +70,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from harness.atomic import atomic_write_text
     from harness.progress import make_reporter
     from harness.runner import Runner
     from harness.specfile import load_spec
@@ -78,7 +82,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     reporter=make_reporter(args.quiet))
     runner.prepare()
     entries = runner.run()
-    (runner.run_dir / "results.md").write_text(markdown(entries), encoding="utf-8")
+    atomic_write_text(runner.folder.results_file, markdown(entries))
     print_table(entries, f"{loaded.spec.name}: {_count(entries)}")
     print(f"run folder: {runner.run_dir}  (entries in {runner.run_dir / 'entries'}, "
           f"SAL in {runner.run_dir / 'run.h5'}); {time.perf_counter() - started:.1f}s")

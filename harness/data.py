@@ -7,9 +7,7 @@ every arm see byte-identical inputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -66,9 +64,34 @@ def targets_to(targets: Tensor | dict[str, Tensor], device: torch.device) -> Ten
     return targets.to(device, non_blocking=True)
 
 
+@dataclass(frozen=True)
+class Subset:
+    """The stratified subset a spec asks for (`data.subset`): sizes per split, and the draw's seed.
+
+    A data-set factory receives it as `context.subset`; one that can decode only the samples asked
+    for (image folders, Taskonomy) draws them with `stratified_indices(labels, size, seed)` over the
+    full split's labels, which gives exactly the subset the harness would take itself.
+    """
+
+    train: int | None = None
+    test: int | None = None
+    seed: int = 0
+
+
 @dataclass
 class DataBundle:
-    """What a data-set plugin returns: a train and a test split with their class names."""
+    """What a data-set plugin returns: a train and a test split with their class names.
+
+    The contract every component may rely on:
+
+    - `train.x`, `test.x`: float32 tensors `[N, *input_shape]`; images are `[N, C, H, W]` with
+      values in `value_range` (`(0, 1)`, not normalised). Feature data (`[N, features]`) has
+      `value_range = None`.
+    - `train.y`, `test.y`: int64 class labels `[N]` in `0 .. len(classes) - 1`; subsets are
+      stratified on them and class-wise poisons key on them.
+    - `train.targets`: further per-sample targets for dense tasks, by name.
+    - `classes`: the class names, in label order.
+    """
 
     name: str
     train: Split
@@ -124,21 +147,3 @@ def subset(split: Split, size: int | None, seed: int) -> Split:
     if size is None or size >= len(split):
         return split
     return split.take(torch.as_tensor(stratified_indices(split.y.numpy(), size, seed)))
-
-
-def subset_request(subset: Mapping[str, Any] | None) -> tuple[int | None, int | None, int]:
-    """(train size, test size, seed) of the subset the runner asks a data-set factory for.
-
-    Factories that can decode only the samples asked for (image folders, Taskonomy) take the
-    request as `subset=` and check it with this, so a malformed one fails the same way everywhere.
-    """
-    if subset is None:
-        return None, None, 0
-    unknown = set(subset) - {"train", "test", "seed"}
-    if unknown:
-        raise ValueError(f"subset has unknown keys {sorted(unknown)}; expected train, test, seed")
-    sizes = (subset.get("train"), subset.get("test"))
-    for size in sizes:
-        if size is not None and (not isinstance(size, int) or size < 1):
-            raise ValueError(f"subset sizes must be positive integers or None, got {size!r}")
-    return sizes[0], sizes[1], int(subset.get("seed", 0))

@@ -1,28 +1,42 @@
 """What a defence is: it may act on images, on batches, or on the training step itself.
 
 The three hook points mirror where published defences act. A defence overrides any of them;
-the defaults leave training untouched, so `none` is simply `Defence()`.
+the defaults leave training untouched, so `none` is simply `Defence()`. Per training batch the
+harness calls them in this order:
 
-- `transform_images`: each training image before the usual augmentation (JPEG, grayscale,
-  bit-depth reduction, blur). Called on every batch, so random transforms stay random.
-- `transform_batch`: after augmentation, on the batch and its targets; may return soft targets
-  ([B, classes] distributions) for MixUp and CutMix.
-- `training_loss`: replaces the loss of one step (adversarial training, UEraser's max over
-  augmented copies). Gets the model, the batch and the task's loss functions.
+1. `transform_images(x, generator)`: each training image, before the spec's crop and flip
+   (JPEG, grayscale, bit-depth reduction, blur). The SAL probe's images get it too, so SAL
+   measures the data the model is actually trained on.
+2. the spec's augmentation (crop, flip);
+3. `transform_batch(x, targets, num_classes, generator)`: the augmented batch and its hard
+   labels (CutOut, MixUp, CutMix); it may return soft targets, a `[B, classes]` distribution per
+   sample that sums to one. Mixing labels has no meaning for dense targets, so a defence that
+   overrides this hook is refused on dense and multi-task specs.
+4. `training_loss(model, x, targets, ctx)`: the loss of the step (adversarial training,
+   UEraser's max over augmented copies).
+
+All randomness comes from the `generator` handed in (the arm's, checkpointed with it), so a
+resumed arm continues exactly where it stopped. Never use the global RNG.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+if TYPE_CHECKING:
+    from harness.records import BuildContext
+
 
 @dataclass
 class StepContext:
-    """What a step-level defence may use."""
+    """What a step-level defence may use: the epoch (1-based), the arm's generator, the task's
+    `loss` and `per_sample_loss` (both accept hard or soft targets), the data's `value_range` and
+    the spec's `augment(x, generator)`."""
 
     epoch: int
     generator: torch.Generator
@@ -33,6 +47,12 @@ class StepContext:
 
 
 class Defence:
+    """Built as `factory(params, context)`; subclasses used as the factory get `self.params`."""
+
+    def __init__(self, params: Any = None, context: BuildContext | None = None) -> None:
+        self.params = params
+        self.context = context
+
     def transform_images(self, x: Tensor, generator: torch.Generator) -> Tensor:
         return x
 
@@ -43,3 +63,8 @@ class Defence:
 
     def training_loss(self, model: nn.Module, x: Tensor, targets: Tensor, ctx: StepContext) -> Tensor:
         return ctx.loss(model(x), targets)
+
+    @property
+    def mixes_labels(self) -> bool:
+        """Whether the defence rewrites class labels across a batch (meaningless for dense targets)."""
+        return type(self).transform_batch is not Defence.transform_batch

@@ -14,27 +14,21 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from harness.armconfig import ComponentInfo
 from harness.atomic import atomic_write_text
 from harness.errors import RunStateError
+from harness.names import UNDEFENDED, arm_id, clean_arm_id
+from harness.runfolder import ENTRIES_DIR, RUN_FILE, RunFolder
 from harness.scoring import learnable_counts, learnable_proportion, score, task_similarity
-from harness.store import ArmData, RunStore
+from harness.store import ArmData
 
 SCHEMA_VERSION = 1
-RUN_FILE = "run.h5"
-ENTRIES_DIR = "entries"
+
+__all__ = ["ENTRIES_DIR", "RUN_FILE", "ComponentInfo", "Entry", "Track", "arm_id", "clean_arm_id"]
 
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ComponentInfo(Model):
-    name: str
-    label: str | None = None
-    params: dict[str, Any]
-    plugin: str
-    distribution: str
-    version: str
 
 
 class Track(Model):
@@ -133,14 +127,6 @@ def track_id(track: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def clean_arm_id(seed: int) -> str:
-    return f"clean__none__s{seed}"
-
-
-def arm_id(poison_key: str, defence_key: str, seed: int) -> str:
-    return f"{poison_key}__{defence_key}__s{seed}"
-
-
 def _metric(values: np.ndarray, name: str, higher: bool) -> MetricResult:
     return MetricResult(
         name=name, higher_is_better=higher, final=float(values[-1]),
@@ -160,17 +146,20 @@ def _entry(arm: ArmData, clean: ArmData, undefended: ArmData | None, root: dict[
     ud_undefended = None
     if undefended is not None:
         ud_undefended = score(sal_of(undefended), sal_of(clean)).ud
-    track = {k: cfg["track"][k] for k in ("dataset", "backbone", "training", "sal")}
+    track = cfg.track.model_dump(mode="json", exclude_unset=True, include={"dataset", "backbone", "training", "sal"})
     similarity = None
     if task is None:
-        track["task"] = cfg["track"]["task"]
-        metric = _metric(arm.metrics["test_metric"], cfg["task"]["metric_name"], bool(cfg["task"]["higher_is_better"]))
-        evaluated = cfg.get("evaluated_task", cfg["track"]["task"]["name"])
+        assert cfg.track.task is not None
+        track["task"] = cfg.track.task.model_dump(mode="json", exclude_unset=True)
+        metric = _metric(arm.metrics["test_metric"], cfg.task.metric_name, cfg.task.higher_is_better)
+        evaluated = cfg.evaluated
     else:
-        info = next(t for t in cfg["tasks"] if t["label"] == task)
-        track["task"] = {k: info[k] for k in ("name", "params", "plugin", "distribution", "version")} | {"label": task}
-        track["tasks"] = cfg["track"]["tasks"]
-        metric = _metric(arm.metrics[f"test_metric.{task}"], info["metric_name"], bool(info["higher_is_better"]))
+        assert cfg.tasks is not None and cfg.track.tasks is not None
+        info = next(t for t in cfg.tasks if t.label == task)
+        track["task"] = info.model_dump(mode="json", include={"name", "params", "plugin", "distribution", "version"})
+        track["task"]["label"] = task
+        track["tasks"] = [t.model_dump(mode="json", exclude_unset=True) for t in cfg.track.tasks]
+        metric = _metric(arm.metrics[f"test_metric.{task}"], info.metric_name, info.higher_is_better)
         evaluated = task
         sim = task_similarity(arm.task_sal)
         labels = list(arm.task_sal)
@@ -180,12 +169,12 @@ def _entry(arm: ArmData, clean: ArmData, undefended: ArmData | None, root: dict[
     return Entry(
         run=root["spec_name"],
         arm_id=arm.arm_id,
-        seed=cfg["seed"],
+        seed=cfg.seed,
         epochs=int(arm.sal.shape[0]),
-        poison=cfg["poison"],
-        defence=cfg["defence"],
+        poison=cfg.poison,
+        defence=cfg.defence,
         evaluated_task=evaluated,
-        crafting_task=cfg.get("crafting_task"),
+        crafting_task=cfg.crafting_task,
         task_label=task,
         track=Track(id=track_id(track), **track),
         results=Results(
@@ -213,10 +202,8 @@ def _entry(arm: ArmData, clean: ArmData, undefended: ArmData | None, root: dict[
 
 def compute_entries(run_dir: Path) -> list[Entry]:
     """Every complete arm's entry, from `run_dir/run.h5` alone."""
-    path = Path(run_dir) / RUN_FILE
-    store = RunStore(path)
-    if not path.exists() or not store.readable():
-        raise RunStateError(f"{path}: no readable run file")
+    store = RunFolder(run_dir).readable_store()
+    path = store.path
     root = store.root_attrs()
     arms = {a: store.read_arm(a) for a in store.arm_ids()}
     h5 = HDF5Ref(path=RUN_FILE, sha256=sha256_file(path))
@@ -224,14 +211,13 @@ def compute_entries(run_dir: Path) -> list[Entry]:
     for arm in arms.values():
         if not arm.complete:
             continue
-        seed = arm.config["seed"]
+        seed = arm.config.seed
         clean = arms.get(clean_arm_id(seed))
         if clean is None or not clean.complete:
             raise RunStateError(f"{path}: arm {arm.arm_id} has no complete clean reference {clean_arm_id(seed)}")
         undefended = None
-        if arm.config["defence"]["name"] != "none":
-            poison_key = arm.config["poison_key"]
-            undefended = arms.get(arm_id(poison_key, "none", seed))
+        if arm.config.defence.name != UNDEFENDED:
+            undefended = arms.get(arm_id(arm.config.poison_key, UNDEFENDED, seed))
             if undefended is not None and not undefended.complete:
                 undefended = None
         if arm.task_sal:
@@ -242,7 +228,7 @@ def compute_entries(run_dir: Path) -> list[Entry]:
 
 
 def write_entries(run_dir: Path, entries: list[Entry]) -> list[Path]:
-    out = Path(run_dir) / ENTRIES_DIR
+    out = RunFolder(run_dir).entries_dir
     paths = []
     for entry in entries:
         path = out / f"{entry.entry_id}.json"
@@ -252,4 +238,4 @@ def write_entries(run_dir: Path, entries: list[Entry]) -> list[Path]:
 
 
 def read_entries(run_dir: Path) -> list[Entry]:
-    return [Entry.model_validate_json(p.read_text()) for p in sorted((Path(run_dir) / ENTRIES_DIR).glob("*.json"))]
+    return [Entry.model_validate_json(p.read_text()) for p in sorted(RunFolder(run_dir).entries_dir.glob("*.json"))]

@@ -19,6 +19,13 @@ class DuplicateComponentError(PluginError):
     """Two components of one kind share a name: the spec would be ambiguous."""
 
 
+class ComponentError(PluginError, ValueError):
+    """A component that its plugin could not build from the parameters given, or built wrongly.
+
+    Also a ValueError: what a factory refuses is a bad value, whoever catches it.
+    """
+
+
 class UnknownComponentError(PluginError):
     """A spec names a component no installed plugin provides."""
 

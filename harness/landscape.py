@@ -6,7 +6,7 @@ two chosen components (the top two, or the 3rd and 4th) through the final point;
 the trajectory projected on top; clean beside poisoned on one colour scale.
 
 Evaluating the loss needs the model and the arm's training data, which a run file does not
-hold: both are rebuilt from the resolved spec stored in `run.h5` (`runner_for_run`), poisons
+hold: both are rebuilt from the resolved spec stored in `run.h5` (`Assembly.for_run`), poisons
 from the poison cache. BatchNorm layers use the statistics of each (fixed) batch rather than
 running statistics, so the loss at every grid point is a function of the parameters alone; every
 other layer is in eval mode.
@@ -22,14 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.assembly import Assembly
 from harness.data import stratified_indices, take_targets, targets_to
-from harness.entries import RUN_FILE
-from harness.errors import HarnessError, RunStateError
+from harness.errors import HarnessError
 from harness.figures import LandscapePanel, loss_landscape
+from harness.plan import Arm, plan_arms
 from harness.pluginmanager import Components
-from harness.report import DPI, FIGURES_DIR
-from harness.runner import Arm, Runner, plan_arms, runner_for_run
-from harness.store import RunStore
+from harness.poisoning import PoisonedInputs
+from harness.report import DPI
+from harness.runfolder import RunFolder
 
 
 class LandscapeError(HarnessError):
@@ -84,28 +85,27 @@ def _batchnorm_on_batches(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def loss_grid(runner: Runner, arm: Arm, final: np.ndarray, directions: np.ndarray, origin: np.ndarray,
-              xs: np.ndarray, ys: np.ndarray, settings: LandscapeSettings) -> np.ndarray:
+def loss_grid(assembly: Assembly, poisons: PoisonedInputs, arm: Arm, final: np.ndarray, directions: np.ndarray,
+              origin: np.ndarray, xs: np.ndarray, ys: np.ndarray, settings: LandscapeSettings) -> np.ndarray:
     """The arm's training loss at final + (x − origin_x)·d1 + (y − origin_y)·d2 for the grid."""
-    assert runner.data is not None and runner.task is not None
-    train_x = runner.poisoned_inputs(arm)
-    labels = runner.data.train.y
-    idx = torch.as_tensor(stratified_indices(labels.numpy(), settings.samples, arm.seed))
-    defence = runner._build("defence", arm.defence)
-    x = defence.transform_images(train_x[idx], torch.Generator().manual_seed(arm.seed)).to(runner.device)
-    y = targets_to(take_targets(runner.task.targets(runner.data.train), idx), runner.device)
+    data, tasks, device = assembly.data, assembly.tasks, assembly.device
+    train_x = poisons.for_arm(arm)
+    idx = torch.as_tensor(stratified_indices(data.train.y.numpy(), settings.samples, arm.seed))
+    defence = assembly.components.build("defence", arm.defence.name, arm.defence.params)
+    x = defence.transform_images(train_x[idx], torch.Generator().manual_seed(arm.seed)).to(device)
+    y = targets_to(take_targets(tasks.targets(data.train), idx), device)
     batches = [(x[part], take_targets(y, part.to(x.device)))
                for part in torch.arange(len(x)).split(settings.batch_size)]
     torch.manual_seed(arm.seed)
-    model = runner.build_model().to(runner.device)
+    model = assembly.build_model().to(device)
     _batchnorm_on_batches(model)
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
     if n != final.shape[0]:
         raise LandscapeError(f"arm {arm.id}: the trajectory holds {final.shape[0]} parameters but the model "
                              f"rebuilt from the spec has {n}")
-    base = torch.as_tensor(final, dtype=torch.float32, device=runner.device)
-    d = torch.as_tensor(directions, dtype=torch.float32, device=runner.device)
+    base = torch.as_tensor(final, dtype=torch.float32, device=device)
+    d = torch.as_tensor(directions, dtype=torch.float32, device=device)
     out = np.empty((len(ys), len(xs)))
     for j, yv in enumerate(ys):
         for i, xv in enumerate(xs):
@@ -115,7 +115,7 @@ def loss_grid(runner: Runner, arm: Arm, final: np.ndarray, directions: np.ndarra
             for xb, yb in batches:
                 out_b = model(xb)
                 out_b = {k: v.float() for k, v in out_b.items()} if isinstance(out_b, dict) else out_b.float()
-                total += float(runner.task.loss(out_b, yb)) * len(xb)
+                total += float(tasks.loss(out_b, yb)) * len(xb)
             out[j, i] = total / len(x)
     return out
 
@@ -128,12 +128,11 @@ def compute_panels(run_dir: Path, components: Components, arms: list[str] | None
                    settings: LandscapeSettings | None = None, log=print) -> list[LandscapePanel]:
     """One landscape panel per traced arm (clean first), each on its own trajectory's plane."""
     settings = settings or LandscapeSettings()
-    run_dir = Path(run_dir)
-    store = RunStore(run_dir / RUN_FILE)
-    if not store.path.exists() or not store.readable():
-        raise RunStateError(f"{store.path}: no readable run file")
-    runner = runner_for_run(run_dir, components)
-    planned = plan_arms(runner.spec)
+    folder = RunFolder(run_dir)
+    store = folder.readable_store()
+    assembly = Assembly.for_run(folder, components)
+    poisons = PoisonedInputs(assembly)
+    planned = plan_arms(assembly.spec)
     if arms is not None:
         unknown = [a for a in arms if not any(_wanted(p, [a]) for p in planned)]
         if unknown:
@@ -141,7 +140,7 @@ def compute_panels(run_dir: Path, components: Components, arms: list[str] | None
                                  + ", ".join(p.id for p in planned))
     present = set(store.arm_ids())
     panels = []
-    multi = len(runner.spec.seeds) > 1
+    multi = len(assembly.spec.seeds) > 1
     for arm in planned:
         if not _wanted(arm, arms) or arm.id not in present:
             continue
@@ -160,7 +159,7 @@ def compute_panels(run_dir: Path, components: Components, arms: list[str] | None
         ys = _grid_axis(path[:, 1], settings.grid, settings.margin)
         log(f"{arm.id}: {matrix.shape[0]} snapshots of {matrix.shape[1]} parameters; "
             f"loss on a {settings.grid}×{settings.grid} grid")
-        loss = loss_grid(runner, arm, matrix[-1].astype(np.float64), directions, path[-1], xs, ys, settings)
+        loss = loss_grid(assembly, poisons, arm, matrix[-1].astype(np.float64), directions, path[-1], xs, ys, settings)
         text = arm.poison_key if arm.defence_key == "none" else f"{arm.poison_key} + {arm.defence_key}"
         panels.append(LandscapePanel(
             label=f"{text} (seed {arm.seed})" if multi else text, xs=xs, ys=ys, loss=loss, path=path,
@@ -178,7 +177,7 @@ def draw_landscape(run_dir: Path, components: Components, arms: list[str] | None
     settings = settings or LandscapeSettings()
     panels = compute_panels(run_dir, components, arms, settings, log)
     c1, c2 = settings.components
-    path = Path(run_dir) / FIGURES_DIR / f"landscape_pc{c1}-{c2}.png"
+    path = RunFolder(run_dir).figures_dir / f"landscape_pc{c1}-{c2}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     loss_landscape(panels).savefig(path, dpi=DPI)
     return path

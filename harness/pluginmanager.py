@@ -11,14 +11,15 @@ from __future__ import annotations
 import importlib.metadata as md
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pluggy
+from pydantic import BaseModel
 
 from harness import hookspecs
-from harness.errors import PluginError
-from harness.records import RECORD_TYPES
+from harness.errors import ComponentError, HarnessError, PluginError
+from harness.records import RECORD_TYPES, BuildContext
 from harness.registry import Registered, Registry, did_you_mean
 
 
@@ -51,6 +52,34 @@ class Components:
 
     def __getitem__(self, kind: str) -> Registry:
         return self.registries[kind]
+
+    def build(self, kind: str, name: str, params: dict[str, Any] | BaseModel,
+              context: BuildContext | None = None) -> Any:
+        """Build a component: `factory(validated params, context)`, checked against its kind.
+
+        Every kind is built this way. An error the factory raises on its inputs (a `HarnessError`,
+        `ValueError` or `TypeError`) and any other exception it raises become a `ComponentError`
+        naming the component and its plugin; so does an object of the wrong type, which would
+        otherwise fail far from its cause.
+        """
+        registered = self.get(kind, name)
+        record = registered.record
+        if not isinstance(params, BaseModel):
+            params = record.params.model_validate(params)
+        context = replace(context or BuildContext(), variant=registered.variant)
+        who = f"{kind} {name!r} (plugin {registered.plugin}, {registered.distribution} {registered.version})"
+        try:
+            built = record.factory(params, context)
+        except HarnessError:  # the plugin already says what the user must change (a missing path)
+            raise
+        except (ValueError, TypeError) as exc:
+            raise ComponentError(f"{who}: {exc}") from None
+        except Exception as exc:  # a plugin's bug: name it instead of showing its traceback
+            raise ComponentError(f"{who} failed to build: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(built, record.builds):
+            raise ComponentError(f"{who}: its factory returned a {type(built).__name__}, "
+                                 f"not a {record.builds.__name__}")
+        return built
 
 
 def _describe(exc: BaseException) -> str:
@@ -99,7 +128,7 @@ def load_components(
             plugin_name = f"{dist}:{ep.name}"
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a plugin's import error is its own problem
+            except (Exception, SystemExit) as exc:  # a plugin's import error is its own problem
                 components.failures.append(
                     PluginFailure(plugin_name, dist, version, f"import failed: {_describe(exc)}")
                 )

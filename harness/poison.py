@@ -1,4 +1,22 @@
-"""What a poison generator is, and what the harness hands it."""
+"""What a poison generator is, and what the harness hands it.
+
+The contract of `Poison.generate`, which every generator must keep (the harness checks what it
+can):
+
+- **Same shape and order** as `data.train.x`: sample `i` of the result is the protected version
+  of sample `i`. Return a new tensor; never modify `data` (its inputs, labels or targets).
+- **Labels never change**: an unlearnable example is the same sample with the same label.
+- **Values inside `data.value_range`** (`(0, 1)` for images; `None` for feature data): finish
+  with `clamp_to_range(x, data.value_range)`.
+- **Randomness only from `ctx.generator(salt)`**: a `torch.Generator` seeded from the arm's seed
+  and the salt, so the result is the same every time for one seed and differs across seeds. Use a
+  different salt per independent stream; never the global RNG, an unseeded NumPy generator or the
+  clock. (Model initialisation inside `ctx.build_model` should run under
+  `torch.random.fork_rng` with a seed derived from `ctx.seed`.)
+- **Surrogates from `ctx.build_model(backbone_name, backbone_params)`**: any registered backbone
+  with the crafting task's head(s) on top, sized for this data; train it on `ctx.device` with
+  `ctx.task_loss(outputs, targets)` and `ctx.train_targets(data)`.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +24,30 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from harness.data import DataBundle
 
+if TYPE_CHECKING:
+    from harness.records import BuildContext
+
 
 @dataclass
 class PoisonContext:
     """Everything a generator may use besides the clean data.
 
-    `build_model(backbone_name, backbone_params)` builds any registered backbone with the track's
-    task head on top, so surrogate-based methods run at whatever scale their parameters ask for.
+    `build_model(backbone_name, backbone_params)` builds any registered backbone with the crafting
+    task's head on top, so surrogate-based methods run at whatever scale their parameters ask for.
 
     For a poison crafted against another task than the one trained (cross-task, paper §3.4),
     `build_model` puts the crafting task's head(s) on the backbone, `task_loss` is that task's
     loss, and `targets` holds its targets for every training sample (a tensor, or a dict by task
     label for several tasks); `classification` says whether they are plain class labels.
+
+    `progress(message, fraction)` reports progress of long generators; `cache_dir` may be None.
     """
 
     seed: int
@@ -43,16 +66,26 @@ class PoisonContext:
         return data.train.y if self.targets is None else self.targets
 
     def generator(self, salt: int = 0) -> torch.Generator:
+        """A fresh generator seeded from the arm's seed and `salt`: the only source of randomness."""
         g = torch.Generator()
         g.manual_seed(self.seed * 1_000_003 + salt)
         return g
 
 
 class Poison(ABC):
-    """Turns the clean training inputs into protected ones. Labels never change."""
+    """Turns the clean training inputs into protected ones. Labels never change.
+
+    Built by its record's factory as `factory(params, context)`; a subclass used directly as the
+    factory gets `self.params` (its validated parameters) and `self.context` from this
+    constructor, so most generators need no `__init__` of their own.
+    """
 
     #: False for poisons that only read files: caching them would hide a change of the files.
     cacheable: bool = True
+
+    def __init__(self, params: Any = None, context: BuildContext | None = None) -> None:
+        self.params = params
+        self.context = context
 
     @abstractmethod
     def generate(self, data: DataBundle, ctx: PoisonContext) -> Tensor:
@@ -60,6 +93,7 @@ class Poison(ABC):
 
 
 def clamp_to_range(x: Tensor, value_range: tuple[float, float] | None) -> Tensor:
+    """`x` clipped into the data's value range (unchanged for feature data, whose range is None)."""
     if value_range is None:
         return x
     return x.clamp(value_range[0], value_range[1])

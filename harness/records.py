@@ -1,45 +1,81 @@
-"""Typed records that plugins return from their hooks.
+"""Typed records that plugins return from their hooks, and what a factory receives.
 
 A record is the unit the registry stores: a name a spec can use, the factory that builds the
 component from its validated parameters, the pydantic model of those parameters (with defaults),
 a one-line description, and for methods the paper it follows. Keeping these as frozen dataclasses
 (rather than bare callables, as many registries do) lets `harness plugins`, `harness schema` and
 the spec validator all read the same facts without instantiating anything.
+
+Every factory, of every kind, is called the same way: `factory(params, context)`, with the
+validated parameters and a `BuildContext`. What it returns is checked against the kind's base
+class (`builds`), so a plugin that returns the wrong thing is named at once rather than failing
+deep inside a training loop.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._:-]*$")
+from harness.backbone import Backbone
+from harness.data import DataBundle, Subset
+from harness.defence import Defence
+from harness.names import COMPONENT_NAME_RE
+from harness.poison import Poison
+from harness.task import TaskHead
 
 
-class NoParams(BaseModel):
-    """Parameters model for components that take none."""
+class Params(BaseModel):
+    """Base of every component's parameters: unknown keys are errors, not silently ignored.
+
+    Put every check of a parameter here (pydantic `Field` bounds, validators), not in the
+    component's constructor: `harness validate` then reports it with the spec's file and line
+    before anything runs.
+    """
 
     model_config = ConfigDict(extra="forbid")
+
+
+class NoParams(Params):
+    """Parameters model for components that take none."""
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a factory receives beside its parameters; one type for every kind of component.
+
+    Each field is set only for the kinds that need it, and None otherwise.
+    """
+
+    #: family records (`timm` answering `timm:resnet18`): the part after the colon
+    variant: str | None = None
+    #: backbones: the shape of one input sample, e.g. (3, 32, 32)
+    input_shape: tuple[int, ...] | None = None
+    #: data sets: the stratified subset the spec asks for. A factory that can decode only those
+    #: samples may honour it; the harness takes the same subset of whatever comes back anyway
+    subset: Subset | None = None
 
 
 @dataclass(frozen=True)
 class ComponentRecord:
     name: str
-    factory: Callable[..., Any]
+    factory: Callable[[Any, BuildContext], Any]
     params: type[BaseModel] = NoParams
     description: str = ""
     #: a family answers to every `<name>:<variant>` (as `timm` answers `timm:resnet18`); its
-    #: factory then also receives `variant=...`
+    #: factory finds the variant in `context.variant`
     family: bool = False
     kind: ClassVar[str] = "component"
+    #: the base class every object the factory builds must be an instance of
+    builds: ClassVar[type] = object
 
     def problems(self) -> list[str]:
         """What makes this record unusable; empty when it is fine."""
         found = []
-        if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
+        if not isinstance(self.name, str) or not COMPONENT_NAME_RE.match(self.name):
             found.append(
                 f"name {self.name!r} must be lower-case letters, digits and . _ : - "
                 "(it becomes part of file names)"
@@ -55,28 +91,31 @@ class ComponentRecord:
 
 @dataclass(frozen=True)
 class DatasetRecord(ComponentRecord):
-    """factory(params) -> harness.data.DataBundle (train and test split, classes, value range)."""
+    """factory(params, context) -> DataBundle (train and test split, classes, value range)."""
 
     kind: ClassVar[str] = "dataset"
+    builds: ClassVar[type] = DataBundle
 
 
 @dataclass(frozen=True)
 class BackboneRecord(ComponentRecord):
-    """factory(params, input_shape) -> harness.backbone.Backbone (an nn.Module with num_features)."""
+    """factory(params, context) -> Backbone, for inputs of shape `context.input_shape`."""
 
     kind: ClassVar[str] = "backbone"
+    builds: ClassVar[type] = Backbone
 
 
 @dataclass(frozen=True)
 class TaskHeadRecord(ComponentRecord):
-    """factory(params) -> harness.task.TaskHead (builds the head, owns loss and metric)."""
+    """factory(params, context) -> TaskHead (builds the head module, owns loss and metric)."""
 
     kind: ClassVar[str] = "task"
+    builds: ClassVar[type] = TaskHead
 
 
 @dataclass(frozen=True)
 class PoisonRecord(ComponentRecord):
-    """factory(params) -> harness.poison.Poison.
+    """factory(params, context) -> Poison.
 
     `task_aware`: the generator minimises whatever task loss the context hands it (with that
     task's targets), so a spec may name the task to craft against (`crafting_task`).
@@ -86,15 +125,17 @@ class PoisonRecord(ComponentRecord):
     deviations: tuple[str, ...] = field(default_factory=tuple)
     task_aware: bool = False
     kind: ClassVar[str] = "poison"
+    builds: ClassVar[type] = Poison
 
 
 @dataclass(frozen=True)
 class DefenceRecord(ComponentRecord):
-    """factory(params) -> harness.defence.Defence."""
+    """factory(params, context) -> Defence."""
 
     paper: str = ""
     deviations: tuple[str, ...] = field(default_factory=tuple)
     kind: ClassVar[str] = "defence"
+    builds: ClassVar[type] = Defence
 
 
 RECORD_TYPES: dict[str, type[ComponentRecord]] = {

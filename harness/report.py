@@ -25,8 +25,10 @@ from matplotlib.figure import Figure
 
 from harness import figures
 from harness.atomic import atomic_write_text
-from harness.entries import RUN_FILE, Entry, clean_arm_id, compute_entries
+from harness.entries import Entry, compute_entries
 from harness.errors import HarnessError, RunStateError
+from harness.names import CLEAN, UNDEFENDED, clean_arm_id
+from harness.runfolder import FIGURES_DIR, RunFolder
 from harness.scoring import (
     epoch_threshold,
     learnable_counts,
@@ -34,11 +36,9 @@ from harness.scoring import (
     learnable_threshold,
     task_similarity,
 )
-from harness.store import ArmData, RunStore
+from harness.store import ArmData
 from harness.table import rows as table_rows
 
-FIGURES_DIR = "figures"
-REPORT_FILE = "report.html"
 DPI = 110
 
 
@@ -60,27 +60,24 @@ class RunData:
 
     @property
     def metric_name(self) -> str:
-        return str(self.arms[0].config["task"]["metric_name"])
+        return self.arms[0].config.task.metric_name
 
 
 def _order(arm: ArmData) -> tuple:
     cfg = arm.config
-    return (cfg["seed"], cfg["defence_key"] != "none", cfg["defence_key"], cfg["poison_key"] != "clean",
-            arm.arm_id)
+    return (cfg.seed, cfg.defence_key != UNDEFENDED, cfg.defence_key, cfg.poison_key != CLEAN, arm.arm_id)
 
 
 def label(arm: ArmData, multi_seed: bool) -> str:
     """`poison` or `poison + defence`, with the seed when the run has several."""
     cfg = arm.config
-    text = cfg["poison_key"] if cfg["defence_key"] == "none" else f"{cfg['poison_key']} + {cfg['defence_key']}"
-    return f"{text} (seed {cfg['seed']})" if multi_seed else text
+    text = cfg.poison_key if cfg.defence_key == UNDEFENDED else f"{cfg.poison_key} + {cfg.defence_key}"
+    return f"{text} (seed {cfg.seed})" if multi_seed else text
 
 
 def load_run(run_dir: Path) -> RunData:
     run_dir = Path(run_dir)
-    store = RunStore(run_dir / RUN_FILE)
-    if not store.path.exists() or not store.readable():
-        raise RunStateError(f"{store.path}: no readable run file")
+    store = RunFolder(run_dir).readable_store()
     root = store.root_attrs()
     arms = sorted((store.read_arm(a) for a in store.arm_ids()), key=_order)
     arms = [a for a in arms if a.sal.shape[0] > 0]
@@ -88,7 +85,7 @@ def load_run(run_dir: Path) -> RunData:
         raise RunStateError(f"{store.path}: no arm has a complete epoch yet; nothing to draw")
     notes = []
     betas = {}
-    for seed in sorted({a.config["seed"] for a in arms}):
+    for seed in sorted({a.config.seed for a in arms}):
         clean = next((a for a in arms if a.arm_id == clean_arm_id(seed)), None)
         if clean is None:
             notes.append(f"seed {seed}: no clean arm yet, so no β: its arms are left out of the β figures")
@@ -117,12 +114,10 @@ def final_parameters(run: RunData) -> tuple[list[tuple[str, np.ndarray]], str] |
     """
     import torch
 
-    from harness.runner import CHECKPOINTS_DIR
-
     multi = len(run.betas) > 1
     series = []
     for arm in run.arms:
-        path = run.run_dir / CHECKPOINTS_DIR / f"{arm.arm_id}.pt"
+        path = RunFolder(run.run_dir).checkpoint(arm.arm_id)
         if not path.exists():
             break
         try:
@@ -133,7 +128,7 @@ def final_parameters(run: RunData) -> tuple[list[tuple[str, np.ndarray]], str] |
         series.append((label(arm, multi), torch.cat(weights).numpy()))
     else:
         return series, "weights of the scored layers after the last epoch"
-    store = RunStore(run.run_dir / RUN_FILE)
+    store = RunFolder(run.run_dir).store()
     series = []
     for arm in run.arms:
         traced = store.read_trajectory(arm.arm_id)
@@ -154,18 +149,18 @@ def multitask_figures(run: RunData) -> dict[str, Figure]:
     arms = [a for a in run.arms if a.task_sal]
     if not arms:
         return {}
-    multi = len({a.config["seed"] for a in run.arms}) > 1
+    multi = len({a.config.seed for a in run.arms}) > 1
     out: dict[str, Figure] = {}
     out["task_similarity"] = figures.task_similarity(
         [(label(a, multi), list(a.task_sal), task_similarity(a.task_sal)) for a in arms])
-    cleans = {a.config["seed"]: a for a in arms if a.arm_id == clean_arm_id(a.config["seed"])}
-    scored = [a for a in arms if a.config["seed"] in cleans]
+    cleans = {a.config.seed: a for a in arms if a.arm_id == clean_arm_id(a.config.seed)}
+    scored = [a for a in arms if a.config.seed in cleans]
     if scored:
         betas = {seed: {t: learnable_threshold(c.task_sal[t])[0] for t in c.task_sal} for seed, c in cleans.items()}
         out["task_learnable_proportion"] = figures.task_learnable_proportion([
-            (label(a, multi), {t: learnable_proportion(v, betas[a.config["seed"]][t]) for t, v in a.task_sal.items()})
+            (label(a, multi), {t: learnable_proportion(v, betas[a.config.seed][t]) for t, v in a.task_sal.items()})
             for a in scored])
-    tasks = {t["label"]: t["metric_name"] for t in arms[0].config.get("tasks", [])}
+    tasks = {t.label: t.metric_name for t in arms[0].config.tasks or []}
     out["task_metrics"] = figures.task_metrics({
         task: (metric, [(label(a, multi), a.metrics[f"test_metric.{task}"]) for a in arms])
         for task, metric in tasks.items()})
@@ -174,17 +169,17 @@ def multitask_figures(run: RunData) -> dict[str, Figure]:
 
 def build_figures(run: RunData) -> dict[str, Figure]:
     """Every figure the run's data allow, by file stem, in the order the page shows them."""
-    multi = len({a.config["seed"] for a in run.arms}) > 1
+    multi = len({a.config.seed for a in run.arms}) > 1
     out: dict[str, Figure] = {}
     out["sal_heatmap"] = figures.sal_heatmap([(label(a, multi), a.sal) for a in run.arms], run.layer_names)
-    scored = [a for a in run.arms if a.config["seed"] in run.betas]
+    scored = [a for a in run.arms if a.config.seed in run.betas]
     if scored:
         out["learnable_layers"] = figures.learnable_layers(
-            [(label(a, multi), a.sal, run.betas[a.config["seed"]][0]) for a in scored])
+            [(label(a, multi), a.sal, run.betas[a.config.seed][0]) for a in scored])
         out["learnable_proportion"] = figures.learnable_proportion(
-            [(label(a, multi), learnable_counts(a.sal, run.betas[a.config["seed"]][0])) for a in scored],
+            [(label(a, multi), learnable_counts(a.sal, run.betas[a.config.seed][0])) for a in scored],
             len(run.layer_names))
-        cleans = {a.config["seed"]: a for a in run.arms if a.arm_id == clean_arm_id(a.config["seed"])}
+        cleans = {a.config.seed: a for a in run.arms if a.arm_id == clean_arm_id(a.config.seed)}
         out["beta_split"] = figures.beta_split(
             [(label(cleans[s], multi), cleans[s].sal, bt, b) for s, (b, bt) in sorted(run.betas.items())])
     out["training_curves"] = figures.training_curves(
@@ -295,11 +290,11 @@ def build_report(run_dir: Path) -> tuple[Path, list[Path]]:
     if not any(p.stem.startswith("landscape_") for p in paths) and _has_trajectory(run):
         run.notes.append("the run saved parameter trajectories: `harness landscape RUN` draws the loss "
                          "landscape, and the next report includes it")
-    page = run.run_dir / REPORT_FILE
+    page = RunFolder(run.run_dir).report_file
     atomic_write_text(page, render_html(run, pngs, captions))
     return page, paths
 
 
 def _has_trajectory(run: RunData) -> bool:
-    store = RunStore(run.run_dir / RUN_FILE)
+    store = RunFolder(run.run_dir).store()
     return any(store.trajectory_shape(a.arm_id) for a in run.arms)

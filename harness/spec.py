@@ -2,7 +2,8 @@
 
 Every model forbids unknown fields, so a misspelt key is an error rather than a silently ignored
 setting. Component parameters (`params:`) are checked in a second stage, against the plugin's
-own `Params` model, by `harness.resolve`.
+own `Params` model, by `harness.specfile.load_spec`; what needs the built components (the data,
+the model, the plugins' constructors) is checked by `harness.preflight`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-SLUG = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-COMPONENT_NAME = r"^[a-z0-9][a-z0-9._:-]*$"
+from harness.names import ARM_ID_SEPARATOR, CLEAN, COMPONENT_NAME, SLUG, UNDEFENDED, arm_id
 
 
 class Strict(BaseModel):
@@ -209,21 +209,21 @@ class Spec(Strict):
         field = info.field_name
         seen: dict[str, int] = {}
         for i, ref in enumerate(value):
-            if field == "poisons" and ref.key == "clean":
+            if field == "poisons" and ref.key == CLEAN:
                 raise _arm_error(i, "the label 'clean' is reserved for the clean reference arm; "
                                     "choose another `label`")
-            if field == "defences" and ref.key == "none" and ref.name != "none":
+            if field == "defences" and ref.key == UNDEFENDED and ref.name != UNDEFENDED:
                 raise _arm_error(i, "the label 'none' is reserved for the undefended arms; "
                                     "choose another `label`")
-            if "__" in ref.key:
+            if ARM_ID_SEPARATOR in ref.key:
                 raise _arm_error(i, f"the label {ref.key!r} contains '__', which separates the parts of "
                                     "arm ids; use a single '_' or '-'")
             if ref.key in seen:
                 raise _arm_error(i, f"the label {ref.key!r} is already used by {field}.{seen[ref.key]}; "
                                     "give each entry a distinct `label`")
             seen[ref.key] = i
-        if field == "defences" and not any(ref.name == "none" for ref in value):
-            value = [ArmComponentRef(name="none"), *value]
+        if field == "defences" and not any(ref.name == UNDEFENDED for ref in value):
+            value = [ArmComponentRef(name=UNDEFENDED), *value]
         return value
 
 
@@ -254,17 +254,13 @@ class Spec(Strict):
                     "at": ("poisons", i, "crafting_task")})
         return self
 
-    @property
-    def multitask(self) -> bool:
-        return bool(self.tasks)
-
     @model_validator(mode="after")
     def _known_landscape_arms(self) -> Spec:
         """A misspelt arm under `landscape.arms` would silently trace nothing: refuse it."""
         if self.landscape.arms is None:
             return self
-        poisons = ["clean", *(p.key for p in self.poisons)]
-        ids = {f"{p}__{d.key}__s{s}" for p in poisons for d in self.defences for s in self.seeds}
+        poisons = [CLEAN, *(p.key for p in self.poisons)]
+        ids = {arm_id(p, d.key, s) for p in poisons for d in self.defences for s in self.seeds}
         for i, name in enumerate(self.landscape.arms):
             if name not in poisons and name not in ids:
                 raise PydanticCustomError(

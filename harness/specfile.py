@@ -38,6 +38,16 @@ class SpecSource:
     data: Any
     positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     key_positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    #: the file's text as read; None for a spec given as data
+    text: str | None = None
+
+    def as_text(self) -> str:
+        """The spec as written (the file's own text), or its data as YAML when it came as data."""
+        if self.text is not None:
+            return self.text
+        out = io.StringIO()
+        YAML(typ="safe", pure=True).dump(self.data, out)
+        return out.getvalue()
 
     def where(self, loc: Path_, *, key: bool = False) -> str:
         """`file:line:col` of the deepest part of `loc` that exists in the file.
@@ -123,7 +133,7 @@ def read_spec_file(path: str | Path) -> SpecSource:
     if not isinstance(data, dict):
         kind = {type(None): "null", str: "string", list: "list"}.get(type(data), type(data).__name__)
         raise _problem(path, 1, 1, f"the spec must be a mapping of fields, not a {kind}")
-    return SpecSource(path, data, positions, key_positions)
+    return SpecSource(path, data, positions, key_positions, text)
 
 
 _PATTERN_MEANING = {
@@ -250,7 +260,21 @@ def validate_params(params_model: type[BaseModel], given: dict[str, Any]) -> dic
 
 def load_spec(path: str | Path, components: Components) -> LoadedSpec:
     """Read, validate and resolve a spec; raises SpecError listing every problem found."""
-    source = read_spec_file(path)
+    return resolve_spec(read_spec_file(path), components)
+
+
+def spec_from_data(data: dict[str, Any], components: Components, origin: str = "<spec>") -> LoadedSpec:
+    """Validate and resolve a spec given as a mapping (notebooks, benchmarks), as a file would be.
+
+    Errors name `origin` instead of a file and line.
+    """
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: the spec must be a mapping of fields, not a {type(data).__name__}")
+    return resolve_spec(SpecSource(Path(origin), data), components)
+
+
+def resolve_spec(source: SpecSource, components: Components) -> LoadedSpec:
+    """Validate a spec's fields, then each component's parameters against its plugin's model."""
     problems: list[str] = []
     spec: Spec | None = None
     try:

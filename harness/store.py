@@ -41,6 +41,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from harness.armconfig import ArmConfig
+
 FORMAT_VERSION = 1
 METRICS = (
     "train_loss",
@@ -66,7 +68,7 @@ class EpochRow:
 @dataclass
 class ArmData:
     arm_id: str
-    config: dict[str, Any]
+    config: ArmConfig
     hardware: dict[str, Any]
     layer_names: list[str]
     epochs_planned: int
@@ -146,7 +148,7 @@ class RunStore:
     def init_arm(
         self,
         arm_id: str,
-        config: dict[str, Any],
+        config: ArmConfig,
         hardware: dict[str, Any],
         layer_names: list[str],
         epochs_planned: int,
@@ -159,7 +161,7 @@ class RunStore:
             if arm_id in arms:
                 del arms[arm_id]
             g = arms.create_group(arm_id)
-            g.attrs["config"] = json.dumps(config, sort_keys=True)
+            g.attrs["config"] = config.to_json()
             g.attrs["hardware"] = json.dumps(hardware, sort_keys=True)
             g.attrs["epochs_planned"] = epochs_planned
             g.attrs["last_complete_epoch"] = 0
@@ -293,7 +295,7 @@ class RunStore:
             g = f["arms"][arm_id]
             return ArmData(
                 arm_id=arm_id,
-                config=json.loads(g.attrs["config"]),
+                config=ArmConfig.model_validate_json(g.attrs["config"]),
                 hardware=json.loads(g.attrs["hardware"]),
                 layer_names=[s.decode() if isinstance(s, bytes) else str(s) for s in g["layer_names"][()]],
                 epochs_planned=int(g.attrs["epochs_planned"]),

@@ -26,8 +26,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from harness.atomic import atomic_write_text
-from harness.entries import ENTRIES_DIR, RUN_FILE, Entry, compute_entries, sha256_file
+from harness.entries import Entry, compute_entries, sha256_file
 from harness.errors import HarnessError
+from harness.plan import plan_arms
+from harness.runfolder import ENTRIES_DIR, RUN_FILE, RunFolder
 from harness.spec import Spec
 from harness.specfile import spec_hash
 from harness.store import RunStore
@@ -56,7 +58,7 @@ def _diff(a: Any, b: Any, path: str = "") -> list[str]:
 
 def _read_stored_entries(run_dir: Path) -> list[Entry]:
     entries = []
-    for path in sorted((run_dir / ENTRIES_DIR).glob("*.json")):
+    for path in sorted(RunFolder(run_dir).entries_dir.glob("*.json")):
         try:
             entries.append(Entry.model_validate_json(path.read_text(encoding="utf-8")))
         except (ValidationError, UnicodeDecodeError) as exc:
@@ -69,8 +71,6 @@ def _read_stored_entries(run_dir: Path) -> list[Entry]:
 
 
 def _check_complete(run_dir: Path, store: RunStore, spec: Spec) -> None:
-    from harness.runner import plan_arms
-
     present = set(store.arm_ids())
     problems = []
     for arm in plan_arms(spec):
@@ -92,7 +92,7 @@ def _check_spec_hash(run_dir: Path, root: dict[str, Any], entries: list[Entry]) 
     if spec_hash(resolved) != stored:
         raise SubmissionError(f"{run_dir / RUN_FILE}: spec hash mismatch: the resolved spec in the file hashes "
                               f"to {spec_hash(resolved)[:12]}, the file records {str(stored)[:12]}")
-    spec_file = run_dir / "spec.resolved.json"
+    spec_file = RunFolder(run_dir).resolved_spec_file
     if not spec_file.exists():
         raise SubmissionError(f"{spec_file}: missing; the run folder is incomplete")
     try:
@@ -130,8 +130,9 @@ def _check_versions(entries: list[Entry]) -> None:
 def verify_run(run_dir: Path) -> list[Entry]:
     """The run's entries, once every check passes; raises SubmissionError with the first failure."""
     run_dir = Path(run_dir)
-    path = run_dir / RUN_FILE
-    store = RunStore(path)
+    folder = RunFolder(run_dir)
+    path = folder.run_file
+    store = folder.store()
     if not path.exists() or not store.readable():
         raise SubmissionError(f"{path}: no readable run file")
     root = store.root_attrs()

@@ -9,12 +9,15 @@ head `features = "map"` and is built on the backbone's feature map.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor, nn
 
 from harness.backbone import FeatureKind
 from harness.data import DataBundle, Split
+
+if TYPE_CHECKING:
+    from harness.records import BuildContext
 
 
 class Metric(ABC):
@@ -28,11 +31,22 @@ class Metric(ABC):
 
 
 class TaskHead(ABC):
+    """A task: the head module it puts on a backbone, its loss, its metric and the metric's direction.
+
+    Built as `factory(params, context)`; subclasses used as the factory get `self.params`. The
+    loss must accept soft targets (a distribution per sample) where mixing defences make sense,
+    and the metric is an accumulator: never average per-batch scores.
+    """
+
     metric_name: str = "metric"
     higher_is_better: bool = True
     features: ClassVar[FeatureKind] = "pooled"
     #: which target of the data the head learns: "class" (Split.y) or a key of Split.targets
     target: str = "class"
+
+    def __init__(self, params: Any = None, context: BuildContext | None = None) -> None:
+        self.params = params
+        self.context = context
 
     @abstractmethod
     def build(self, num_features: int, data: DataBundle) -> nn.Module:

@@ -16,6 +16,7 @@ from harness.data import Split, take_targets, targets_to
 from harness.defence import Defence, StepContext
 from harness.spec import AugmentationSpec, OptimizerSpec, ScheduleSpec, TrainingSpec
 from harness.task import Metric, TaskHead
+from harness.taskset import TaskSet
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,6 +82,12 @@ def augment(x: Tensor, specs: Sequence[AugmentationSpec], generator: torch.Gener
     return x
 
 
+def on_device(split: Split, device: torch.device) -> Split:
+    """The split with its inputs, labels and targets moved to `device`."""
+    return Split(split.x.to(device), split.y.to(device), split.indices,
+                 {k: v.to(device) for k, v in split.targets.items()})
+
+
 def batch_order(n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool = False) -> list[Tensor]:
     perm = torch.randperm(n, generator=generator)
     stop = n - (n % batch_size) if drop_last and n >= batch_size else n
@@ -90,7 +97,7 @@ def batch_order(n: int, batch_size: int, generator: torch.Generator, *, drop_las
 def train_epoch(
     model: nn.Module,
     train: Split,
-    task: TaskHead,
+    task: TaskHead | TaskSet,
     defence: Defence,
     recipe: TrainingSpec,
     optimizer: torch.optim.Optimizer,
@@ -142,7 +149,7 @@ def train_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, split: Split, task: TaskHead, batch_size: int, device: torch.device, amp: bool = False
+    model: nn.Module, split: Split, task: TaskHead | TaskSet, batch_size: int, device: torch.device, amp: bool = False
 ) -> tuple[float, float]:
     """(mean loss, task metric) on a split, in eval mode."""
     loss, metric = evaluate_all(model, split, task, batch_size, device, amp)
@@ -151,7 +158,7 @@ def evaluate(
 
 @torch.no_grad()
 def evaluate_all(
-    model: nn.Module, split: Split, task: TaskHead, batch_size: int, device: torch.device, amp: bool = False
+    model: nn.Module, split: Split, task: TaskHead | TaskSet, batch_size: int, device: torch.device, amp: bool = False
 ) -> tuple[float, Metric]:
     """(mean loss, the filled metric accumulator): multi-task metrics give every task's value."""
     model.eval()

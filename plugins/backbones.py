@@ -9,16 +9,13 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
-from harness.backbone import Backbone
-from harness.hookspecs import hookimpl
-from harness.records import BackboneRecord, NoParams
+from harness.api import Backbone, BackboneRecord, BuildContext, NoParams, Params, hookimpl
 
 
-class SmallCNNParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SmallCNNParams(Params):
     width: int = Field(default=16, gt=0, le=512, description="channels of the first block; doubles per block")
     blocks: int = Field(default=3, ge=1, le=6, description="conv-BN-ReLU blocks; all but the first halve the size")
     batch_norm: bool = True
@@ -31,8 +28,9 @@ class SmallCNN(Backbone):
     a global average pool ends the network.
     """
 
-    def __init__(self, params: SmallCNNParams, input_shape: tuple[int, ...]) -> None:
+    def __init__(self, params: SmallCNNParams, context: BuildContext) -> None:
         super().__init__()
+        input_shape = context.input_shape
         if len(input_shape) != 3:
             raise ValueError(f"small-cnn needs image inputs [C, H, W], got shape {input_shape}")
         channels, height, _ = input_shape
@@ -68,8 +66,9 @@ class LeNet5(Backbone):
 
     MIN_SIZE = 12
 
-    def __init__(self, params: NoParams, input_shape: tuple[int, ...]) -> None:
+    def __init__(self, params: NoParams, context: BuildContext) -> None:
         super().__init__()
+        input_shape = context.input_shape
         if len(input_shape) != 3:
             raise ValueError(f"lenet5 needs image inputs [C, H, W], got shape {input_shape}")
         channels, height, width = input_shape
@@ -97,17 +96,16 @@ class LeNet5(Backbone):
 class Flatten(Backbone):
     """No parameters: the head's single Linear layer is the whole model (the paper's toy model)."""
 
-    def __init__(self, params: NoParams, input_shape: tuple[int, ...]) -> None:
+    def __init__(self, params: NoParams, context: BuildContext) -> None:
         super().__init__()
-        self.num_features = math.prod(input_shape)
+        self.num_features = math.prod(context.input_shape)
         self.has_feature_map = False
 
     def forward(self, x: Tensor) -> Tensor:
         return x.flatten(1)
 
 
-class ResNetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ResNetParams(Params):
     width: int = Field(default=64, gt=0, le=512, description="channels of the first stage (64 in the paper)")
 
 
@@ -133,8 +131,9 @@ class CifarResNet18(Backbone):
     literature train it: 20 convolutions (17 plus 3 shortcut projections), so with the
     classification head the 21 scored layers of the reference."""
 
-    def __init__(self, params: ResNetParams, input_shape: tuple[int, ...]) -> None:
+    def __init__(self, params: ResNetParams, context: BuildContext) -> None:
         super().__init__()
+        input_shape = context.input_shape
         if len(input_shape) != 3:
             raise ValueError(f"resnet18 needs image inputs [C, H, W], got shape {input_shape}")
         w = params.width
@@ -154,8 +153,7 @@ class CifarResNet18(Backbone):
         return self.pool(self.forward_features(x))
 
 
-class SmallUNetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SmallUNetParams(Params):
     width: int = Field(default=16, gt=0, le=256, description="channels at full resolution; doubles per level")
     levels: int = Field(default=2, ge=1, le=4, description="down-sampling levels (each halves the map)")
     convs: int = Field(default=2, ge=1, le=3, description="conv-BN-ReLU layers per block (2 in U-Net)")
@@ -178,8 +176,9 @@ class SmallUNet(Backbone):
     decoder's output, so classification heads share every weight with the dense ones.
     """
 
-    def __init__(self, params: SmallUNetParams, input_shape: tuple[int, ...]) -> None:
+    def __init__(self, params: SmallUNetParams, context: BuildContext) -> None:
         super().__init__()
+        input_shape = context.input_shape
         if len(input_shape) != 3:
             raise ValueError(f"small-unet needs image inputs [C, H, W], got shape {input_shape}")
         channels, height, width = input_shape

@@ -19,13 +19,20 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor
 
-from harness.data import DataBundle, Split, stratified_indices, subset_request
-from harness.errors import DataError
-from harness.hookspecs import hookimpl
-from harness.records import DatasetRecord
+from harness.api import (
+    BuildContext,
+    DataBundle,
+    DataError,
+    DatasetRecord,
+    Params,
+    Split,
+    Subset,
+    hookimpl,
+    stratified_indices,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -62,14 +69,13 @@ def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[n
 # digits
 
 
-class DigitsParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DigitsParams(Params):
 
     test_fraction: float = Field(default=0.2, gt=0, lt=1, description="share of samples held out for test")
     split_seed: int = Field(default=0, ge=0, description="seed of the stratified train/test split")
 
 
-def load_digits_bundle(params: DigitsParams) -> DataBundle:
+def load_digits_bundle(params: DigitsParams, context: BuildContext | None = None) -> DataBundle:
     """scikit-learn's bundled 8x8 digits: a real image task that trains in seconds on a CPU.
 
     It ships no train/test split, so one is fixed here by `split_seed`; pixel counts 0..16 are
@@ -99,7 +105,7 @@ def load_digits_bundle(params: DigitsParams) -> DataBundle:
 # make-classification
 
 
-class MakeClassificationParams(BaseModel):
+class MakeClassificationParams(Params):
     """The paper's synthetic task, built with sklearn.datasets.make_classification.
 
     The paper states 5,000 samples, 12 features and 10 classes but not `n_informative`.
@@ -108,7 +114,6 @@ class MakeClassificationParams(BaseModel):
     argument keeps scikit-learn's default. `random_state` seeds the generator and the split.
     """
 
-    model_config = ConfigDict(extra="forbid")
 
     n_samples: int = Field(default=5000, gt=1)
     n_features: int = Field(default=12, gt=0)
@@ -142,7 +147,9 @@ class MakeClassificationParams(BaseModel):
         return self
 
 
-def load_make_classification(params: MakeClassificationParams) -> DataBundle:
+def load_make_classification(
+    params: MakeClassificationParams, context: BuildContext | None = None
+) -> DataBundle:
     """Feature vectors, not images: value_range is None so pixel clamping never applies."""
     from sklearn.datasets import make_classification
 
@@ -173,8 +180,7 @@ def load_make_classification(params: MakeClassificationParams) -> DataBundle:
 # CIFAR-10 / CIFAR-100 in torchvision's on-disk (python pickle) layout
 
 
-class CifarParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CifarParams(Params):
 
     root: str = Field(
         description="folder holding cifar-10-batches-py / cifar-100-python, or that folder itself"
@@ -293,12 +299,12 @@ def _load_cifar(key: str, params: CifarParams) -> DataBundle:
     )
 
 
-def load_cifar10(params: CifarParams) -> DataBundle:
+def load_cifar10(params: CifarParams, context: BuildContext | None = None) -> DataBundle:
     """CIFAR-10 read directly, since torchvision's loader verifies md5 sums of the full release."""
     return _load_cifar("cifar10", params)
 
 
-def load_cifar100(params: CifarParams) -> DataBundle:
+def load_cifar100(params: CifarParams, context: BuildContext | None = None) -> DataBundle:
     """CIFAR-100 (fine labels) read directly, for the same reason as `load_cifar10`."""
     return _load_cifar("cifar100", params)
 
@@ -307,8 +313,7 @@ def load_cifar100(params: CifarParams) -> DataBundle:
 # image-folder
 
 
-class ImageFolderParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ImageFolderParams(Params):
 
     root: str = Field(description="folder holding the train and test folders")
     train_dir: str = Field(default="train", description="train split, relative to root")
@@ -428,15 +433,15 @@ def _load_split(
     return Split(x, torch.as_tensor(labels[chosen]), torch.as_tensor(chosen, dtype=torch.int64))
 
 
-def load_image_folder(params: ImageFolderParams, subset: Mapping[str, Any] | None = None) -> DataBundle:
+def load_image_folder(params: ImageFolderParams, context: BuildContext | None = None) -> DataBundle:
     """Any ImageFolder tree (e.g. the JPEG CIFAR-10 in ../shared/data) as a DataBundle.
 
-    `subset` ({"train": int|None, "test": int|None, "seed": int}) lets the core ask for its
-    stratified subset before decoding; Split.indices then records the chosen positions, exactly
-    as harness.data.subset would have.
+    `context.subset` lets the core ask for its stratified subset before decoding; Split.indices
+    then records the chosen positions, exactly as harness.data.subset would have.
     """
     root = Path(params.root).expanduser()
-    train_size, test_size, seed = subset_request(subset)
+    sub = (context.subset if context is not None else None) or Subset()
+    train_size, test_size, seed = sub.train, sub.test, sub.seed
     train_paths, train_labels, classes = list_image_folder(root, params.train_dir)
     test_paths, test_labels, test_classes = list_image_folder(root, params.test_dir)
     if test_classes != classes:

@@ -26,14 +26,20 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from harness.data import DataBundle
-from harness.hookspecs import hookimpl
-from harness.records import NoParams, TaskHeadRecord
-from harness.task import Metric, TaskHead
+from harness.api import (
+    BuildContext,
+    DataBundle,
+    Metric,
+    NoParams,
+    Params,
+    TaskHead,
+    TaskHeadRecord,
+    hookimpl,
+)
 from harness_plugins.tasks import Classification
 
 #: the label of segmentation pixels that neither loss nor metric sees
@@ -45,8 +51,7 @@ KEYPOINT_PRESENT = 0.5
 # --------------------------------------------------------------------------- shared pieces
 
 
-class DenseHeadParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DenseHeadParams(Params):
     hidden: int = Field(default=64, gt=0, le=1024,
                         description="channels of the head's 3x3 conv block (keep it light: SAL "
                                     "is about what the shared backbone learns)")
@@ -188,8 +193,8 @@ class Segmentation(TaskHead):
     features = "map"
     target = "segmentation"
 
-    def __init__(self, params: DenseHeadParams | None = None) -> None:
-        self.params = params or DenseHeadParams()
+    def __init__(self, params: DenseHeadParams | None = None, context: BuildContext | None = None) -> None:
+        super().__init__(params or DenseHeadParams(), context)
         self.num_classes: int | None = None
 
     def build(self, num_features: int, data: DataBundle) -> nn.Module:
@@ -262,8 +267,8 @@ class Depth(TaskHead):
     features = "map"
     target = "depth"
 
-    def __init__(self, params: DepthParams | None = None) -> None:
-        self.params = params or DepthParams()
+    def __init__(self, params: DepthParams | None = None, context: BuildContext | None = None) -> None:
+        super().__init__(params or DepthParams(), context)
 
     def build(self, num_features: int, data: DataBundle) -> nn.Module:
         head = DenseHead(num_features, self.params.hidden, 1, _image_size("depth", data))
@@ -372,8 +377,8 @@ class Keypoints(TaskHead):
     features = "map"
     target = "keypoints"
 
-    def __init__(self, params: KeypointParams | None = None) -> None:
-        self.params = params or KeypointParams()
+    def __init__(self, params: KeypointParams | None = None, context: BuildContext | None = None) -> None:
+        super().__init__(params or KeypointParams(), context)
         self.metric_name = "keypoint_error" if self.params.metric == "peak-distance" else "keypoint_heatmap_l1"
 
     def build(self, num_features: int, data: DataBundle) -> nn.Module:

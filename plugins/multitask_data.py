@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +29,20 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import Tensor
 
-from harness.data import DataBundle, Split, stratified_indices, subset_request
-from harness.errors import DataError
-from harness.hookspecs import hookimpl
-from harness.records import DatasetRecord
+from harness.api import (
+    BuildContext,
+    DataBundle,
+    DataError,
+    DatasetRecord,
+    Params,
+    Split,
+    Subset,
+    hookimpl,
+    stratified_indices,
+)
 
 # Pillow < 9.1 has no Resampling enum; the module-level constants exist in every version.
 _BILINEAR = Image.Resampling.BILINEAR if hasattr(Image, "Resampling") else Image.BILINEAR
@@ -78,8 +85,7 @@ SCENES = ("horizontal-stripes", "vertical-stripes", "checkerboard", "blobs")
 KEYPOINT_NAMES = ("top", "bottom", "left", "right", "centroid")
 
 
-class ShapesMultitaskParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ShapesMultitaskParams(Params):
 
     train: int = Field(default=2000, ge=1, description="number of training images")
     test: int = Field(default=500, ge=1, description="number of test images")
@@ -317,7 +323,7 @@ def _rendered_split(rendered: _Rendered) -> Split:
     )
 
 
-def load_shapes_multitask(params: ShapesMultitaskParams) -> DataBundle:
+def load_shapes_multitask(params: ShapesMultitaskParams, context: BuildContext | None = None) -> DataBundle:
     """A multi-task image set that every task can learn on a CPU in seconds, with no files.
 
     Train and test come from separate seeded streams, so the test set does not change when the
@@ -371,8 +377,7 @@ TASKONOMY_LAYOUT = (
 )
 
 
-class TaskonomyParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TaskonomyParams(Params):
 
     root: str = Field(description="folder holding rgb/, segment_semantic/, depth_euclidean/, keypoints2d/, class_scene/")
     domains: list[Domain] = Field(
@@ -609,7 +614,7 @@ def _split_buildings(buildings: list[str], test_buildings: list[str] | None, rgb
     return train, test
 
 
-def load_taskonomy(params: TaskonomyParams, subset: Mapping[str, Any] | None = None) -> DataBundle:
+def load_taskonomy(params: TaskonomyParams, context: BuildContext | None = None) -> DataBundle:
     """Taskonomy (e.g. the "tiny" split) from a local folder, split by building.
 
     All scene score files are read first (they are tiny and y is needed to stratify the
@@ -617,7 +622,8 @@ def load_taskonomy(params: TaskonomyParams, subset: Mapping[str, Any] | None = N
     image-folder does. Scene labels are remapped to 0..S-1 over those present in the folder.
     """
     root = Path(params.root).expanduser()
-    train_size, test_size, seed = subset_request(subset)
+    sub = (context.subset if context is not None else None) or Subset()
+    train_size, test_size, seed = sub.train, sub.test, sub.seed
     views = _list_views(root, params.max_per_building)
     _check_labels(root, views, list(dict.fromkeys([*params.domains, "scene"])))
     train_buildings, test_buildings = _split_buildings(list(views), params.test_buildings, root / "rgb")

@@ -6,10 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from harness.data import DataBundle
-from harness.hookspecs import hookimpl
-from harness.records import NoParams, TaskHeadRecord
-from harness.task import Metric, TaskHead
+from harness.api import DataBundle, Metric, NoParams, TaskHead, TaskHeadRecord, hookimpl
 
 
 class Accuracy(Metric):
@@ -32,9 +29,6 @@ class Classification(TaskHead):
 
     metric_name = "accuracy"
     higher_is_better = True
-
-    def __init__(self, params: NoParams | None = None) -> None:
-        self.params = params
 
     def build(self, num_features: int, data: DataBundle) -> nn.Module:
         return nn.Linear(num_features, data.num_classes)

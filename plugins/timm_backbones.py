@@ -37,12 +37,10 @@ import math
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from harness.backbone import Backbone
-from harness.hookspecs import hookimpl
-from harness.records import BackboneRecord
+from harness.api import Backbone, BackboneRecord, BuildContext, Params, hookimpl
 
 #: `small_input: auto` adapts the model when neither side of the input exceeds this
 SMALL_INPUT_SIDE = 64
@@ -53,8 +51,7 @@ _HEAD_ARGS = ("num_classes", "features_only")
 ImageShape = tuple[int, int, int]
 
 
-class TimmParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TimmParams(Params):
     kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="arguments passed to timm.create_model (e.g. drop_path_rate, channels, depth); "
@@ -66,16 +63,14 @@ class TimmParams(BaseModel):
     )
 
 
-class CifarResNetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CifarResNetParams(Params):
     width: int = Field(
         default=64, gt=0, le=512,
         description="channels of the stem and first stage, doubled per stage (64 in the paper)",
     )
 
 
-class VitParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class VitParams(Params):
     embed_dim: int = Field(default=512, gt=0, le=4096, description="token width (512 in the paper)")
     depth: int = Field(default=6, ge=1, le=48, description="transformer blocks (6 in the paper)")
     num_heads: int = Field(default=8, ge=1, le=64, description="attention heads (8 in the paper)")
@@ -300,10 +295,9 @@ def check_patches(name: str, patch_size: int | tuple[int, int], shape: ImageShap
         )
 
 
-def build_timm(
-    params: TimmParams, input_shape: tuple[int, ...], variant: str | None = None,
-) -> TimmBackbone:
-    """The `timm` family: `timm:<model>` in a spec arrives here with variant=<model>."""
+def build_timm(params: TimmParams, context: BuildContext) -> TimmBackbone:
+    """The `timm` family: `timm:<model>` in a spec arrives here with `context.variant` = <model>."""
+    variant, input_shape = context.variant, context.input_shape
     if not variant:
         raise ValueError("name a timm model after the family, as in timm:resnet18")
     model = create_timm_model(variant, params.kwargs, input_shape, params.small_input)
@@ -323,19 +317,19 @@ def _cifar_resnet(arch: str, name: str, params: CifarResNetParams, input_shape: 
     return TimmBackbone(model, name, input_shape)
 
 
-def cifar_resnet50(params: CifarResNetParams, input_shape: tuple[int, ...]) -> TimmBackbone:
+def cifar_resnet50(params: CifarResNetParams, context: BuildContext) -> TimmBackbone:
     """timm's resnet50 (bottleneck blocks 3-4-6-3) in its CIFAR form, batch norms starting at 1."""
-    return _cifar_resnet("resnet50", "resnet50", params, input_shape)
+    return _cifar_resnet("resnet50", "resnet50", params, context.input_shape)
 
 
-def cifar_senet18(params: CifarResNetParams, input_shape: tuple[int, ...]) -> TimmBackbone:
+def cifar_senet18(params: CifarResNetParams, context: BuildContext) -> TimmBackbone:
     """timm's seresnet18 (basic blocks 2-2-2-2, each with a squeeze-and-excitation module whose two
     1×1 convolutions are scored) in its CIFAR form. Its blocks are post-activation, as in timm;
     some CIFAR code bases write SENet-18 with pre-activation blocks, which have the same layers."""
-    return _cifar_resnet("seresnet18", "senet18", params, input_shape)
+    return _cifar_resnet("seresnet18", "senet18", params, context.input_shape)
 
 
-def small_vit(params: VitParams, input_shape: tuple[int, ...]) -> TimmBackbone:
+def small_vit(params: VitParams, context: BuildContext) -> TimmBackbone:
     """timm's VisionTransformer sized for 32×32 images; no class token, pooled by patch-token mean.
 
     The mean of the patch tokens (as timm's `*_gap` ViTs do) rather than a class token makes the
@@ -343,6 +337,7 @@ def small_vit(params: VitParams, input_shape: tuple[int, ...]) -> TimmBackbone:
     """
     from timm.models.vision_transformer import VisionTransformer
 
+    input_shape = context.input_shape
     channels, height, width = shape = image_shape("vit", input_shape)
     check_patches("vit", params.patch_size, shape)
     model = VisionTransformer(

@@ -8,13 +8,13 @@ from torch import nn
 
 from harness.backbone import TaskModel, scored_layers
 from harness.pluginmanager import get_components
+from harness.records import BuildContext
 
 SHAPES = {"8x8 gray": (1, 8, 8), "32x32 rgb": (3, 32, 32)}
 
 
 def build(name: str, shape: tuple[int, ...], **params) -> TaskModel:
-    record = get_components().get("backbone", name).record
-    backbone = record.factory(record.params.model_validate(params), shape)
+    backbone = get_components().build("backbone", name, params, BuildContext(input_shape=shape))
     return TaskModel(backbone, nn.Linear(backbone.num_features, 10))
 
 

@@ -14,8 +14,9 @@ from PIL import Image
 from pydantic import ValidationError
 
 from harness.archive import extract_archive
-from harness.data import DataBundle, stratified_indices
+from harness.data import DataBundle, Subset, stratified_indices
 from harness.errors import DataError
+from harness.records import BuildContext
 from harness_plugins import datasets
 
 
@@ -23,9 +24,7 @@ def build(name: str, subset: dict | None = None, **params: object) -> DataBundle
     """Look a data set up by name and build it, as the core does from a spec."""
     record = {r.name: r for r in datasets.harness_register_datasets()}[name]
     validated = record.params(**params)
-    if subset is not None:
-        return record.factory(validated, subset=subset)
-    return record.factory(validated)
+    return record.factory(validated, BuildContext(subset=None if subset is None else Subset(**subset)))
 
 
 def test_every_record_is_usable() -> None:

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from harness.backbone import TaskModel
 from harness.data import DataBundle, Split
 from harness.pluginmanager import get_components
+from harness.records import BuildContext
 from harness_plugins.dense_tasks import (
     ConfusionMatrixIoU,
     Depth,
@@ -71,8 +72,7 @@ def fake_bundle(**metadata) -> DataBundle:
 
 
 def registered(name: str, **params):
-    record = get_components().get("task", name).record
-    return record.factory(record.params.model_validate(params))
+    return get_components().build("task", name, params)
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -286,8 +286,8 @@ def test_scene_classification_is_a_linear_head_on_pooled_features():
 
 def test_a_dense_head_on_a_registered_backbone_predicts_at_input_resolution():
     data = fake_bundle()
-    record = get_components().get("backbone", "small-cnn").record
-    backbone = record.factory(record.params.model_validate({"width": 4, "blocks": 2}), data.input_shape)
+    backbone = get_components().build("backbone", "small-cnn", {"width": 4, "blocks": 2},
+                                      BuildContext(input_shape=data.input_shape))
     head = registered("segmentation", hidden=8)
     model = TaskModel(backbone, head.build(backbone.num_features, data), features=head.features)
     with torch.no_grad():

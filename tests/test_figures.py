@@ -18,12 +18,14 @@ import pytest
 import torch
 
 from harness import figures
+from harness.assembly import Assembly
 from harness.cli import main
 from harness.entries import read_entries
 from harness.landscape import LandscapeSettings, compute_panels, pca_plane
 from harness.pluginmanager import get_components
 from harness.report import build_figures, load_run
-from harness.runner import Runner, runner_for_run
+from harness.runfolder import RunFolder
+from harness.runner import Runner
 from harness.scoring import epoch_threshold, learnable_threshold
 from harness.specfile import load_spec
 
@@ -77,8 +79,8 @@ def test_traced_arms_hold_the_parameters_at_step_0_and_every_k_steps(run):
             assert t["params"].dtype == np.float32 and t["params"].maxshape == (None, t["params"].shape[1])
             assert t.attrs["every_steps"] == 2
     # the last snapshot (step 18 = the last step) is the trained model, in parameters() order
-    runner = runner_for_run(run, get_components())
-    model = runner.build_model()
+    assembly = Assembly.for_run(RunFolder(run), get_components())
+    model = assembly.build_model()
     model.load_state_dict(torch.load(run / "checkpoints" / "clean__none__s0.pt", weights_only=True)["model"])
     final = torch.nn.utils.parameters_to_vector(model.parameters()).detach().numpy()
     with h5py.File(run / "run.h5", "r") as f:
@@ -92,7 +94,8 @@ def test_a_run_interrupted_around_the_trajectory_write_resumes_to_the_same_traje
     the checkpoint but before the epoch's row: either way the resumed trajectory is the reference's."""
     from conftest import tiny_spec, write_spec
 
-    import harness.runner as runner_module
+    import harness.checkpoint as checkpoint_module
+    import harness.runfolder as runfolder_module
 
     spec = write_spec(tmp_path / "t.yaml", tiny_spec(
         "t", backbone={"name": "linear"}, poisons=[],
@@ -119,7 +122,7 @@ def test_a_run_interrupted_around_the_trajectory_write_resumes_to_the_same_traje
     for where in ("atomic_write", "append_epoch"):
         out = tmp_path / where
         calls = {"n": 0}
-        real_write, real_append = runner_module.atomic_write, runner_module.RunStore.append_epoch
+        real_write, real_append = checkpoint_module.atomic_write, runfolder_module.RunStore.append_epoch
 
         def fake_write(path, write, _real=real_write, _where=where, _calls=calls):
             _calls["n"] += 1
@@ -132,8 +135,8 @@ def test_a_run_interrupted_around_the_trajectory_write_resumes_to_the_same_traje
                 raise Killed  # epoch 2's checkpoint is written, its row is not
             return _real(store, arm, epoch, row)
 
-        monkeypatch.setattr(runner_module, "atomic_write", fake_write)
-        monkeypatch.setattr(runner_module.RunStore, "append_epoch", fake_append)
+        monkeypatch.setattr(checkpoint_module, "atomic_write", fake_write)
+        monkeypatch.setattr(runfolder_module.RunStore, "append_epoch", fake_append)
         with pytest.raises(Killed):
             run_into(out)
         monkeypatch.undo()

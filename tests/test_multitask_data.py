@@ -12,9 +12,10 @@ from PIL import Image
 from pydantic import ValidationError
 from torch.nn import functional as F
 
-from harness.data import DataBundle, stratified_indices
+from harness.data import DataBundle, Subset, stratified_indices
 from harness.errors import DataError
 from harness.pluginmanager import get_components
+from harness.records import BuildContext
 from harness_plugins import multitask_data
 
 
@@ -22,9 +23,7 @@ def build(name: str, subset: dict | None = None, **params: object) -> DataBundle
     """Look a data set up by name in the plugin registry and build it, as the core does."""
     record = get_components().get("dataset", name).record
     validated = record.params(**params)
-    if subset is not None:
-        return record.factory(validated, subset=subset)
-    return record.factory(validated)
+    return record.factory(validated, BuildContext(subset=None if subset is None else Subset(**subset)))
 
 
 def test_both_data_sets_are_registered_and_usable() -> None:

@@ -8,10 +8,12 @@ import pytest
 import torch
 from conftest import tiny_spec, write_spec
 
+from harness.plan import plan_arms
 from harness.pluginmanager import get_components
 from harness.poison_cache import PoisonCache
+from harness.poisoning import PoisonedInputs
+from harness.preflight import preflight
 from harness.progress import Reporter
-from harness.runner import Runner, plan_arms
 from harness.specfile import load_spec
 
 
@@ -25,11 +27,9 @@ class Recorder(Reporter):
 
 def poisoned(spec_path: Path, output: Path, cache: Path) -> tuple[torch.Tensor, list[str]]:
     reporter = Recorder()
-    runner = Runner(load_spec(spec_path, get_components()), get_components(), output_root=output, reporter=reporter)
-    runner.poison_cache = PoisonCache(cache)
-    runner.prepare()
-    arm = next(a for a in plan_arms(runner.spec) if a.poison is not None)
-    return runner.poisoned_inputs(arm), reporter.stages
+    assembly = preflight(load_spec(spec_path, get_components()), get_components())
+    arm = next(a for a in plan_arms(assembly.spec) if a.poison is not None)
+    return PoisonedInputs(assembly, PoisonCache(cache), reporter).for_arm(arm), reporter.stages
 
 
 def test_a_second_run_reads_the_poison_from_the_cache(tmp_path):

@@ -20,8 +20,8 @@ from pydantic import ValidationError
 
 from harness.data import DataBundle, Split
 from harness.errors import DataError
+from harness.pluginmanager import get_components
 from harness.poison import PoisonContext
-from harness_plugins import poisons
 from harness_plugins.datasets import DigitsParams, load_digits_bundle
 from harness_plugins.poisons.ar import ar_fill, residual_filters
 from harness_plugins.poisons.cuda import class_conv
@@ -31,12 +31,11 @@ FAST_AR = {"candidates": 32}  # the search's default pool is larger; tests need 
 
 
 def record(name: str):
-    return {r.name: r for r in poisons.harness_register_poisons()}[name]
+    return get_components().get("poison", name).record
 
 
 def build(name: str, **params: Any):
-    rec = record(name)
-    return rec.factory(rec.params(**params))
+    return get_components().build("poison", name, params)
 
 
 def _unused(*args: Any) -> Any:

@@ -19,6 +19,7 @@ from harness.backbone import TaskModel
 from harness.data import DataBundle, Split, subset
 from harness.pluginmanager import get_components
 from harness.poison import Poison, PoisonContext
+from harness.records import BuildContext
 from harness_plugins.datasets import DigitsParams, load_digits_bundle
 from harness_plugins.poisons import dc, em, hypo, rem, tap
 from harness_plugins.poisons._surrogate import Augment, SurrogateParams, sign_pgd
@@ -50,14 +51,13 @@ def one_thread():
 
 
 def make_context(data: DataBundle, seed: int = 0) -> PoisonContext:
-    """A PoisonContext as `Runner.poisoned_inputs` builds one: backbones from the registry with
+    """A PoisonContext as `PoisonedInputs` builds one: backbones from the registry with
     the classification head on top, the task's loss, and a progress callback (recorded here)."""
     components = get_components()
     task = Classification()
 
     def build_model(name: str, params: dict[str, Any]) -> TaskModel:
-        record = components.get("backbone", name).record
-        backbone = record.factory(record.params.model_validate(params), data.input_shape)
+        backbone = components.build("backbone", name, params, BuildContext(input_shape=data.input_shape))
         return TaskModel(backbone, task.build(backbone.num_features, data))
 
     reports: list[tuple[str, float]] = []
@@ -296,7 +296,7 @@ MODULES = {"em": em, "rem": rem, "tap": tap, "hypo": hypo, "dc": dc}
 
 @pytest.mark.parametrize("name", list(MODULES))
 def test_records_cite_the_paper_and_list_their_deviations(name):
-    (record,) = MODULES[name].records()
+    (record,) = MODULES[name].harness_register_poisons()
     assert record.name == name and not record.problems()
     assert record.paper and record.description
     assert record.deviations and all(isinstance(d, str) and d.endswith(".") for d in record.deviations)

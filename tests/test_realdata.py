@@ -37,9 +37,11 @@ def cifar10_folder(tmp_path_factory) -> Path:
 
 
 def test_cifar10_folder_loads_as_the_real_data_set(cifar10_folder):
+    from harness.api import BuildContext, Subset
     from harness_plugins.datasets import ImageFolderParams, load_image_folder
 
-    data = load_image_folder(ImageFolderParams(root=str(cifar10_folder)), subset={"train": 500, "test": 100, "seed": 0})
+    data = load_image_folder(ImageFolderParams(root=str(cifar10_folder)),
+                             BuildContext(subset=Subset(train=500, test=100, seed=0)))
     assert data.classes == CLASSES
     assert data.input_shape == (3, 32, 32)
     assert len(data.train) == 500 and len(data.test) == 100

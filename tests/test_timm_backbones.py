@@ -1,6 +1,6 @@
 """The timm backbones: `timm:<model>` for any timm model, and the paper's resnet50, senet18 and vit.
 
-Every one is built the way a spec builds it (through the registry and `build_component`), kept
+Every one is built the way a spec builds it (through the registry: `Components.build`), kept
 tiny where a parameter allows, and trained one SGD step; what cannot work is refused with a
 message naming the backbone and the input shape.
 """
@@ -15,8 +15,7 @@ from torch import nn
 
 from harness.backbone import Backbone, TaskModel, scored_layers
 from harness.pluginmanager import get_components
-from harness.runner import build_component
-from harness.spec import ComponentRef
+from harness.records import BuildContext
 
 SHAPES = {"32x32 rgb": (3, 32, 32), "8x8 rgb": (3, 8, 8), "28x28 gray": (1, 28, 28)}
 
@@ -31,7 +30,7 @@ TINY = {
 
 
 def build(name: str, shape: tuple[int, ...], **params) -> Backbone:
-    return build_component(get_components(), "backbone", ComponentRef(name=name, params=params), shape)
+    return get_components().build("backbone", name, params, BuildContext(input_shape=shape))
 
 
 def with_head(backbone: Backbone) -> TaskModel:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
-from harness.defence import Defence, StepContext
-from harness.records import DefenceRecord
+from harness.api import Defence, DefenceRecord, Params, StepContext, hookimpl
 
 
-class AdversarialTrainingParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AdversarialTrainingParams(Params):
     epsilon: float = Field(default=8 / 255, gt=0, description="L∞ radius, in the data's units (8/255)")
     step_size: float = Field(default=2 / 255, gt=0, description="sign-gradient step (2/255)")
     steps: int = Field(default=10, ge=1, description="PGD iterations (10)")
@@ -38,8 +36,6 @@ class AdversarialTraining(Defence):
     the same on every device.
     """
 
-    def __init__(self, params: AdversarialTrainingParams) -> None:
-        self.params = params
 
     def perturb(self, model: nn.Module, x: Tensor, targets: Tensor, ctx: StepContext) -> Tensor:
         """PGD examples within ε of `x` (L∞) and within `ctx.value_range`."""
@@ -71,7 +67,8 @@ class AdversarialTraining(Defence):
         return ctx.loss(model(self.perturb(model, x, targets, ctx)), targets)
 
 
-def records() -> list[DefenceRecord]:
+@hookimpl
+def harness_register_defences() -> list[DefenceRecord]:
     return [
         DefenceRecord(
             name="adversarial-training", factory=AdversarialTraining, params=AdversarialTrainingParams,

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
-from harness.defence import Defence
-from harness.records import DefenceRecord
+from harness.api import Defence, DefenceRecord, Params, hookimpl
 
 from ._common import require_images
 
 REFERENCE_LENGTH = 16  # px on 32×32 images
 
 
-class CutoutParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CutoutParams(Params):
     length: int | None = Field(
         default=None, ge=2,
         description="side of the square in px; null: 16 px scaled to the image, round(16·min(H, W)/32), at least 2",
@@ -41,8 +39,6 @@ class Cutout(Defence):
     generator only (two integers per image).
     """
 
-    def __init__(self, params: CutoutParams) -> None:
-        self.params = params
 
     def length_for(self, height: int, width: int) -> int:
         return self.params.length if self.params.length is not None else scaled_length(height, width)
@@ -64,7 +60,8 @@ class Cutout(Defence):
         return x * keep[:, None].to(device=x.device, dtype=x.dtype), targets
 
 
-def records() -> list[DefenceRecord]:
+@hookimpl
+def harness_register_defences() -> list[DefenceRecord]:
     return [
         DefenceRecord(
             name="cutout", factory=Cutout, params=CutoutParams,

@@ -17,12 +17,11 @@ checkpointed generator and a resumed run mixes exactly as an uninterrupted one.
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 from torchvision.transforms import v2
 
-from harness.defence import Defence
-from harness.records import DefenceRecord
+from harness.api import Defence, DefenceRecord, Params, hookimpl
 
 from ._common import global_rng_from, require_hard_labels, require_images
 
@@ -32,8 +31,7 @@ LIBRARY = ("torchvision's pairing: each sample is mixed with its predecessor in 
            "with probability 0.5, up to twice per sample.")
 
 
-class MixParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MixParams(Params):
     alpha: float = Field(default=1.0, gt=0, description="λ ~ Beta(α, α) (torchvision's default 1.0)")
 
 
@@ -43,8 +41,6 @@ class MixUp(Defence):
     Works on any input shape: non-image inputs (feature vectors) are mixed by the same rule.
     """
 
-    def __init__(self, params: MixParams) -> None:
-        self.params = params
 
     def transform_batch(
         self, x: Tensor, targets: Tensor, num_classes: int, generator: torch.Generator
@@ -65,8 +61,6 @@ class CutMix(Defence):
     clipped box, so the label weights are the exact pixel shares. Images only.
     """
 
-    def __init__(self, params: MixParams) -> None:
-        self.params = params
 
     def transform_batch(
         self, x: Tensor, targets: Tensor, num_classes: int, generator: torch.Generator
@@ -78,7 +72,8 @@ class CutMix(Defence):
             return mix(x, targets)
 
 
-def records() -> list[DefenceRecord]:
+@hookimpl
+def harness_register_defences() -> list[DefenceRecord]:
     return [
         DefenceRecord(
             name="mixup", factory=MixUp, params=MixParams,

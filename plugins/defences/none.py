@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from harness.defence import Defence
-from harness.records import DefenceRecord, NoParams
+from harness.api import Defence, DefenceRecord, NoParams, hookimpl
 
 
 class NoDefence(Defence):
     """`Defence()` unchanged: every hook point leaves training as the spec gives it."""
 
-    def __init__(self, params: NoParams | None = None) -> None:
-        self.params = params
 
 
-def records() -> list[DefenceRecord]:
+@hookimpl
+def harness_register_defences() -> list[DefenceRecord]:
     return [
         DefenceRecord(
             name="none", factory=NoDefence, params=NoParams,

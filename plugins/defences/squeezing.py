@@ -18,12 +18,11 @@ from __future__ import annotations
 import warnings
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from harness.defence import Defence
-from harness.records import DefenceRecord, NoParams
+from harness.api import Defence, DefenceRecord, NoParams, Params, hookimpl
 
 from ._common import from_uint8, require_images, to_uint8
 
@@ -33,8 +32,7 @@ ROUNDING = ("The harness's poisons are float images, so they are rounded to the 
             "before the 8-bit operation; the original's poisons were already saved as 8-bit images.")
 
 
-class JPEGParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class JPEGParams(Params):
     quality: int = Field(default=10, ge=1, le=100, description="JPEG quality factor (ISS: 10)")
 
 
@@ -45,8 +43,6 @@ class JPEG(Defence):
     L∞-bounded poisons. Compression of a 1-channel image is plain grayscale JPEG.
     """
 
-    def __init__(self, params: JPEGParams) -> None:
-        self.params = params
 
     def transform_images(self, x: Tensor, generator: torch.Generator) -> Tensor:
         require_images(x, "jpeg")
@@ -67,8 +63,6 @@ class Grayscale(Defence):
     against L2-bounded and colour-based poisons. A 1-channel image is already gray: unchanged.
     """
 
-    def __init__(self, params: NoParams | None = None) -> None:
-        self.params = params
 
     def transform_images(self, x: Tensor, generator: torch.Generator) -> Tensor:
         require_images(x, "grayscale")
@@ -79,8 +73,7 @@ class Grayscale(Defence):
         return TF.rgb_to_grayscale(x, num_output_channels=3).clamp(0, 1)
 
 
-class BitDepthParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BitDepthParams(Params):
     bits: int = Field(default=2, ge=1, le=8, description="bits kept per channel (ISS: 2)")
 
 
@@ -91,16 +84,13 @@ class BitDepthReduction(Defence):
     a quarter of the range mostly vanish; ISS found it effective against low-L0 poisons.
     """
 
-    def __init__(self, params: BitDepthParams) -> None:
-        self.params = params
 
     def transform_images(self, x: Tensor, generator: torch.Generator) -> Tensor:
         require_images(x, "bdr")
         return from_uint8(TF.posterize(to_uint8(x), bits=self.params.bits), x)
 
 
-class BlurParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BlurParams(Params):
     kernel_size: int = Field(default=3, ge=1, description="side of the square Gaussian kernel (odd)")
     sigma: float = Field(default=0.1, gt=0, description="standard deviation of the Gaussian, in pixels")
 
@@ -120,8 +110,6 @@ class GaussianBlur(Defence):
     rounding. It is kept as the original's setting; raise `sigma` (say 1.0) for a real low-pass.
     """
 
-    def __init__(self, params: BlurParams) -> None:
-        self.params = params
 
     def transform_images(self, x: Tensor, generator: torch.Generator) -> Tensor:
         require_images(x, "blur")
@@ -131,7 +119,8 @@ class GaussianBlur(Defence):
         return TF.gaussian_blur(x, kernel_size=[k, k], sigma=[s, s]).clamp(0, 1)
 
 
-def records() -> list[DefenceRecord]:
+@hookimpl
+def harness_register_defences() -> list[DefenceRecord]:
     return [
         DefenceRecord(
             name="jpeg", factory=JPEG, params=JPEGParams,

@@ -19,20 +19,18 @@ from typing import Literal
 
 import kornia.augmentation as K
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from harness.defence import Defence, StepContext
-from harness.records import DefenceRecord
+from harness.api import BuildContext, Defence, DefenceRecord, Params, StepContext, hookimpl
 
 from ._common import from_uint8, global_rng_from, require_images, to_uint8
 
 VARIANT_EPOCHS: dict[str, int] = {"lite": 0, "standard": 50, "max": 300}
 
 
-class UEraserParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class UEraserParams(Params):
     variant: Literal["lite", "standard", "max"] = Field(
         default="max",
         description="how long the max-over-copies loss lasts: lite 0, standard 50, max 300 epochs "
@@ -60,8 +58,8 @@ class UEraser(Defence):
     generator. The augmentation runs outside autocast, in the batch's own precision.
     """
 
-    def __init__(self, params: UEraserParams) -> None:
-        self.params = params
+    def __init__(self, params: UEraserParams, context: BuildContext | None = None) -> None:
+        super().__init__(params, context)
         self.k = params.k
         self.max_epochs = params.max_epochs if params.max_epochs is not None else VARIANT_EPOCHS[params.variant]
         self.plasma_brightness = K.RandomPlasmaBrightness(
@@ -101,7 +99,8 @@ class UEraser(Defence):
         return losses.max(dim=0).values.mean()
 
 
-def records() -> list[DefenceRecord]:
+@hookimpl
+def harness_register_defences() -> list[DefenceRecord]:
     return [
         DefenceRecord(
             name="ueraser", factory=UEraser, params=UEraserParams,

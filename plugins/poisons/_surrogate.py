@@ -23,11 +23,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
-from harness.data import DataBundle, take_targets
-from harness.poison import PoisonContext, clamp_to_range
+from harness.api import DataBundle, Params, PoisonContext, clamp_to_range, take_targets
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 ValueRange = tuple[float, float] | None
@@ -37,7 +36,7 @@ ValueRange = tuple[float, float] | None
 # parameters
 
 
-class SurrogateParams(BaseModel):
+class SurrogateParams(Params):
     """The network a poison is optimised against, and how it is trained.
 
     The defaults are the UE literature's surrogate: a CIFAR-form ResNet-18 trained with SGD
@@ -46,7 +45,6 @@ class SurrogateParams(BaseModel):
     overriding one field (say the backbone) keeps the method's other defaults.
     """
 
-    model_config = ConfigDict(extra="forbid")
 
     backbone: str = Field(default="resnet18", description="registered backbone of the surrogate")
     backbone_params: dict[str, Any] = Field(default_factory=dict, description="its parameters")
@@ -57,14 +55,13 @@ class SurrogateParams(BaseModel):
     grad_clip: float | None = Field(default=5.0, gt=0, description="gradient-norm clip; null: none")
 
 
-class AugmentParams(BaseModel):
+class AugmentParams(Params):
     """The training augmentation the surrogate sees (and, for TAP and REM, the attack's EOT).
 
     CIFAR's standard recipe is a random crop after 4 px of zero padding and a horizontal flip;
     `padding: null` scales the 4 px with the image (round(4·H/32), at least 1: 1 px on 8×8).
     """
 
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(default=True, description="false: no augmentation at all")
     padding: int | None = Field(default=None, ge=0, description="crop padding in px; null: 4 px scaled to the image size")

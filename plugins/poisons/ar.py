@@ -38,13 +38,20 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
-from harness.data import DataBundle
-from harness.errors import DataError
-from harness.poison import Poison, PoisonContext, clamp_to_range
-from harness.records import PoisonRecord
+from harness.api import (
+    BuildContext,
+    DataBundle,
+    DataError,
+    Params,
+    Poison,
+    PoisonContext,
+    PoisonRecord,
+    clamp_to_range,
+    hookimpl,
+)
 
 #: the original crops 4 rows and columns off an (H+4)×(W+4) field
 CROP = 4
@@ -59,8 +66,7 @@ RESPONSE_FIELDS = 2
 MAX_SEARCH_ROUNDS = 200
 
 
-class ARParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ARParams(Params):
 
     norm: float | None = Field(
         default=None, gt=0,
@@ -212,8 +218,8 @@ def search_processes(
 class AR(Poison):
     """Sample-wise noise from one autoregressive process per class, fixed L2 (or L∞) size."""
 
-    def __init__(self, params: ARParams) -> None:
-        self.params = params
+    def __init__(self, params: ARParams, context: BuildContext | None = None) -> None:
+        super().__init__(params, context)
         self._filters: dict[tuple, Tensor] = {}  # the search is the costly part; run it once
 
     def norm(self, data: DataBundle) -> float:
@@ -257,7 +263,8 @@ class AR(Poison):
         return clamp_to_range(data.train.x + self.perturbations(data, ctx), data.value_range)
 
 
-def records() -> list[PoisonRecord]:
+@hookimpl
+def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="ar", factory=AR, params=ARParams,

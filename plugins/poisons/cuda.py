@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import Tensor
 
-from harness.data import DataBundle
-from harness.errors import DataError
-from harness.poison import Poison, PoisonContext
-from harness.records import PoisonRecord
+from harness.api import DataBundle, DataError, Params, Poison, PoisonContext, PoisonRecord, hookimpl
 
 CHUNK = 4096
 
 
-class CUDAParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CUDAParams(Params):
 
     blur: float = Field(default=0.3, gt=0, description="upper end of the uniform kernel taps")
     kernel_size: int = Field(default=3, gt=0, description="odd kernel side; 3 as the original on CIFAR")
@@ -57,8 +53,6 @@ def class_conv(x: Tensor, kernels: Tensor) -> Tensor:
 class CUDA(Poison):
     """Class-wise random blur, each result divided by its own maximum."""
 
-    def __init__(self, params: CUDAParams) -> None:
-        self.params = params
 
     def kernels(self, num_classes: int, ctx: PoisonContext) -> Tensor:
         """One kernel per class [classes, k, k], shared by the channels (drawn from the seed)."""
@@ -89,7 +83,8 @@ class CUDA(Poison):
         return out
 
 
-def records() -> list[PoisonRecord]:
+@hookimpl
+def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="cuda", factory=CUDA, params=CUDAParams,

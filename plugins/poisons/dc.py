@@ -27,14 +27,21 @@ import copy
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from harness.data import DataBundle
-from harness.poison import Poison, PoisonContext, clamp_to_range
-from harness.records import PoisonRecord
+from harness.api import (
+    BuildContext,
+    DataBundle,
+    Params,
+    Poison,
+    PoisonContext,
+    PoisonRecord,
+    clamp_to_range,
+    hookimpl,
+)
 
 from ._surrogate import SurrogateParams, batch_indices, build_surrogate, make_sgd, seeded
 
@@ -59,8 +66,7 @@ class DCClassifierParams(SurrogateParams):
     grad_clip: float | None = Field(default=None, gt=0, description="gradient-norm clip; null: none")
 
 
-class DCParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DCParams(Params):
 
     epsilon: float = Field(default=0.032, gt=0, le=1, description="L∞ bound: g(x) = ε·tanh(U-Net(x))")
     rounds: int = Field(default=1000, ge=0, description="outer rounds (a fresh classifier each); very expensive")
@@ -124,8 +130,8 @@ def default_depth(height: int, width: int) -> int:
 class DeepConfuse(Poison):
     """DC; see the module docstring. After `generate`, `generator` is the final g (eval mode)."""
 
-    def __init__(self, params: DCParams) -> None:
-        self.params = params
+    def __init__(self, params: DCParams, context: BuildContext | None = None) -> None:
+        super().__init__(params, context)
         self.generator: UNet | None = None
 
     def build_generator(self, data: DataBundle, ctx: PoisonContext) -> UNet:
@@ -202,7 +208,8 @@ class DeepConfuse(Poison):
         return out.detach().to("cpu", torch.float32)
 
 
-def records() -> list[PoisonRecord]:
+@hookimpl
+def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="dc", factory=DeepConfuse, params=DCParams,

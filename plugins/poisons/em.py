@@ -25,12 +25,22 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
-from harness.data import DataBundle, stratified_indices, take_targets, targets_to
-from harness.poison import Poison, PoisonContext, clamp_to_range
-from harness.records import PoisonRecord
+from harness.api import (
+    BuildContext,
+    DataBundle,
+    Params,
+    Poison,
+    PoisonContext,
+    PoisonRecord,
+    clamp_to_range,
+    hookimpl,
+    stratified_indices,
+    take_targets,
+    targets_to,
+)
 
 from ._surrogate import (
     BatchStream,
@@ -55,8 +65,7 @@ class EMSurrogateParams(SurrogateParams):
     """ResNet-18, SGD 0.1 / 0.9 / 5e-4, batch 512, gradient clip 5 (the original's config)."""
 
 
-class EMParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EMParams(Params):
 
     mode: Literal["sample-wise", "class-wise"] = Field(default="sample-wise", description="one δ per image or per class")
     epsilon: float = Field(default=8 / 255, gt=0, le=1, description="L∞ bound of δ")
@@ -93,8 +102,8 @@ class ErrorMinimizingNoise(Poison):
     """EM noise; see the module docstring. After `generate`, `rounds_run` and `final_error`
     say how the bi-level loop ended, and `class_noise` holds the class-wise patterns."""
 
-    def __init__(self, params: EMParams) -> None:
-        self.params = params
+    def __init__(self, params: EMParams, context: BuildContext | None = None) -> None:
+        super().__init__(params, context)
         self.rounds_run = 0
         self.final_error = float("nan")
         self.class_noise: Tensor | None = None
@@ -199,7 +208,8 @@ class ErrorMinimizingNoise(Poison):
         return clamp_to_range(full_x + noise[data.train.y.to(ctx.device)], vr)
 
 
-def records() -> list[PoisonRecord]:
+@hookimpl
+def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="em", factory=ErrorMinimizingNoise, params=EMParams, task_aware=True,

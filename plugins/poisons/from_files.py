@@ -39,13 +39,10 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
-from harness.data import DataBundle
-from harness.errors import DataError
-from harness.poison import Poison, PoisonContext
-from harness.records import PoisonRecord
+from harness.api import DataBundle, DataError, Params, Poison, PoisonContext, PoisonRecord, hookimpl
 
 PNG_NAME = re.compile(r"^(\d+)\.png$", re.IGNORECASE)
 #: PIL modes whose values are not 8-bit levels: dividing them by 255 would be wrong
@@ -55,8 +52,7 @@ QUANTISED_TOLERANCE = 0.5 / 255 + 1e-6
 SHOW_MISSING = 5
 
 
-class FromFilesParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FromFilesParams(Params):
 
     path: str = Field(description="folder of <index>.png files, or a tensor file (torch.save or .npy)")
     kind: Literal["auto", "png-folder", "tensor"] = Field(
@@ -151,8 +147,6 @@ class FromFiles(Poison):
 
     cacheable = False  # reading is cheap, and a cached copy would hide a change of the files
 
-    def __init__(self, params: FromFilesParams) -> None:
-        self.params = params
 
     def generate(self, data: DataBundle, ctx: PoisonContext) -> Tensor:
         if not data.is_image or tuple(data.value_range or ()) != (0.0, 1.0):
@@ -325,7 +319,8 @@ class FromFiles(Poison):
             )
 
 
-def records() -> list[PoisonRecord]:
+@hookimpl
+def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="from-files", factory=FromFiles, params=FromFilesParams,

@@ -16,12 +16,19 @@ The loss descended is the track's task loss (cross-entropy for classification).
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
-from harness.data import DataBundle
-from harness.poison import Poison, PoisonContext, clamp_to_range
-from harness.records import PoisonRecord
+from harness.api import (
+    BuildContext,
+    DataBundle,
+    Params,
+    Poison,
+    PoisonContext,
+    PoisonRecord,
+    clamp_to_range,
+    hookimpl,
+)
 
 from ._surrogate import (
     Augment,
@@ -45,8 +52,7 @@ class HypoSurrogateParams(SurrogateParams):
     grad_clip: float | None = Field(default=None, gt=0, description="gradient-norm clip; null: none")
 
 
-class HypoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class HypoParams(Params):
 
     epsilon: float = Field(default=8 / 255, gt=0, le=1, description="L∞ bound")
     step_size: float = Field(default=0.8 / 255, gt=0, description="sign-PGD step")
@@ -60,8 +66,8 @@ class HypoParams(BaseModel):
 class HypocriticalPerturbation(Poison):
     """HYPO; see the module docstring. After `generate`, `model` is the crafting model."""
 
-    def __init__(self, params: HypoParams) -> None:
-        self.params = params
+    def __init__(self, params: HypoParams, context: BuildContext | None = None) -> None:
+        super().__init__(params, context)
         self.model: torch.nn.Module | None = None
 
     def generate(self, data: DataBundle, ctx: PoisonContext) -> Tensor:
@@ -90,7 +96,8 @@ class HypocriticalPerturbation(Poison):
         return out.detach().to("cpu", torch.float32)
 
 
-def records() -> list[PoisonRecord]:
+@hookimpl
+def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="hypo", factory=HypocriticalPerturbation, params=HypoParams,

@@ -17,13 +17,19 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
-from harness.data import DataBundle
-from harness.errors import DataError
-from harness.poison import Poison, PoisonContext, clamp_to_range
-from harness.records import PoisonRecord
+from harness.api import (
+    DataBundle,
+    DataError,
+    Params,
+    Poison,
+    PoisonContext,
+    PoisonRecord,
+    clamp_to_range,
+    hookimpl,
+)
 
 #: patches per side when `patch_size` is not set: the original's 32 / 8 = 4
 DEFAULT_GRID = 4
@@ -31,8 +37,7 @@ DEFAULT_GRID = 4
 PER_VALUE = 6 / 255
 
 
-class LSPParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class LSPParams(Params):
 
     patch_size: int | None = Field(
         default=None, gt=0,
@@ -58,8 +63,6 @@ def _require_images(data: DataBundle, method: str) -> tuple[int, int, int]:
 class LSP(Poison):
     """Sample-wise perturbations drawn from class-separable synthetic points, one per image."""
 
-    def __init__(self, params: LSPParams) -> None:
-        self.params = params
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Patches per column and per row (the last patch is cropped when sizes do not divide)."""
@@ -123,7 +126,8 @@ class LSP(Poison):
         return clamp_to_range(data.train.x + self.perturbations(data, ctx), data.value_range)
 
 
-def records() -> list[PoisonRecord]:
+@hookimpl
+def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="lsp", factory=LSP, params=LSPParams,

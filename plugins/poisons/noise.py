@@ -5,16 +5,21 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
-from harness.data import DataBundle
-from harness.poison import Poison, PoisonContext, clamp_to_range
-from harness.records import PoisonRecord
+from harness.api import (
+    DataBundle,
+    Params,
+    Poison,
+    PoisonContext,
+    PoisonRecord,
+    clamp_to_range,
+    hookimpl,
+)
 
 
-class RandomNoiseParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RandomNoiseParams(Params):
     epsilon: float = Field(default=8 / 255, gt=0, le=1, description="L∞ bound of the noise")
     mode: Literal["sample-wise", "class-wise"] = "sample-wise"
 
@@ -26,8 +31,6 @@ class RandomNoise(Poison):
     already degrades accuracy at 8/255 on CIFAR-10 while sample-wise noise does not.
     """
 
-    def __init__(self, params: RandomNoiseParams) -> None:
-        self.params = params
 
     def generate(self, data: DataBundle, ctx: PoisonContext) -> Tensor:
         x = data.train.x
@@ -41,7 +44,8 @@ class RandomNoise(Poison):
         return clamp_to_range(x + noise, data.value_range)
 
 
-def records() -> list[PoisonRecord]:
+@hookimpl
+def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="random-noise", factory=RandomNoise, params=RandomNoiseParams,

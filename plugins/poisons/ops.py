@@ -15,13 +15,9 @@ ratio). There is no randomness: the result does not depend on the seed.
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from harness.data import DataBundle
-from harness.errors import DataError
-from harness.poison import Poison, PoisonContext
-from harness.records import PoisonRecord
+from harness.api import DataBundle, DataError, Params, Poison, PoisonContext, PoisonRecord, hookimpl
 
 #: images scored at once; bounds memory to about 8 · chunk · C·H·W floats
 CHUNK = 512
@@ -29,10 +25,9 @@ CHUNK = 512
 MAX_CHANNELS = 8
 
 
-class OPSParams(BaseModel):
+class OPSParams(Params):
     """OPS has no parameters: L0 = 1 pixel, colours fixed to the corners of the value range."""
 
-    model_config = ConfigDict(extra="forbid")
 
 
 def binary_colours(channels: int, low: float, high: float) -> Tensor:
@@ -75,8 +70,6 @@ def class_scores(x: Tensor, colours: Tensor) -> tuple[Tensor, Tensor]:
 class OPS(Poison):
     """One pixel per class, chosen per class by the OPS score, distinct (position, colour) pairs."""
 
-    def __init__(self, params: OPSParams) -> None:
-        self.params = params
 
     def choose(self, data: DataBundle, ctx: PoisonContext) -> dict[int, tuple[int, int, Tensor]]:
         """class → (row, column, colour [C]) for every class that has training images."""
@@ -123,7 +116,8 @@ class OPS(Poison):
         return x
 
 
-def records() -> list[PoisonRecord]:
+@hookimpl
+def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="ops", factory=OPS, params=OPSParams,

@@ -23,12 +23,18 @@ the defaults), so the defaults are GPU-scale; the budget parameters make tiny CP
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
-from harness.data import DataBundle
-from harness.poison import Poison, PoisonContext, clamp_to_range
-from harness.records import PoisonRecord
+from harness.api import (
+    DataBundle,
+    Params,
+    Poison,
+    PoisonContext,
+    PoisonRecord,
+    clamp_to_range,
+    hookimpl,
+)
 
 from ._surrogate import (
     Augment,
@@ -58,8 +64,7 @@ class REMSurrogateParams(SurrogateParams):
     grad_clip: float | None = Field(default=None, gt=0, description="gradient-norm clip; null: none")
 
 
-class REMParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class REMParams(Params):
 
     epsilon: float = Field(default=8 / 255, gt=0, le=1, description="L∞ bound of the defensive noise δ")
     step_size: float = Field(default=1.6 / 255, gt=0, description="sign step of δ")
@@ -96,8 +101,6 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, epsilon: flo
 class RobustErrorMinimizingNoise(Poison):
     """REM noise; see the module docstring."""
 
-    def __init__(self, params: REMParams) -> None:
-        self.params = params
 
     def defensive_noise(self, model: nn.Module, x: Tensor, y: Tensor, ctx: PoisonContext,
                         augment: Augment | None, value_range: ValueRange, generator: torch.Generator) -> Tensor:
@@ -167,7 +170,8 @@ class RobustErrorMinimizingNoise(Poison):
         return out.detach().to("cpu", torch.float32)
 
 
-def records() -> list[PoisonRecord]:
+@hookimpl
+def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="rem", factory=RobustErrorMinimizingNoise, params=REMParams,

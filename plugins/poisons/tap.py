@@ -19,13 +19,20 @@ trained with the track's task loss. The crop padding (4 px at 32×32) scales wit
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 from torch.nn import functional as F
 
-from harness.data import DataBundle
-from harness.poison import Poison, PoisonContext, clamp_to_range
-from harness.records import PoisonRecord
+from harness.api import (
+    BuildContext,
+    DataBundle,
+    Params,
+    Poison,
+    PoisonContext,
+    PoisonRecord,
+    clamp_to_range,
+    hookimpl,
+)
 
 from ._surrogate import (
     Augment,
@@ -51,8 +58,7 @@ class TAPSurrogateParams(SurrogateParams):
     grad_clip: float | None = Field(default=None, gt=0, description="gradient-norm clip; null: none")
 
 
-class TAPParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TAPParams(Params):
 
     targeted: bool = Field(default=True, description="push towards (y+1) mod C (the paper's reference); "
                                                      "false: untargeted, documented as weaker")
@@ -71,8 +77,8 @@ class TargetedAdversarialPoison(Poison):
     """TAP; see the module docstring. After `generate`, `model` is the trained surrogate and
     `restart_losses` the mean final target loss of each restart."""
 
-    def __init__(self, params: TAPParams) -> None:
-        self.params = params
+    def __init__(self, params: TAPParams, context: BuildContext | None = None) -> None:
+        super().__init__(params, context)
         self.model: torch.nn.Module | None = None
         self.restart_losses: list[float] = []
 
@@ -130,7 +136,8 @@ class TargetedAdversarialPoison(Poison):
         return best.detach().to("cpu", torch.float32)
 
 
-def records() -> list[PoisonRecord]:
+@hookimpl
+def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="tap", factory=TargetedAdversarialPoison, params=TAPParams,

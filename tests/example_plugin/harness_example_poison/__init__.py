@@ -16,11 +16,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
-from harness import PoisonRecord, hookimpl
-from harness.poison import Poison, PoisonContext, clamp_to_range
+from harness.api import Params, Poison, PoisonContext, PoisonRecord, clamp_to_range, hookimpl
 
 if TYPE_CHECKING:  # for the annotation only: the type of Poison.generate's `data` argument
     from harness.data import DataBundle
@@ -28,10 +27,9 @@ if TYPE_CHECKING:  # for the annotation only: the type of Poison.generate's `dat
 __version__ = "0.1.0"
 
 
-class StripesParams(BaseModel):
+class StripesParams(Params):
     """What a spec may set under `params:`; unknown keys are an error (extra="forbid")."""
 
-    model_config = ConfigDict(extra="forbid")
     epsilon: float = Field(default=8 / 255, gt=0, le=1, description="L∞ bound of the pattern")
     period: int = Field(default=8, ge=2, le=256, description="rows per light-dark cycle")
 
@@ -57,8 +55,6 @@ def stripes(num_classes: int, shape: tuple[int, ...], epsilon: float, period: in
 class Stripes(Poison):
     """Adds the class's stripe pattern to each training input; deterministic, labels unchanged."""
 
-    def __init__(self, params: StripesParams) -> None:
-        self.params = params
 
     def generate(self, data: DataBundle, ctx: PoisonContext) -> Tensor:
         # The contract: same shape and order as data.train.x, labels untouched, inside

@@ -1,0 +1,78 @@
+"""The one import face for plugin authors: `from harness.api import ...`.
+
+Everything a plugin needs is here: the hook marker, the record types it returns, the base class
+of each kind of component (whose docstrings state the contract it must keep), what the harness
+hands a component at build and at run time, and the few helpers every method needs. Anything
+else in `harness` is the core's own and may change between releases.
+
+A minimal poison plugin::
+
+    from harness.api import Params, Poison, PoisonRecord, clamp_to_range, hookimpl
+
+    class MyParams(Params):
+        epsilon: float = 8 / 255
+
+    class MyPoison(Poison):
+        def generate(self, data, ctx):
+            x = data.train.x
+            noise = torch.rand(x.shape, generator=ctx.generator(salt=1)) * 2 - 1
+            return clamp_to_range(x + self.params.epsilon * noise, data.value_range)
+
+    @hookimpl
+    def harness_register_poisons():
+        return [PoisonRecord(name="my-poison", factory=MyPoison, params=MyParams,
+                             description="...", paper="...")]
+"""
+
+from __future__ import annotations
+
+from harness._version import __version__
+from harness.backbone import Backbone, FeatureKind
+from harness.data import DataBundle, Split, Subset, stratified_indices, take_targets, targets_to
+from harness.defence import Defence, StepContext
+from harness.errors import DataError, HarnessError
+from harness.hookspecs import hookimpl
+from harness.poison import Poison, PoisonContext, clamp_to_range
+from harness.records import (
+    BackboneRecord,
+    BuildContext,
+    ComponentRecord,
+    DatasetRecord,
+    DefenceRecord,
+    NoParams,
+    Params,
+    PoisonRecord,
+    TaskHeadRecord,
+)
+from harness.task import Metric, TaskHead
+
+__all__ = [
+    "Backbone",
+    "BackboneRecord",
+    "BuildContext",
+    "ComponentRecord",
+    "DataBundle",
+    "DataError",
+    "DatasetRecord",
+    "Defence",
+    "DefenceRecord",
+    "FeatureKind",
+    "HarnessError",
+    "Metric",
+    "NoParams",
+    "Params",
+    "Poison",
+    "PoisonContext",
+    "PoisonRecord",
+    "Split",
+    "StepContext",
+    "Subset",
+    "TaskHead",
+    "TaskHeadRecord",
+    "__version__",
+    "clamp_to_range",
+    "hookimpl",
+    "stratified_indices",
+    "take_targets",
+    "targets_to",
+]

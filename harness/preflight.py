@@ -1,0 +1,143 @@
+"""Pre-flight: every check that can fail a run, done before any training starts or file is written.
+
+`harness validate` and `harness eval` run the same checks, so a spec that validates does not
+fail later, after hours of training earlier arms. Each component is built once (data set, task
+heads, model, every poison and defence, so checks inside their constructors run too), and every
+problem found is reported at once, each with the spec's file, line and field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from harness.assembly import Assembly, build_tasks, load_data, task_refs
+from harness.data import DataBundle
+from harness.errors import DataError, HarnessError, PluginError, RunStateError, SpecError
+from harness.pluginmanager import Components
+from harness.runfolder import RunFolder
+from harness.specfile import LoadedSpec
+from harness.taskset import TaskSet
+from harness.training import resolve_device
+
+
+class Problems:
+    """Problems found so far, in the order found; raised together as one error."""
+
+    def __init__(self) -> None:
+        self.found: list[tuple[str, type[HarnessError]]] = []
+
+    def add(self, message: str, kind: type[HarnessError] = SpecError) -> None:
+        self.found.append((message, kind))
+
+    def attempt(self, build: Callable[[], Any], describe: Callable[[Exception], str] | None = None) -> Any:
+        """`build()`, or None with its error recorded (as `describe(error)` when given)."""
+        try:
+            return build()
+        except (HarnessError, ValueError) as exc:
+            kind = type(exc) if isinstance(exc, (DataError, RunStateError)) else SpecError
+            self.add(describe(exc) if describe is not None else str(exc), kind)
+            return None
+
+    def raise_if_any(self) -> None:
+        """One error holding every problem: of their own kind when all share it, else a SpecError."""
+        if not self.found:
+            return
+        kinds = {kind for _, kind in self.found}
+        kind = kinds.pop() if len(kinds) == 1 else SpecError
+        raise kind("\n".join(message for message, _ in self.found))
+
+
+def preflight(loaded: LoadedSpec, components: Components, *, folder: RunFolder | None = None,
+              fresh: bool = False) -> Assembly:
+    """Check everything and return the assembly the run will use; raise listing every problem.
+
+    With a run folder, also check that it can hold this spec's run (new, or this spec's run to
+    resume, or another spec's with `fresh`).
+    """
+    spec, where = loaded.spec, loaded.source.where
+    problems = Problems()
+    data: DataBundle | None = problems.attempt(lambda: load_data(spec, components, where))
+    if data is not None and spec.training.augmentation and not data.is_image:
+        problems.add(f"{where(('training', 'augmentation'))}: training.augmentation: data set "
+                     f"{spec.data.name!r} has inputs of shape {data.input_shape}, not images")
+    tasks: TaskSet | None = problems.attempt(lambda: build_tasks(spec, components, where))
+    if tasks is not None and data is not None:
+        for loc, label, _ in task_refs(spec):
+            problems.attempt(lambda label=label: tasks.heads[label].check_data(data),
+                             lambda exc, loc=loc: f"{where(loc)}: {exc}")
+    if tasks is not None and tasks.dense and spec.training.augmentation:
+        problems.add(f"{where(('training', 'augmentation'))}: training.augmentation: crop and flip move the "
+                     "pixels but not the dense targets (masks, depth, key points); set `augmentation: []` "
+                     "for dense tasks")
+    _check_defences(loaded, components, tasks, problems)
+    _check_poisons(loaded, components, problems)
+    device_ok = problems.attempt(lambda: resolve_device(spec.training.device),
+                                 lambda exc: f"{where(('training', 'device'))}: training.device: {exc}")
+    assembly = None
+    if data is not None and tasks is not None and device_ok is not None:
+        assembly = problems.attempt(lambda: Assembly(spec, loaded.source, components, data, tasks))
+    if assembly is not None:
+        _check_model(assembly, problems)
+        _check_crafting_tasks(assembly, problems)
+    if folder is not None:
+        problems.attempt(lambda: folder.check_target(loaded.hash, fresh))
+    problems.raise_if_any()
+    assert assembly is not None
+    return assembly
+
+
+def _check_defences(loaded: LoadedSpec, components: Components, tasks: TaskSet | None,
+                    problems: Problems) -> None:
+    where = loaded.source.where
+    for i, ref in enumerate(loaded.spec.defences):
+        loc = ("defences", i, "name")
+        defence = _build(components, "defence", ref, where(loc), f"defences.{i}", problems)
+        if defence is not None and tasks is not None and tasks.non_class and defence.mixes_labels:
+            problems.add(f"{where(loc)}: defence {ref.name!r} mixes images and class labels across a batch, "
+                         "which has no meaning for the dense or multi-task targets of this spec")
+
+
+def _check_poisons(loaded: LoadedSpec, components: Components, problems: Problems) -> None:
+    where = loaded.source.where
+    for i, ref in enumerate(loaded.spec.poisons):
+        _build(components, "poison", ref, where(("poisons", i, "name")), f"poisons.{i}", problems)
+        if ref.crafting_task is not None and not components.get("poison", ref.name).record.task_aware:
+            problems.add(f"{where(('poisons', i, 'crafting_task'))}: poisons.{i}.crafting_task: poison "
+                         f"{ref.name!r} does not declare `task_aware`, so it cannot be crafted against another "
+                         "task's loss")
+
+
+def _build(components: Components, kind: str, ref: Any, where: str, field: str, problems: Problems) -> Any:
+    """The component, built as an arm will build it (so its constructor's checks run), or None."""
+    try:
+        return components.build(kind, ref.name, ref.params)
+    except (HarnessError, ValueError) as exc:
+        problems.add(f"{where}: {field}: {exc}")
+        return None
+
+
+def _check_crafting_tasks(assembly: Assembly, problems: Problems) -> None:
+    for i, ref in enumerate(assembly.spec.poisons):
+        if ref.crafting_task is None or not assembly.components.get("poison", ref.name).record.task_aware:
+            continue
+        where = assembly.where(("poisons", i, "crafting_task"))
+        try:
+            assembly.crafting_tasks(ref)
+        except (ValueError, PluginError) as exc:
+            problems.add(f"{where}: poisons.{i}.crafting_task: {exc}")
+
+
+def _check_model(assembly: Assembly, problems: Problems) -> None:
+    spec = assembly.spec
+    if not assembly.layers:
+        problems.add(f"{assembly.where(('backbone',))}: the model has no Conv2d or Linear layer for SAL to score")
+    landscape = spec.landscape
+    n = assembly.trainable_parameters
+    if landscape.enabled and n > landscape.max_params:
+        problems.add(
+            f"{assembly.where(('landscape', 'max_params'))}: landscape.max_params: the model has "
+            f"{n:,} trainable parameters, over the limit of {landscape.max_params:,} (each snapshot of the "
+            f"trajectory takes {4 * n / 1e6:.1f} MB); raise `max_params`, trace a smaller model, or "
+            "set `landscape.enabled: false`"
+        )

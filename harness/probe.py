@@ -1,0 +1,104 @@
+"""The SAL probe of one arm: what SAL is measured on, and with which randomness.
+
+The probe is a fixed stratified subset of the arm's own training data (same indices every epoch,
+drawn with the arm's seed), seen through the arm's defence (image-level transforms, as in
+training) and, when `sal.probe_augment` is set, the training augmentation (as the reference's
+loader does). Each measurement draws its batch order and augmentation from a generator seeded by
+the arm's seed and the epoch, so a resumed arm measures exactly what an uninterrupted one would.
+The base loss is the eval-mode loss on the probe (`sal.base_loss: eval`), or the epoch's running
+training loss (`train-running-mean`, the reference's choice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from harness.data import Split, stratified_indices, take_targets
+from harness.defence import Defence
+from harness.sal import SALResult, SALSettings, compute_sal
+from harness.spec import AugmentationSpec, SALSpec
+from harness.taskset import TaskSet
+from harness.training import augment, batch_order
+
+
+def probe_indices(labels: Tensor, size: int, seed: int) -> Tensor:
+    """The probe's positions in the training split: stratified, the same every epoch."""
+    return torch.as_tensor(stratified_indices(labels.numpy(), size, seed))
+
+
+@dataclass
+class ProbeResult:
+    """SAL of every scored layer, and for multi-task arms each task's SAL over the backbone."""
+
+    sal: SALResult
+    task_sal: dict[str, list[float]] = field(default_factory=dict)
+
+
+class SALProbe:
+    def __init__(self, settings: SALSpec, augmentation: list[AugmentationSpec], tasks: TaskSet,
+                 layers: list[str], task_layers: list[str], train: Split, defence: Defence, seed: int,
+                 autocast=None, on_layer: Callable[[int, int], None] | None = None) -> None:
+        self.settings = settings
+        self.augmentation = augmentation
+        self.tasks = tasks
+        self.layers = layers
+        self.task_layers = task_layers
+        self.train = train
+        self.defence = defence
+        self.seed = seed
+        self.autocast = autocast
+        self.on_layer = on_layer
+        self.indices = probe_indices(train.y.cpu(), settings.probe_size, seed)
+
+    def measure(self, model: nn.Module, epoch: int, train_loss: float | None) -> ProbeResult:
+        """SAL of the model after `epoch`, and per-task SAL over the backbone for multi-task arms.
+
+        Each task's SAL uses the same probe and the same seeded randomness as the arm's, so the
+        tasks' vectors differ only by the loss; their base loss is the eval-mode loss (a running
+        training loss exists for the summed loss only).
+        """
+        sal = self._sal(model, epoch, train_loss, self.tasks.loss, self.layers)
+        task_sal = {
+            label: self._sal(model, epoch, None, self.tasks.task_loss(label), self.task_layers).values
+            for label in self.tasks.per_task_labels
+        }
+        return ProbeResult(sal, task_sal)
+
+    def _sal(self, model: nn.Module, epoch: int, train_loss: float | None, loss_fn, layers: list[str]) -> SALResult:
+        settings, train = self.settings, self.train
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        x = self.defence.transform_images(train.x[self.indices.to(train.x.device)], g)
+        y = take_targets(self.tasks.targets(train), self.indices)
+        n, bs = len(x), settings.probe_batch_size
+
+        def batches(order: list[Tensor], augmented: bool) -> list[tuple[Tensor, Tensor]]:
+            out = []
+            for idx in order:
+                xb = x[idx.to(x.device)]
+                if augmented:
+                    xb = augment(xb, self.augmentation, g)
+                out.append((xb, take_targets(y, idx)))
+            return out
+
+        def train_batches(_: int) -> list[tuple[Tensor, Tensor]]:
+            return batches(batch_order(n, bs, g, drop_last=True), settings.probe_augment)
+
+        def eval_batches(_: int) -> list[tuple[Tensor, Tensor]]:
+            order = batch_order(n, bs, g) if settings.probe_augment else list(torch.arange(n).split(bs))
+            return batches(order, settings.probe_augment)
+
+        fixed_eval = None if settings.probe_augment else eval_batches(0)
+        total = len(self.layers)
+        return compute_sal(
+            model, layers, loss_fn,
+            SALSettings(settings.epsilon, settings.iterations, settings.inner_lr),
+            train_batches=train_batches,
+            eval_batches=(lambda _: fixed_eval) if fixed_eval is not None else eval_batches,
+            base_loss=train_loss if settings.base_loss == "train-running-mean" and train_loss is not None else None,
+            autocast=self.autocast,
+            on_layer=(lambda i: self.on_layer(i, total)) if self.on_layer is not None else None,
+        )
