@@ -32,6 +32,16 @@ from harness.data import DataBundle, Split, Subset, stratified_indices, take_tar
 from harness.defence import Defence, StepContext
 from harness.errors import DataError, HarnessError
 from harness.hookspecs import hookimpl
+from harness.pgd import (
+    LossFn,
+    ValueRange,
+    frozen,
+    input_gradient,
+    project_linf,
+    sign_pgd,
+    sign_step,
+    uniform_start,
+)
 from harness.poison import Poison, PoisonContext, clamp_to_range
 from harness.records import (
     BackboneRecord,
@@ -58,6 +68,7 @@ __all__ = [
     "DefenceRecord",
     "FeatureKind",
     "HarnessError",
+    "LossFn",
     "Metric",
     "NoParams",
     "Params",
@@ -69,10 +80,17 @@ __all__ = [
     "Subset",
     "TaskHead",
     "TaskHeadRecord",
+    "ValueRange",
     "__version__",
     "clamp_to_range",
+    "frozen",
     "hookimpl",
+    "input_gradient",
+    "project_linf",
+    "sign_pgd",
+    "sign_step",
     "stratified_indices",
     "take_targets",
     "targets_to",
+    "uniform_start",
 ]

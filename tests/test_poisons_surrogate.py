@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from harness.api import sign_pgd
 from harness.backbone import TaskModel
 from harness.data import DataBundle, Split, subset
 from harness.pluginmanager import get_components
@@ -22,7 +23,7 @@ from harness.poison import Poison, PoisonContext
 from harness.records import BuildContext
 from harness_plugins.datasets import DigitsParams, load_digits_bundle
 from harness_plugins.poisons import dc, em, hypo, rem, tap
-from harness_plugins.poisons._surrogate import Augment, SurrogateParams, sign_pgd
+from harness_plugins.poisons._surrogate import Augment, SurrogateParams
 from harness_plugins.tasks import Classification
 
 TINY = {"backbone": "small-cnn", "backbone_params": {"width": 4, "blocks": 2}, "batch_size": 64}

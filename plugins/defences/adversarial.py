@@ -6,7 +6,16 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from harness.api import Defence, DefenceRecord, Params, StepContext, hookimpl
+from harness.api import (
+    Defence,
+    DefenceRecord,
+    Params,
+    StepContext,
+    clamp_to_range,
+    hookimpl,
+    sign_pgd,
+    uniform_start,
+)
 
 
 class AdversarialTrainingParams(Params):
@@ -38,30 +47,20 @@ class AdversarialTraining(Defence):
 
 
     def perturb(self, model: nn.Module, x: Tensor, targets: Tensor, ctx: StepContext) -> Tensor:
-        """PGD examples within ε of `x` (L∞) and within `ctx.value_range`."""
+        """PGD examples within ε of `x` (L∞) and within `ctx.value_range`, the model in eval mode."""
         p = self.params
         x0 = x.detach()
-        low, high = ctx.value_range if ctx.value_range is not None else (None, None)
-
-        def project(z: Tensor) -> Tensor:
-            z = torch.minimum(torch.maximum(z, x0 - p.epsilon), x0 + p.epsilon)
-            return z.clamp(low, high) if low is not None else z
-
-        x_adv = x0.clone()
+        start = torch.zeros_like(x0)
         if p.random_start:
-            noise = torch.rand(x0.shape, generator=ctx.generator) * 2 - 1
-            x_adv = project(x0 + noise.to(device=x0.device, dtype=x0.dtype) * p.epsilon)
+            start = uniform_start(x0.shape, p.epsilon, ctx.generator, x0.device).to(x0.dtype)
         was_training = model.training
         model.eval()
         try:
-            for _ in range(p.steps):
-                x_adv.requires_grad_(True)
-                loss = ctx.loss(model(x_adv), targets)
-                (grad,) = torch.autograd.grad(loss, x_adv)
-                x_adv = project(x_adv.detach() + p.step_size * grad.sign())
+            delta = sign_pgd(model, x0, targets, start, loss_fn=ctx.loss, epsilon=p.epsilon, step_size=p.step_size,
+                             steps=p.steps, value_range=ctx.value_range, descend=False)
         finally:
             model.train(was_training)
-        return x_adv.detach()
+        return clamp_to_range(x0 + delta, ctx.value_range)
 
     def training_loss(self, model: nn.Module, x: Tensor, targets: Tensor, ctx: StepContext) -> Tensor:
         return ctx.loss(model(self.perturb(model, x, targets, ctx)), targets)

@@ -1,8 +1,8 @@
 """Shared machinery of the surrogate-based poisons (EM, REM, TAP, HYPO, DeepConfuse).
 
 Every one of those methods trains a network on (possibly perturbed) data and runs sign-gradient
-PGD against it. Keeping the pieces here means the budgets, the projections and the randomness
-behave identically across methods:
+PGD against it (`harness.api.sign_pgd`, shared with adversarial training). Keeping the pieces
+here means the budgets, the projections and the randomness behave identically across methods:
 
 * the surrogate is built through `ctx.build_model`, so it is any registered backbone with the
   track's task head, initialised under a seed derived from `ctx.seed` (inside `fork_rng`, so a
@@ -26,11 +26,13 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from harness.api import DataBundle, Params, PoisonContext, clamp_to_range, take_targets
-
-LossFn = Callable[[Tensor, Tensor], Tensor]
-ValueRange = tuple[float, float] | None
-
+from harness.api import (
+    DataBundle,
+    LossFn,
+    Params,
+    PoisonContext,
+    take_targets,
+)
 
 # --------------------------------------------------------------------------------------------
 # parameters
@@ -53,6 +55,7 @@ class SurrogateParams(Params):
     weight_decay: float = Field(default=5e-4, ge=0, description="SGD weight decay")
     batch_size: int = Field(default=512, gt=0, description="surrogate training batch size")
     grad_clip: float | None = Field(default=5.0, gt=0, description="gradient-norm clip; null: none")
+
 
 
 class AugmentParams(Params):
@@ -207,96 +210,17 @@ def crafting_loss(model: nn.Module, x: Tensor, targets: Tensor | dict, loss_fn: 
     return total / max(len(x), 1)
 
 
-@contextlib.contextmanager
-def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Parameters stop requiring gradients while perturbations are optimised (saves the weight
-    gradients every PGD step would otherwise compute), and are restored afterwards."""
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, flag in zip(model.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
 
 
-# --------------------------------------------------------------------------------------------
-# sign-PGD
 
 
-def project_linf(delta: Tensor, x: Tensor, epsilon: float, value_range: ValueRange) -> Tensor:
-    """δ clipped to the L∞ ball of radius ε and then to what keeps x + δ in the value range."""
-    delta = delta.clamp(-epsilon, epsilon)
-    if value_range is None:
-        return delta
-    return clamp_to_range(x + delta, value_range) - x
 
 
-def sign_step(delta: Tensor, grad: Tensor, step_size: float, descend: bool) -> Tensor:
-    """One sign-gradient step: down the loss (error-minimising, targeted) or up (adversarial)."""
-    return delta - step_size * grad.sign() if descend else delta + step_size * grad.sign()
 
 
-def input_gradient(
-    model: nn.Module, z: Tensor, y: Tensor, loss_fn: LossFn,
-    augment: Augment | None = None, generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """∇_z loss(model(aug(z)), y) at the (already clamped) input z, and the loss.
-
-    The gradient is taken at the input itself rather than through a clamp of x + δ: a clamp has
-    zero gradient at the boundary, which would freeze every pixel sitting at 0 or 1 (most of a
-    digit's background) on its first step. The originals take it at the input the same way.
-    Gradients do flow through the augmentation, which is built from differentiable tensor ops.
-    """
-    z = z.detach().requires_grad_(True)
-    inputs = z
-    if augment is not None:
-        assert generator is not None, "augmentation needs a generator"
-        inputs = augment(z, generator)
-    loss = loss_fn(model(inputs), y)
-    (grad,) = torch.autograd.grad(loss, z)
-    return grad, loss.detach()
 
 
-def sign_pgd(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    delta: Tensor,
-    *,
-    loss_fn: LossFn,
-    epsilon: float,
-    step_size: float,
-    steps: int,
-    value_range: ValueRange,
-    descend: bool,
-    augment: Augment | None = None,
-    generator: torch.Generator | None = None,
-    project_range: bool = True,
-) -> Tensor:
-    """`steps` projected sign-gradient steps on δ against a fixed model (the caller sets its mode;
-    eval for every method here). Returns the detached δ.
 
-    Each step evaluates the model at z = clamp(x + δ), steps from z and projects:
-    δ ← Π(z − x ∓ α·sign ∇_z). With `project_range` δ is also cut to keep x + δ in the value
-    range; without it only the L∞ ball is enforced, as EM's class-wise update needs (its per-class
-    mean is taken over the ε-clipped δ of every sample, as in the original).
-    """
-    rng = value_range if project_range else None
-    delta = project_linf(delta.detach(), x, epsilon, rng)
-    with frozen(model):
-        for _ in range(steps):
-            z = clamp_to_range(x + delta, value_range)
-            grad, _ = input_gradient(model, z, y, loss_fn, augment, generator)
-            delta = project_linf(sign_step(z - x, grad, step_size, descend), x, epsilon, rng)
-    return delta.detach()
-
-
-def uniform_start(shape: Sequence[int], epsilon: float, generator: torch.Generator,
-                  device: torch.device) -> Tensor:
-    """U(−ε, ε) noise drawn on the CPU (so the draw is the same on every device)."""
-    return ((torch.rand(tuple(shape), generator=generator) * 2 - 1) * epsilon).to(device)
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,9 +37,12 @@ from harness.api import (
     PoisonRecord,
     clamp_to_range,
     hookimpl,
+    project_linf,
+    sign_pgd,
     stratified_indices,
     take_targets,
     targets_to,
+    uniform_start,
 )
 
 from ._surrogate import (
@@ -51,11 +54,8 @@ from ._surrogate import (
     crafting_loss,
     derived_seed,
     make_sgd,
-    project_linf,
     seeded,
-    sign_pgd,
     train_step,
-    uniform_start,
 )
 
 SALT_INIT, SALT_NOISE, SALT_ORDER, SALT_SUBSET = 11, 12, 13, 14

@@ -28,6 +28,7 @@ from harness.api import (
     PoisonRecord,
     clamp_to_range,
     hookimpl,
+    sign_pgd,
 )
 
 from ._surrogate import (
@@ -37,12 +38,12 @@ from ._surrogate import (
     batch_indices,
     build_surrogate,
     seeded,
-    sign_pgd,
     train_surrogate,
 )
 
 SALT_INIT, SALT_TRAIN = 41, 42
 MILESTONES = (100 / 150, 125 / 150)
+
 
 
 class HypoSurrogateParams(SurrogateParams):

@@ -28,33 +28,35 @@ from torch import Tensor, nn
 
 from harness.api import (
     DataBundle,
+    LossFn,
     Params,
     Poison,
     PoisonContext,
     PoisonRecord,
+    ValueRange,
     clamp_to_range,
+    frozen,
     hookimpl,
+    input_gradient,
+    project_linf,
+    sign_pgd,
+    uniform_start,
 )
 
 from ._surrogate import (
     Augment,
     AugmentParams,
     BatchStream,
-    LossFn,
     SurrogateParams,
-    ValueRange,
     batch_indices,
     build_surrogate,
-    frozen,
-    input_gradient,
     make_sgd,
-    project_linf,
     seeded,
     train_step,
-    uniform_start,
 )
 
 SALT_INIT, SALT_ORDER, SALT_NOISE, SALT_FINAL = 21, 22, 23, 24
+
 
 
 class REMSurrogateParams(SurrogateParams):
@@ -85,17 +87,12 @@ class REMParams(Params):
 def attack(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, epsilon: float, step_size: float,
            steps: int, random_start: bool, value_range: ValueRange, generator: torch.Generator) -> Tensor:
     """L∞ PGD that *ascends* the loss around x (the adversarial trainer's inner maximum)."""
-    adv = x.detach().clone()
     if steps == 0 or epsilon == 0:
-        return adv
-    if random_start:
-        adv = clamp_to_range(x + uniform_start(x.shape, epsilon, generator, x.device), value_range)
-    with frozen(model):
-        for _ in range(steps):
-            grad, _ = input_gradient(model, adv, y, loss_fn)
-            adv = x + (adv + step_size * grad.sign() - x).clamp(-epsilon, epsilon)
-            adv = clamp_to_range(adv, value_range).detach()
-    return adv
+        return x.detach().clone()
+    start = uniform_start(x.shape, epsilon, generator, x.device) if random_start else torch.zeros_like(x)
+    delta = sign_pgd(model, x, y, start, loss_fn=loss_fn, epsilon=epsilon, step_size=step_size, steps=steps,
+                     value_range=value_range, descend=False)
+    return clamp_to_range(x + delta, value_range).detach()
 
 
 class RobustErrorMinimizingNoise(Poison):

@@ -32,6 +32,8 @@ from harness.api import (
     PoisonRecord,
     clamp_to_range,
     hookimpl,
+    project_linf,
+    sign_pgd,
 )
 
 from ._surrogate import (
@@ -40,15 +42,14 @@ from ._surrogate import (
     SurrogateParams,
     batch_indices,
     build_surrogate,
-    project_linf,
     seeded,
-    sign_pgd,
     train_surrogate,
 )
 
 SALT_INIT, SALT_TRAIN, SALT_ATTACK = 31, 32, 33
 # the authors' "linear" schedule: ×0.1 at 3/8, 5/8 and 7/8 of training
 MILESTONES = (3 / 8, 5 / 8, 7 / 8)
+
 
 
 class TAPSurrogateParams(SurrogateParams):
