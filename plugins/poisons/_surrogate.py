@@ -57,6 +57,13 @@ class SurrogateParams(Params):
     grad_clip: float | None = Field(default=5.0, gt=0, description="gradient-norm clip; null: none")
 
 
+class UnclippedSurrogateParams(SurrogateParams):
+    """ResNet-18, SGD 0.1 / 0.9 / 5e-4, batch 128, no gradient clipping (the scripts of REM, TAP and
+    HYPO's authors)."""
+
+    batch_size: int = Field(default=128, gt=0, description="surrogate training batch size")
+    grad_clip: float | None = Field(default=None, gt=0, description="gradient-norm clip; null: none")
+
 
 class AugmentParams(Params):
     """The training augmentation the surrogate sees (and, for TAP and REM, the attack's EOT).

@@ -34,7 +34,7 @@ from harness.api import (
 from ._surrogate import (
     Augment,
     AugmentParams,
-    SurrogateParams,
+    UnclippedSurrogateParams,
     batch_indices,
     build_surrogate,
     seeded,
@@ -46,13 +46,6 @@ MILESTONES = (100 / 150, 125 / 150)
 
 
 
-class HypoSurrogateParams(SurrogateParams):
-    """SGD 0.1 / 0.9 / 5e-4, batch 128, no gradient clipping (the authors' training script)."""
-
-    batch_size: int = Field(default=128, gt=0, description="surrogate training batch size")
-    grad_clip: float | None = Field(default=None, gt=0, description="gradient-norm clip; null: none")
-
-
 class HypoParams(Params):
 
     epsilon: float = Field(default=8 / 255, gt=0, le=1, description="L∞ bound")
@@ -61,7 +54,7 @@ class HypoParams(Params):
     epochs: int = Field(default=150, ge=0, description="clean training epochs of the crafting model")
     attack_batch_size: int = Field(default=256, gt=0, description="images perturbed at once (memory only)")
     augment: AugmentParams = Field(default_factory=AugmentParams)
-    surrogate: HypoSurrogateParams = Field(default_factory=HypoSurrogateParams)
+    surrogate: UnclippedSurrogateParams = Field(default_factory=UnclippedSurrogateParams)
 
 
 class HypocriticalPerturbation(Poison):

@@ -47,7 +47,7 @@ from ._surrogate import (
     Augment,
     AugmentParams,
     BatchStream,
-    SurrogateParams,
+    UnclippedSurrogateParams,
     batch_indices,
     build_surrogate,
     make_sgd,
@@ -57,13 +57,6 @@ from ._surrogate import (
 
 SALT_INIT, SALT_ORDER, SALT_NOISE, SALT_FINAL = 21, 22, 23, 24
 
-
-
-class REMSurrogateParams(SurrogateParams):
-    """ResNet-18, SGD 0.1 / 0.9 / 5e-4, batch 128, no gradient clipping (the authors' script)."""
-
-    batch_size: int = Field(default=128, gt=0, description="surrogate training batch size")
-    grad_clip: float | None = Field(default=None, gt=0, description="gradient-norm clip; null: none")
 
 
 class REMParams(Params):
@@ -81,7 +74,7 @@ class REMParams(Params):
     lr_decay: float = Field(default=0.1, gt=0, le=1, description="learning-rate factor ...")
     lr_decay_every: int = Field(default=2000, ge=1, description="... applied every this many steps")
     augment: AugmentParams = Field(default_factory=AugmentParams)
-    surrogate: REMSurrogateParams = Field(default_factory=REMSurrogateParams)
+    surrogate: UnclippedSurrogateParams = Field(default_factory=UnclippedSurrogateParams)
 
 
 def attack(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, epsilon: float, step_size: float,

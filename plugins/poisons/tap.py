@@ -39,7 +39,7 @@ from harness.api import (
 from ._surrogate import (
     Augment,
     AugmentParams,
-    SurrogateParams,
+    UnclippedSurrogateParams,
     batch_indices,
     build_surrogate,
     seeded,
@@ -50,13 +50,6 @@ SALT_INIT, SALT_TRAIN, SALT_ATTACK = 31, 32, 33
 # the authors' "linear" schedule: ×0.1 at 3/8, 5/8 and 7/8 of training
 MILESTONES = (3 / 8, 5 / 8, 7 / 8)
 
-
-
-class TAPSurrogateParams(SurrogateParams):
-    """ResNet-18, SGD 0.1 / 0.9 / 5e-4, batch 128, no gradient clipping."""
-
-    batch_size: int = Field(default=128, gt=0, description="surrogate training batch size")
-    grad_clip: float | None = Field(default=None, gt=0, description="gradient-norm clip; null: none")
 
 
 class TAPParams(Params):
@@ -71,7 +64,7 @@ class TAPParams(Params):
     attack_batch_size: int = Field(default=512, gt=0, description="images attacked at once (memory only)")
     differentiable_augment: bool = Field(default=True, description="augment the perturbed batch at every PGD step")
     augment: AugmentParams = Field(default_factory=AugmentParams)
-    surrogate: TAPSurrogateParams = Field(default_factory=TAPSurrogateParams)
+    surrogate: UnclippedSurrogateParams = Field(default_factory=UnclippedSurrogateParams)
 
 
 class TargetedAdversarialPoison(Poison):
