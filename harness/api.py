@@ -32,6 +32,7 @@ from harness.data import DataBundle, Split, Subset, stratified_indices, take_tar
 from harness.defence import Defence, StepContext
 from harness.errors import DataError, HarnessError
 from harness.hookspecs import hookimpl
+from harness.parallel import run_in_threads
 from harness.pgd import (
     LossFn,
     ValueRange,
@@ -87,6 +88,7 @@ __all__ = [
     "hookimpl",
     "input_gradient",
     "project_linf",
+    "run_in_threads",
     "sign_pgd",
     "sign_step",
     "stratified_indices",

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +30,7 @@ from harness.api import (
     Split,
     Subset,
     hookimpl,
+    run_in_threads,
     stratified_indices,
 )
 
@@ -360,11 +360,6 @@ def list_image_folder(root: Path, split_dir: str) -> tuple[list[Path], np.ndarra
     return paths, np.asarray(labels, dtype=np.int64), classes
 
 
-def _chunks(n: int, size: int) -> Iterator[range]:
-    for start in range(0, n, size):
-        yield range(start, min(start + size, n))
-
-
 def decode_images(
     paths: Sequence[Path], image_size: int | None, channels: Literal[1, 3], *, workers: int = 4
 ) -> Tensor:
@@ -390,35 +385,27 @@ def decode_images(
         width = height = image_size
     out = np.empty((len(paths), channels, height, width), dtype=np.uint8)
 
-    def decode(chunk: range) -> None:
-        for i in chunk:
-            path = paths[i]
-            try:
-                with Image.open(path) as img:
-                    if image_size is None and img.size != (width, height):
-                        raise DataError(
-                            f"image {path} is {img.size[0]}x{img.size[1]} but {paths[0]} is "
-                            f"{width}x{height}; set image_size to resize all images to one size"
-                        )
-                    if img.mode != mode:  # convert() copies even when the mode matches
-                        img = img.convert(mode)
-                    if image_size is not None and img.size != (width, height):
-                        img = img.resize((width, height), _BILINEAR)
-                    pixels = np.asarray(img)
-            except DataError:
-                raise
-            except Exception as exc:  # any decoder failure is a problem with that one file
-                raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc})") from exc
-            out[i] = pixels.transpose(2, 0, 1) if channels == 3 else pixels[None]
+    def decode(i: int) -> None:
+        path = paths[i]
+        try:
+            with Image.open(path) as img:
+                if image_size is None and img.size != (width, height):
+                    raise DataError(
+                        f"image {path} is {img.size[0]}x{img.size[1]} but {paths[0]} is "
+                        f"{width}x{height}; set image_size to resize all images to one size"
+                    )
+                if img.mode != mode:  # convert() copies even when the mode matches
+                    img = img.convert(mode)
+                if image_size is not None and img.size != (width, height):
+                    img = img.resize((width, height), _BILINEAR)
+                pixels = np.asarray(img)
+        except DataError:
+            raise
+        except Exception as exc:  # any decoder failure is a problem with that one file
+            raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc})") from exc
+        out[i] = pixels.transpose(2, 0, 1) if channels == 3 else pixels[None]
 
-    chunks = list(_chunks(len(paths), 256))
-    executor = ThreadPoolExecutor(max_workers=max(1, min(workers, len(chunks))))
-    try:
-        # map yields in submission order, so the error raised names the first bad file
-        for _ in executor.map(decode, chunks):
-            pass
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+    run_in_threads(len(paths), decode, chunk_size=256, workers=workers)  # the first bad file raises
     return torch.from_numpy(out).to(torch.float32).div_(255.0)
 
 

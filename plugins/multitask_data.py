@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +40,7 @@ from harness.api import (
     Split,
     Subset,
     hookimpl,
+    run_in_threads,
     stratified_indices,
 )
 
@@ -50,31 +50,6 @@ _NEAREST = Image.Resampling.NEAREST if hasattr(Image, "Resampling") else Image.N
 
 IGNORE_INDEX = 255
 
-
-def _chunks(n: int, size: int) -> Iterator[range]:
-    for start in range(0, n, size):
-        yield range(start, min(start + size, n))
-
-
-def _run_threaded(n: int, work: Callable[[int], None], workers: int = 4) -> None:
-    """Call `work(i)` for i < n from a few threads; Pillow and np.load release the GIL while decoding.
-
-    `map` yields in submission order, so the error raised names the first bad file.
-    """
-    chunks = list(_chunks(n, 64))
-    if not chunks:
-        return
-
-    def run(chunk: range) -> None:
-        for i in chunk:
-            work(i)
-
-    executor = ThreadPoolExecutor(max_workers=max(1, min(workers, len(chunks))))
-    try:
-        for _ in executor.map(run, chunks):
-            pass
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,7 +541,7 @@ def _decode_views(
         if keys is not None:
             keys[i, 0] = read_keypoints(view.label(root, "keypoints"), size)
 
-    _run_threaded(n, decode)
+    run_in_threads(n, decode, chunk_size=64)
     targets: dict[str, Tensor] = {}
     if seg is not None:
         targets["segmentation"] = torch.from_numpy(seg)
@@ -636,7 +611,7 @@ def load_taskonomy(params: TaskonomyParams, context: BuildContext | None = None)
     def read(i: int) -> None:
         raw[i] = _read_scene(every[i].label(root, "scene"))
 
-    _run_threaded(len(every), read)
+    run_in_threads(len(every), read, chunk_size=64)
     present = np.unique(raw)
     y = np.searchsorted(present, raw).astype(np.int64)
     scene_names = [f"scene-{int(c)}" for c in present]

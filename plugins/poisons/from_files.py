@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -42,7 +41,16 @@ from PIL import Image
 from pydantic import Field
 from torch import Tensor
 
-from harness.api import DataBundle, DataError, Params, Poison, PoisonContext, PoisonRecord, hookimpl
+from harness.api import (
+    DataBundle,
+    DataError,
+    Params,
+    Poison,
+    PoisonContext,
+    PoisonRecord,
+    hookimpl,
+    run_in_threads,
+)
 
 PNG_NAME = re.compile(r"^(\d+)\.png$", re.IGNORECASE)
 #: PIL modes whose values are not 8-bit levels: dividing them by 255 would be wrong
@@ -89,34 +97,31 @@ def _read_pngs(paths: Sequence[Path], channels: int, height: int, width: int, ct
     mode = "RGB" if channels == 3 else "L"
     out = np.empty((len(paths), channels, height, width), dtype=np.uint8)
 
-    def decode(chunk: range) -> None:
-        for i in chunk:
-            path = paths[i]
-            try:
-                with Image.open(path) as img:
-                    if img.size != (width, height):
-                        raise DataError(
-                            f"{path} is {img.size[0]}x{img.size[1]} pixels; expected "
-                            f"{width}x{height}, the size of the training images"
-                        )
-                    if img.mode in WIDE_MODES:
-                        raise DataError(
-                            f"{path} has PIL mode {img.mode} (more than 8 bits per value); "
-                            "expected an 8-bit PNG (L, RGB, RGBA or palette)"
-                        )
-                    if img.mode != mode:
-                        img = img.convert(mode)
-                    pixels = np.asarray(img)
-            except DataError:
-                raise
-            except Exception as exc:  # any decoder failure is a problem with that one file
-                raise DataError(f"cannot read {path} as an image ({type(exc).__name__}: {exc})") from exc
-            out[i] = pixels.transpose(2, 0, 1) if channels == 3 else pixels[None]
+    def decode(i: int) -> None:
+        path = paths[i]
+        try:
+            with Image.open(path) as img:
+                if img.size != (width, height):
+                    raise DataError(
+                        f"{path} is {img.size[0]}x{img.size[1]} pixels; expected "
+                        f"{width}x{height}, the size of the training images"
+                    )
+                if img.mode in WIDE_MODES:
+                    raise DataError(
+                        f"{path} has PIL mode {img.mode} (more than 8 bits per value); "
+                        "expected an 8-bit PNG (L, RGB, RGBA or palette)"
+                    )
+                if img.mode != mode:
+                    img = img.convert(mode)
+                pixels = np.asarray(img)
+        except DataError:
+            raise
+        except Exception as exc:  # any decoder failure is a problem with that one file
+            raise DataError(f"cannot read {path} as an image ({type(exc).__name__}: {exc})") from exc
+        out[i] = pixels.transpose(2, 0, 1) if channels == 3 else pixels[None]
 
-    chunks = [range(s, min(s + 256, len(paths))) for s in range(0, len(paths), 256)]
-    with ThreadPoolExecutor(max_workers=max(1, min(4, len(chunks)))) as pool:
-        for done, _ in enumerate(pool.map(decode, chunks)):  # in order: the first bad file raises
-            ctx.progress("reading PNG files", (done + 1) / len(chunks))
+    run_in_threads(len(paths), decode, chunk_size=256,  # in order: the first bad file raises
+                   on_chunk=lambda done, total: ctx.progress("reading PNG files", done / total))
     return torch.from_numpy(out).to(torch.float32).div_(255.0)
 
 
