@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -41,13 +40,6 @@ class Classification(TaskHead):
 
     def metric(self) -> Metric:
         return Accuracy()
-
-
-def soft_targets(targets: Tensor, num_classes: int) -> Tensor:
-    """Hard labels as one-hot distributions; soft ones unchanged."""
-    if targets.dim() == 2:
-        return targets
-    return F.one_hot(targets, num_classes).to(torch.float32)
 
 
 @hookimpl
