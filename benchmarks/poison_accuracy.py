@@ -42,8 +42,17 @@ METHODS: dict[str, tuple[str, dict]] = {
     "em": ("em", {"surrogate": TINY_SURROGATE, "max_rounds": 15}),
     "em-class": ("em", {"mode": "class-wise", "surrogate": TINY_SURROGATE, "max_rounds": 15}),
     # REM's min-min-max inner loop is the costliest of all: the CPU Table 1 spec's budget
-    "rem": ("rem", {"surrogate": TINY_SURROGATE, "train_steps": 100, "lr_decay_every": 75, "attack_steps": 3,
-                    "attack_step_size": 0.0105, "eot_samples": 2}),
+    "rem": (
+        "rem",
+        {
+            "surrogate": TINY_SURROGATE,
+            "train_steps": 100,
+            "lr_decay_every": 75,
+            "attack_steps": 3,
+            "attack_step_size": 0.0105,
+            "eot_samples": 2,
+        },
+    ),
     "tap": ("tap", {"surrogate": TINY_SURROGATE, "epochs": 10, "steps": 50, "restarts": 1}),
     "hypo": ("hypo", {"surrogate": TINY_SURROGATE, "epochs": 10, "steps": 50}),
     "dc": ("dc", {"classifier": TINY_SURROGATE, "rounds": 3, "classifier_epochs": 3}),
@@ -60,31 +69,51 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=2000)
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="small batches: a 2,000-image subset needs many SGD steps before a shortcut is learned")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="small batches: a 2,000-image subset needs many SGD steps before a shortcut is learned",
+    )
     parser.add_argument("--methods", default=",".join(["clean", *METHODS]))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backbone", default="resnet18", help="the trained model (not the surrogates)")
+    parser.add_argument(
+        "--backbone", default="resnet18", help="the trained model (not the surrogates)"
+    )
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--no-augment", action="store_true", help="train without crop and flip")
     args = parser.parse_args()
 
     victim = {"width": args.width, **({"blocks": 3} if args.backbone == "small-cnn" else {})}
     methods = [m for m in args.methods.split(",") if m != "clean"]
-    spec = spec_from_data({
-        "name": "poison-accuracy",
-        "data": {"name": "image-folder", "params": {"root": str(Path(args.root).expanduser())},
-                 "subset": {"train": args.train, "test": args.test, "seed": args.seed}},
-        "backbone": {"name": args.backbone, "params": victim},
-        "training": {"epochs": args.epochs, "batch_size": args.batch_size,
-                     "augmentation": [] if args.no_augment else ["crop", "flip"],
-                     "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-                     "schedule": {"name": "cosine"}},
-        "poisons": [{"name": METHODS[m][0], "label": m, "params": METHODS[m][1]} for m in methods],
-        "seeds": [args.seed],
-    }, get_components(), origin="benchmarks/poison_accuracy.py")
+    spec = spec_from_data(
+        {
+            "name": "poison-accuracy",
+            "data": {
+                "name": "image-folder",
+                "params": {"root": str(Path(args.root).expanduser())},
+                "subset": {"train": args.train, "test": args.test, "seed": args.seed},
+            },
+            "backbone": {"name": args.backbone, "params": victim},
+            "training": {
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "augmentation": [] if args.no_augment else ["crop", "flip"],
+                "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+                "schedule": {"name": "cosine"},
+            },
+            "poisons": [
+                {"name": METHODS[m][0], "label": m, "params": METHODS[m][1]} for m in methods
+            ],
+            "seeds": [args.seed],
+        },
+        get_components(),
+        origin="benchmarks/poison_accuracy.py",
+    )
     assembly = Assembly.from_spec(spec, get_components())
-    poisons = PoisonedInputs(assembly)  # generation time is the first run's, kept with the cached poison
+    poisons = PoisonedInputs(
+        assembly
+    )  # generation time is the first run's, kept with the cached poison
     data, tasks, device, recipe = assembly.data, assembly.tasks, assembly.device, spec.spec.training
     none = spec.spec.defences[0]
 
@@ -97,15 +126,28 @@ def main() -> None:
         train = data.train.with_inputs(x)
         accs = []
         for epoch in range(1, recipe.epochs + 1):
-            train_epoch(model, train, tasks, Defence(), recipe, optimizer, g, device, epoch,
-                        data.num_classes, data.value_range)
+            train_epoch(
+                model,
+                train,
+                tasks,
+                Defence(),
+                recipe,
+                optimizer,
+                g,
+                device,
+                epoch,
+                data.num_classes,
+                data.value_range,
+            )
             scheduler.step()
             accs.append(evaluate(model, data.test, tasks, 512, device)[1])
         return accs[-1], max(accs)
 
-    print(f"CIFAR-10 folder, {len(data.train)} train / {len(data.test)} test, {args.backbone} width "
-          f"{args.width}, {args.epochs} epochs of batch {args.batch_size}, augmentation "
-          f"{[a.name for a in recipe.augmentation] or 'none'}, device {device}")
+    print(
+        f"CIFAR-10 folder, {len(data.train)} train / {len(data.test)} test, {args.backbone} width "
+        f"{args.width}, {args.epochs} epochs of batch {args.batch_size}, augmentation "
+        f"{[a.name for a in recipe.augmentation] or 'none'}, device {device}"
+    )
     print("| method | test acc (final) | test acc (best) | generation s (a cache hit: load time) |")
     print("|---|---|---|---|")
     for label in args.methods.split(","):

@@ -43,18 +43,43 @@ def main() -> None:
     sal = loaded.spec.sal
     probe_sizes = sorted({sal.probe_size, 128, 512, n_train})
     probes = {
-        p: SALProbe(sal.model_copy(update={"probe_size": p}), recipe.augmentation, tasks, assembly.layers,
-                    assembly.task_layers, data.train, Defence(), seed=0, autocast=assembly.autocast)
+        p: SALProbe(
+            sal.model_copy(update={"probe_size": p}),
+            recipe.augmentation,
+            tasks,
+            assembly.layers,
+            assembly.task_layers,
+            data.train,
+            Defence(),
+            seed=0,
+            autocast=assembly.autocast,
+        )
         for p in probe_sizes
     }
-    print(f"spec {args.spec}: {n_train} training samples, {len(assembly.layers)} scored layers, "
-          f"{sal.iterations} iterations, device {device}, {torch.get_num_threads()} threads")
-    print(f"{'epoch':>5} {'train s':>8} " + " ".join(f"{'SAL@' + str(p):>10} {'×train':>7}" for p in probe_sizes))
+    print(
+        f"spec {args.spec}: {n_train} training samples, {len(assembly.layers)} scored layers, "
+        f"{sal.iterations} iterations, device {device}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{'epoch':>5} {'train s':>8} "
+        + " ".join(f"{'SAL@' + str(p):>10} {'×train':>7}" for p in probe_sizes)
+    )
     ratios: dict[int, list[float]] = {p: [] for p in probe_sizes}
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
-        loss = train_epoch(model, data.train, tasks, Defence(), recipe, optimizer, generator,
-                           device, epoch, data.num_classes, data.value_range)
+        loss = train_epoch(
+            model,
+            data.train,
+            tasks,
+            Defence(),
+            recipe,
+            optimizer,
+            generator,
+            device,
+            epoch,
+            data.num_classes,
+            data.value_range,
+        )
         train_s = time.perf_counter() - t0
         cells = []
         for p, probe in probes.items():
@@ -67,9 +92,15 @@ def main() -> None:
     print("\nmedian SAL cost per epoch, as a multiple of one training epoch:")
     for p in probe_sizes:
         passes = len(assembly.layers) * sal.iterations * 4 * p / n_train
-        note = " (spec setting)" if p == sal.probe_size else (" (whole training set)" if p == n_train else "")
-        print(f"  probe {p:>6}: {statistics.median(ratios[p]):6.1f}×   "
-              f"({passes:.0f} training-set passes of work by count){note}")
+        note = (
+            " (spec setting)"
+            if p == sal.probe_size
+            else (" (whole training set)" if p == n_train else "")
+        )
+        print(
+            f"  probe {p:>6}: {statistics.median(ratios[p]):6.1f}×   "
+            f"({passes:.0f} training-set passes of work by count){note}"
+        )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,6 @@ def default_destination(archive: Path) -> Path:
     return cache_root() / "data" / name
 
 
-
-
 def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
     parts = Path(member.name).parts
     if member.name.startswith(("/", "\\")) or Path(member.name).is_absolute():

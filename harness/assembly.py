@@ -38,8 +38,12 @@ def load_data(spec: Spec, components: Components, where: Where) -> DataBundle:
     ref = spec.data
     sub = ref.subset
     try:
-        data = components.build("dataset", ref.name, ref.params,
-                                BuildContext(subset=Subset(sub.train, sub.test, sub.seed)))
+        data = components.build(
+            "dataset",
+            ref.name,
+            ref.params,
+            BuildContext(subset=Subset(sub.train, sub.test, sub.seed)),
+        )
     except DataError as exc:
         raise DataError(f"{where(('data',))}: data set {ref.name!r}: {exc}") from None
     except PluginError as exc:
@@ -71,8 +75,14 @@ def build_tasks(spec: Spec, components: Components, where: Where) -> TaskSet:
 class Assembly:
     """The built components of one spec: data, task set, device, scored layers, model factory."""
 
-    def __init__(self, spec: Spec, source: SpecSource, components: Components, data: DataBundle,
-                 tasks: TaskSet) -> None:
+    def __init__(
+        self,
+        spec: Spec,
+        source: SpecSource,
+        components: Components,
+        data: DataBundle,
+        tasks: TaskSet,
+    ) -> None:
         self.spec = spec
         self.source = source
         self.components = components
@@ -92,7 +102,13 @@ class Assembly:
     def from_spec(cls, loaded: LoadedSpec, components: Components) -> Assembly:
         where = loaded.source.where
         data = load_data(loaded.spec, components, where)
-        return cls(loaded.spec, loaded.source, components, data, build_tasks(loaded.spec, components, where))
+        return cls(
+            loaded.spec,
+            loaded.source,
+            components,
+            data,
+            build_tasks(loaded.spec, components, where),
+        )
 
     @classmethod
     def for_run(cls, folder: RunFolder, components: Components) -> Assembly:
@@ -102,28 +118,37 @@ class Assembly:
         the run, with nothing written to the run folder.
         """
         resolved = folder.stored_spec()
-        return cls.from_spec(LoadedSpec(Spec.model_validate(resolved), SpecSource(folder.run_file, resolved)),
-                             components)
+        return cls.from_spec(
+            LoadedSpec(Spec.model_validate(resolved), SpecSource(folder.run_file, resolved)),
+            components,
+        )
 
     def where(self, loc: tuple[Any, ...]) -> str:
         return self.source.where(loc)
 
     # --- models ------------------------------------------------------------------------------------
-    def build_model(self, backbone: ComponentRef | None = None, tasks: TaskSet | None = None) -> nn.Module:
+    def build_model(
+        self, backbone: ComponentRef | None = None, tasks: TaskSet | None = None
+    ) -> nn.Module:
         """The backbone (default: the spec's) with the head(s) of `tasks` (default: the trained ones)."""
         tasks = tasks or self.tasks
         ref = backbone or self.spec.backbone
         try:
-            built = self.components.build("backbone", ref.name, ref.params,
-                                          BuildContext(input_shape=self.data.input_shape))
+            built = self.components.build(
+                "backbone", ref.name, ref.params, BuildContext(input_shape=self.data.input_shape)
+            )
         except PluginError as exc:
-            raise SpecError(f"{self.where(('backbone', 'name'))}: backbone {ref.name!r} "
-                            f"(inputs of shape {self.data.input_shape}): {exc}") from None
+            raise SpecError(
+                f"{self.where(('backbone', 'name'))}: backbone {ref.name!r} "
+                f"(inputs of shape {self.data.input_shape}): {exc}"
+            ) from None
         dense = [label for label, head in tasks.heads.items() if head.features == "map"]
         if dense and not built.has_feature_map:
-            raise SpecError(f"{self.where(('backbone', 'name'))}: backbone {ref.name!r} gives no "
-                            f"feature map, which the dense task(s) {', '.join(dense)} need; use a convolutional "
-                            "backbone (small-cnn, resnet18, timm:...)")
+            raise SpecError(
+                f"{self.where(('backbone', 'name'))}: backbone {ref.name!r} gives no "
+                f"feature map, which the dense task(s) {', '.join(dense)} need; use a convolutional "
+                "backbone (small-cnn, resnet18, timm:...)"
+            )
         return tasks.build_model(built, self.data)
 
     # --- crafting tasks -----------------------------------------------------------------------------
@@ -144,7 +169,10 @@ class Assembly:
 
     def crafting_label(self, arm: Arm) -> str | None:
         """The task a poison was crafted against; None for clean arms and task-agnostic poisons."""
-        if arm.poison is None or not self.components.get("poison", arm.poison.name).record.task_aware:
+        if (
+            arm.poison is None
+            or not self.components.get("poison", arm.poison.name).record.task_aware
+        ):
             return None
         name = arm.poison.crafting_task  # the label alone: no need to build the head for it
         return self.tasks.label if name in (None, "all") else name
@@ -157,9 +185,13 @@ class Assembly:
             "seed": arm.seed,
             "poison_key": arm.poison_key,
             "defence_key": arm.defence_key,
-            "poison": None if arm.poison is None else component_info(components, "poison", arm.poison),
+            "poison": None
+            if arm.poison is None
+            else component_info(components, "poison", arm.poison),
             "defence": component_info(components, "defence", arm.defence),
-            "task": MetricInfo(metric_name=self.tasks.metric_name, higher_is_better=self.tasks.higher_is_better),
+            "task": MetricInfo(
+                metric_name=self.tasks.metric_name, higher_is_better=self.tasks.higher_is_better
+            ),
             "evaluated_task": self.tasks.label,
             "crafting_task": self.crafting_label(arm),
             "track": track_config(components, spec),
@@ -168,9 +200,13 @@ class Assembly:
             config["tasks"] = [
                 TrainedTaskInfo.model_validate(
                     component_info(components, "task", ref)
-                    | {"label": ref.key, "weight": ref.weight,
-                       "metric_name": self.tasks.heads[ref.key].metric_name,
-                       "higher_is_better": self.tasks.heads[ref.key].higher_is_better})
+                    | {
+                        "label": ref.key,
+                        "weight": ref.weight,
+                        "metric_name": self.tasks.heads[ref.key].metric_name,
+                        "higher_is_better": self.tasks.heads[ref.key].higher_is_better,
+                    }
+                )
                 for ref in spec.tasks
             ]
         return ArmConfig.model_validate(config)

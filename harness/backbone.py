@@ -39,7 +39,9 @@ class Backbone(nn.Module):
 class TaskModel(nn.Module):
     """Backbone plus one head. SAL scores the weights of every Conv2d and Linear in both."""
 
-    def __init__(self, backbone: Backbone, head: nn.Module, features: FeatureKind = "pooled") -> None:
+    def __init__(
+        self, backbone: Backbone, head: nn.Module, features: FeatureKind = "pooled"
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -58,7 +60,9 @@ class MultiTaskModel(nn.Module):
     so every task's gradient flows into the same backbone weights (what per-task SAL compares).
     """
 
-    def __init__(self, backbone: Backbone, heads: dict[str, nn.Module], features: dict[str, FeatureKind]) -> None:
+    def __init__(
+        self, backbone: Backbone, heads: dict[str, nn.Module], features: dict[str, FeatureKind]
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.heads = nn.ModuleDict(heads)
@@ -70,7 +74,10 @@ class MultiTaskModel(nn.Module):
             return {name: head(pooled) for name, head in self.heads.items()}
         fmap = self.backbone.forward_features(x)
         pooled = self.backbone.pool(fmap) if "pooled" in self.features.values() else None
-        return {name: head(fmap if self.features[name] == "map" else pooled) for name, head in self.heads.items()}
+        return {
+            name: head(fmap if self.features[name] == "map" else pooled)
+            for name, head in self.heads.items()
+        }
 
 
 def scored_layers(model: nn.Module) -> list[str]:
@@ -78,7 +85,8 @@ def scored_layers(model: nn.Module) -> list[str]:
     return [
         f"{name}.weight" if name else "weight"
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and getattr(module, "weight", None) is not None
+        if isinstance(module, (nn.Conv2d, nn.Linear))
+        and getattr(module, "weight", None) is not None
     ]
 
 

@@ -48,10 +48,18 @@ class ArmState:
     def to_dict(self) -> dict[str, Any]:
         """The on-disk form: plain containers and tensors only (what `weights_only` loads)."""
         out: dict[str, Any] = {
-            "config": self.config.as_dict(), "hardware": self.hardware, "layers": list(self.layers),
-            "epochs": self.epochs, "rows": [asdict(row) for row in self.rows], "complete": self.complete,
-            "model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
-            "generator": self.generator, "scaler": self.scaler, "steps": self.steps,
+            "config": self.config.as_dict(),
+            "hardware": self.hardware,
+            "layers": list(self.layers),
+            "epochs": self.epochs,
+            "rows": [asdict(row) for row in self.rows],
+            "complete": self.complete,
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "generator": self.generator,
+            "scaler": self.scaler,
+            "steps": self.steps,
         }
         if self.task_labels:
             out["tasks"], out["task_layers"] = list(self.task_labels), list(self.task_layers)
@@ -60,12 +68,20 @@ class ArmState:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArmState:
         return cls(
-            config=ArmConfig.model_validate(data["config"]), hardware=dict(data["hardware"]),
-            layers=list(data["layers"]), epochs=int(data["epochs"]),
-            rows=[EpochRow(**row) for row in data["rows"]], complete=bool(data["complete"]),
-            task_labels=list(data.get("tasks") or []), task_layers=list(data.get("task_layers") or []),
-            model=data.get("model"), optimizer=data.get("optimizer"), scheduler=data.get("scheduler"),
-            generator=data.get("generator"), scaler=data.get("scaler") or {}, steps=int(data.get("steps", 0)),
+            config=ArmConfig.model_validate(data["config"]),
+            hardware=dict(data["hardware"]),
+            layers=list(data["layers"]),
+            epochs=int(data["epochs"]),
+            rows=[EpochRow(**row) for row in data["rows"]],
+            complete=bool(data["complete"]),
+            task_labels=list(data.get("tasks") or []),
+            task_layers=list(data.get("task_layers") or []),
+            model=data.get("model"),
+            optimizer=data.get("optimizer"),
+            scheduler=data.get("scheduler"),
+            generator=data.get("generator"),
+            scaler=data.get("scaler") or {},
+            steps=int(data.get("steps", 0)),
         )
 
 

@@ -45,9 +45,18 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_plugins(args: argparse.Namespace) -> int:
     components = _components(args.strict)
     if args.json:
-        out = {kind: [{"name": r.name, "description": r.record.description, **r.provenance(),
-                       "paper": getattr(r.record, "paper", None)} for r in reg]
-               for kind, reg in components.registries.items()}
+        out = {
+            kind: [
+                {
+                    "name": r.name,
+                    "description": r.record.description,
+                    **r.provenance(),
+                    "paper": getattr(r.record, "paper", None),
+                }
+                for r in reg
+            ]
+            for kind, reg in components.registries.items()
+        }
         out["broken"] = [vars(f) for f in components.failures]
         print(json.dumps(out, indent=2))
         return 0
@@ -78,14 +87,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     loaded = load_spec(args.spec, _components(args.strict))
-    runner = Runner(loaded, _components(args.strict), output_root=args.output, fresh=args.fresh,
-                    reporter=make_reporter(args.quiet))
+    runner = Runner(
+        loaded,
+        _components(args.strict),
+        output_root=args.output,
+        fresh=args.fresh,
+        reporter=make_reporter(args.quiet),
+    )
     runner.prepare()
     entries = runner.run()
     atomic_write_text(runner.folder.results_file, markdown(entries))
     print_table(entries, f"{loaded.spec.name}: {_count(entries)}")
-    print(f"run folder: {runner.run_dir}  (entries in {runner.run_dir / 'entries'}, "
-          f"SAL in {runner.run_dir / 'run.h5'}); {time.perf_counter() - started:.1f}s")
+    print(
+        f"run folder: {runner.run_dir}  (entries in {runner.run_dir / 'entries'}, "
+        f"SAL in {runner.run_dir / 'run.h5'}); {time.perf_counter() - started:.1f}s"
+    )
     return 0
 
 
@@ -115,18 +131,28 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_landscape(args: argparse.Namespace) -> int:
     from harness.landscape import LandscapeSettings, draw_landscape, parse_components
 
-    settings = LandscapeSettings(components=parse_components(args.components), grid=args.grid,
-                                 samples=args.samples)
+    settings = LandscapeSettings(
+        components=parse_components(args.components), grid=args.grid, samples=args.samples
+    )
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
-    path = draw_landscape(Path(args.run), _components(False), arms, settings,
-                          log=lambda message: print(message, file=sys.stderr))
+    path = draw_landscape(
+        Path(args.run),
+        _components(False),
+        arms,
+        settings,
+        log=lambda message: print(message, file=sys.stderr),
+    )
     print(path)
     return 0
 
 
 def _count(entries: list) -> str:
     arms = len({e.arm_id for e in entries})
-    return f"{arms} arms" if arms == len(entries) else f"{arms} arms, {len(entries)} entries (one per task)"
+    return (
+        f"{arms} arms"
+        if arms == len(entries)
+        else f"{arms} arms, {len(entries)} entries (one per task)"
+    )
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -153,17 +179,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_data_extract(args: argparse.Namespace) -> int:
     from harness.archive import default_destination, extract_archive
 
-    dest = extract_archive(Path(args.archive), Path(args.dest) if args.dest else default_destination(args.archive))
+    dest = extract_archive(
+        Path(args.archive), Path(args.dest) if args.dest else default_destination(args.archive)
+    )
     print(dest)
     return 0
 
 
 def _landscape_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arms", default=None,
-                   help="comma-separated arms: ids, poison labels or 'clean' (default: every traced arm)")
-    p.add_argument("--components", default="1,2", help="the two principal components of the plane, e.g. 1,2 or 3,4")
+    p.add_argument(
+        "--arms",
+        default=None,
+        help="comma-separated arms: ids, poison labels or 'clean' (default: every traced arm)",
+    )
+    p.add_argument(
+        "--components",
+        default="1,2",
+        help="the two principal components of the plane, e.g. 1,2 or 3,4",
+    )
     p.add_argument("--grid", type=int, default=21, help="grid points per axis")
-    p.add_argument("--samples", type=int, default=1024, help="training samples the loss is evaluated on")
+    p.add_argument(
+        "--samples", type=int, default=1024, help="training samples the loss is evaluated on"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,11 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("eval", help="run a spec: train every arm, stream SAL to HDF5, write entries")
+    p = sub.add_parser(
+        "eval", help="run a spec: train every arm, stream SAL to HDF5, write entries"
+    )
     p.add_argument("spec", help="spec file (YAML)")
-    p.add_argument("--output", type=Path, default=None, help="folder for runs (overrides the spec's `output`)")
-    p.add_argument("--fresh", action="store_true",
-                   help="start over when the run folder holds a different spec (the old run is renamed)")
+    p.add_argument(
+        "--output", type=Path, default=None, help="folder for runs (overrides the spec's `output`)"
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over when the run folder holds a different spec (the old run is renamed)",
+    )
     p.add_argument("--strict", action="store_true", help="fail on any broken plugin")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_eval)
@@ -200,31 +244,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="a run's figures (RUN/figures/*.png) and RUN/report.html")
     p.add_argument("run", help="run folder (holding run.h5)")
-    p.add_argument("--landscape", action="store_true",
-                   help="draw the loss landscape first (needs a saved trajectory; see `harness landscape`)")
+    p.add_argument(
+        "--landscape",
+        action="store_true",
+        help="draw the loss landscape first (needs a saved trajectory; see `harness landscape`)",
+    )
     _landscape_options(p)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("landscape", help="loss landscape over the PCA plane of saved parameter trajectories")
+    p = sub.add_parser(
+        "landscape", help="loss landscape over the PCA plane of saved parameter trajectories"
+    )
     p.add_argument("run", help="run folder (holding run.h5)")
     _landscape_options(p)
     p.set_defaults(func=cmd_landscape)
 
-    p = sub.add_parser("leaderboard", help="gather entries into leaderboard.md and a static index.html")
-    p.add_argument("sources", nargs="+", type=Path,
-                   help="run folders, leaderboard folders, folders of entry files, or entry files")
-    p.add_argument("--out", type=Path, required=True, help="folder for leaderboard.md, index.html, entries.json")
+    p = sub.add_parser(
+        "leaderboard", help="gather entries into leaderboard.md and a static index.html"
+    )
+    p.add_argument(
+        "sources",
+        nargs="+",
+        type=Path,
+        help="run folders, leaderboard folders, folders of entry files, or entry files",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for leaderboard.md, index.html, entries.json",
+    )
     p.set_defaults(func=cmd_leaderboard)
 
-    p = sub.add_parser("submit", help="check a finished run and file its entries into a leaderboard folder")
+    p = sub.add_parser(
+        "submit", help="check a finished run and file its entries into a leaderboard folder"
+    )
     p.add_argument("run", help="run folder (holding run.h5)")
     p.add_argument("--leaderboard", type=Path, required=True, help="the leaderboard folder")
-    p.add_argument("--replace", action="store_true", help="overwrite a different entry of the same name")
+    p.add_argument(
+        "--replace", action="store_true", help="overwrite a different entry of the same name"
+    )
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("data", help="data-set utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)
-    p = data_sub.add_parser("extract", help="unpack a data-set archive into the cache (~/.cache/harness/data)")
+    p = data_sub.add_parser(
+        "extract", help="unpack a data-set archive into the cache (~/.cache/harness/data)"
+    )
     p.add_argument("archive", type=Path)
     p.add_argument("--dest", type=Path, default=None, help="target folder (default: the cache)")
     p.set_defaults(func=cmd_data_extract)
@@ -239,7 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume from the last complete epoch", file=sys.stderr)
+        print(
+            "interrupted; rerun the same command to resume from the last complete epoch",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -34,21 +34,29 @@ class Split:
             raise ValueError(f"{self.x.shape[0]} inputs but {self.y.shape[0]} labels")
         for name, value in self.targets.items():
             if value.shape[0] != self.x.shape[0]:
-                raise ValueError(f"{self.x.shape[0]} inputs but {value.shape[0]} rows of target {name!r}")
+                raise ValueError(
+                    f"{self.x.shape[0]} inputs but {value.shape[0]} rows of target {name!r}"
+                )
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
     def with_inputs(self, x: Tensor) -> Split:
         if x.shape != self.x.shape:
-            raise ValueError(f"replacement inputs have shape {tuple(x.shape)}, expected {tuple(self.x.shape)}")
+            raise ValueError(
+                f"replacement inputs have shape {tuple(x.shape)}, expected {tuple(self.x.shape)}"
+            )
         return Split(x, self.y, self.indices, self.targets)
 
     def take(self, index: Tensor) -> Split:
         """The samples at `index`, with every target."""
         base = self.indices if self.indices is not None else torch.arange(len(self))
-        return Split(self.x[index].clone(), self.y[index].clone(), base[index].clone(),
-                     {k: v[index].clone() for k, v in self.targets.items()})
+        return Split(
+            self.x[index].clone(),
+            self.y[index].clone(),
+            base[index].clone(),
+            {k: v[index].clone() for k, v in self.targets.items()},
+        )
 
 
 def take_targets(targets: Tensor | dict[str, Tensor], index: Tensor) -> Tensor | dict[str, Tensor]:
@@ -58,7 +66,9 @@ def take_targets(targets: Tensor | dict[str, Tensor], index: Tensor) -> Tensor |
     return targets[index]
 
 
-def targets_to(targets: Tensor | dict[str, Tensor], device: torch.device) -> Tensor | dict[str, Tensor]:
+def targets_to(
+    targets: Tensor | dict[str, Tensor], device: torch.device
+) -> Tensor | dict[str, Tensor]:
     if isinstance(targets, dict):
         return {k: v.to(device, non_blocking=True) for k, v in targets.items()}
     return targets.to(device, non_blocking=True)

@@ -61,7 +61,9 @@ class Defence:
     ) -> tuple[Tensor, Tensor]:
         return x, targets
 
-    def training_loss(self, model: nn.Module, x: Tensor, targets: Tensor, ctx: StepContext) -> Tensor:
+    def training_loss(
+        self, model: nn.Module, x: Tensor, targets: Tensor, ctx: StepContext
+    ) -> Tensor:
         return ctx.loss(model(x), targets)
 
     @property

@@ -41,8 +41,9 @@ class Track(Model):
     training: dict[str, Any]
     sal: dict[str, Any]
     tasks: list[dict[str, Any]] | None = Field(
-        default=None, description="multi-task runs: every task trained together (label, weight, plugin); "
-        "`task` is then the one this entry scores"
+        default=None,
+        description="multi-task runs: every task trained together (label, weight, plugin); "
+        "`task` is then the one this entry scores",
     )
 
 
@@ -55,7 +56,9 @@ class MetricResult(Model):
 
 
 class Results(Model):
-    ud: float | None = Field(description="#LP of this arm / #LP of the undefended clean arm; None if that is 0")
+    ud: float | None = Field(
+        description="#LP of this arm / #LP of the undefended clean arm; None if that is 0"
+    )
     lp: float = Field(description="#LP: mean over epochs of the layers with SAL > β")
     beta: float = Field(description="learnable threshold from the undefended clean arm")
     clean_lp: float
@@ -63,15 +66,18 @@ class Results(Model):
     ud_undefended: float | None = Field(
         default=None, description="UD of the same poison without defence (defended arms only)"
     )
-    ud_change: float | None = Field(default=None, description="ud − ud_undefended (defended arms only)")
+    ud_change: float | None = Field(
+        default=None, description="ud − ud_undefended (defended arms only)"
+    )
     test_metric: MetricResult
     final_train_loss: float
     learnable_proportion_per_epoch: list[float] | None = Field(
         default=None, description="λ(t) / layers per epoch (multi-task entries: of this task's SAL)"
     )
     task_similarity_per_epoch: dict[str, list[float]] | None = Field(
-        default=None, description="multi-task entries: cosine similarity of this task's SAL vector with "
-        "each other task's, per epoch"
+        default=None,
+        description="multi-task entries: cosine similarity of this task's SAL vector with "
+        "each other task's, per epoch",
     )
 
 
@@ -89,15 +95,18 @@ class Entry(Model):
     poison: ComponentInfo | None = Field(description="None for the clean reference")
     defence: ComponentInfo
     evaluated_task: str | None = Field(
-        default=None, description="the task this entry scores: the trained task's name, or a label of a "
-        "multi-task run's tasks"
+        default=None,
+        description="the task this entry scores: the trained task's name, or a label of a "
+        "multi-task run's tasks",
     )
     crafting_task: str | None = Field(
-        default=None, description="the task the poison minimised when crafted ('all' for the sum of a "
-        "multi-task model's); None for the clean arm and task-agnostic poisons"
+        default=None,
+        description="the task the poison minimised when crafted ('all' for the sum of a "
+        "multi-task model's); None for the clean arm and task-agnostic poisons",
     )
     task_label: str | None = Field(
-        default=None, description="multi-task runs: the task of the arm this entry scores (one entry per task)"
+        default=None,
+        description="multi-task runs: the task of the arm this entry scores (one entry per task)",
     )
     track: Track
     results: Results
@@ -129,13 +138,22 @@ def track_id(track: dict[str, Any]) -> str:
 
 def _metric(values: np.ndarray, name: str, higher: bool) -> MetricResult:
     return MetricResult(
-        name=name, higher_is_better=higher, final=float(values[-1]),
-        best=float(np.max(values) if higher else np.min(values)), per_epoch=[float(v) for v in values],
+        name=name,
+        higher_is_better=higher,
+        final=float(values[-1]),
+        best=float(np.max(values) if higher else np.min(values)),
+        per_epoch=[float(v) for v in values],
     )
 
 
-def _entry(arm: ArmData, clean: ArmData, undefended: ArmData | None, root: dict[str, Any],
-           h5: HDF5Ref, task: str | None = None) -> Entry:
+def _entry(
+    arm: ArmData,
+    clean: ArmData,
+    undefended: ArmData | None,
+    root: dict[str, Any],
+    h5: HDF5Ref,
+    task: str | None = None,
+) -> Entry:
     """The entry of an arm, or (multi-task arms) of one of its tasks, scored on that task's SAL."""
     cfg = arm.config
 
@@ -146,25 +164,37 @@ def _entry(arm: ArmData, clean: ArmData, undefended: ArmData | None, root: dict[
     ud_undefended = None
     if undefended is not None:
         ud_undefended = score(sal_of(undefended), sal_of(clean)).ud
-    track = cfg.track.model_dump(mode="json", exclude_unset=True, include={"dataset", "backbone", "training", "sal"})
+    track = cfg.track.model_dump(
+        mode="json", exclude_unset=True, include={"dataset", "backbone", "training", "sal"}
+    )
     similarity = None
     if task is None:
         assert cfg.track.task is not None
         track["task"] = cfg.track.task.model_dump(mode="json", exclude_unset=True)
-        metric = _metric(arm.metrics["test_metric"], cfg.task.metric_name, cfg.task.higher_is_better)
+        metric = _metric(
+            arm.metrics["test_metric"], cfg.task.metric_name, cfg.task.higher_is_better
+        )
         evaluated = cfg.evaluated
     else:
         assert cfg.tasks is not None and cfg.track.tasks is not None
         info = next(t for t in cfg.tasks if t.label == task)
-        track["task"] = info.model_dump(mode="json", include={"name", "params", "plugin", "distribution", "version"})
+        track["task"] = info.model_dump(
+            mode="json", include={"name", "params", "plugin", "distribution", "version"}
+        )
         track["task"]["label"] = task
         track["tasks"] = [t.model_dump(mode="json", exclude_unset=True) for t in cfg.track.tasks]
-        metric = _metric(arm.metrics[f"test_metric.{task}"], info.metric_name, info.higher_is_better)
+        metric = _metric(
+            arm.metrics[f"test_metric.{task}"], info.metric_name, info.higher_is_better
+        )
         evaluated = task
         sim = task_similarity(arm.task_sal)
         labels = list(arm.task_sal)
         k = labels.index(task)
-        similarity = {other: [float(v) for v in sim[:, k, j]] for j, other in enumerate(labels) if other != task}
+        similarity = {
+            other: [float(v) for v in sim[:, k, j]]
+            for j, other in enumerate(labels)
+            if other != task
+        }
     seconds = arm.metrics["train_seconds"].sum() + arm.metrics["sal_seconds"].sum()
     return Entry(
         run=root["spec_name"],
@@ -184,11 +214,16 @@ def _entry(arm: ArmData, clean: ArmData, undefended: ArmData | None, root: dict[
             clean_lp=s.clean_lp,
             learnable_per_epoch=[int(v) for v in learnable_counts(sal_of(arm), s.beta)],
             ud_undefended=ud_undefended,
-            ud_change=(s.ud - ud_undefended) if (s.ud is not None and ud_undefended is not None) else None,
+            ud_change=(s.ud - ud_undefended)
+            if (s.ud is not None and ud_undefended is not None)
+            else None,
             test_metric=metric,
             final_train_loss=float(arm.metrics["train_loss"][-1]),
             learnable_proportion_per_epoch=(
-                None if task is None else [float(v) for v in learnable_proportion(sal_of(arm), s.beta)]),
+                None
+                if task is None
+                else [float(v) for v in learnable_proportion(sal_of(arm), s.beta)]
+            ),
             task_similarity_per_epoch=similarity,
         ),
         spec_hash=root["spec_hash"],
@@ -214,7 +249,9 @@ def compute_entries(run_dir: Path) -> list[Entry]:
         seed = arm.config.seed
         clean = arms.get(clean_arm_id(seed))
         if clean is None or not clean.complete:
-            raise RunStateError(f"{path}: arm {arm.arm_id} has no complete clean reference {clean_arm_id(seed)}")
+            raise RunStateError(
+                f"{path}: arm {arm.arm_id} has no complete clean reference {clean_arm_id(seed)}"
+            )
         undefended = None
         if arm.config.defence.name != UNDEFENDED:
             undefended = arms.get(arm_id(arm.config.poison_key, UNDEFENDED, seed))
@@ -238,4 +275,7 @@ def write_entries(run_dir: Path, entries: list[Entry]) -> list[Path]:
 
 
 def read_entries(run_dir: Path) -> list[Entry]:
-    return [Entry.model_validate_json(p.read_text()) for p in sorted(RunFolder(run_dir).entries_dir.glob("*.json"))]
+    return [
+        Entry.model_validate_json(p.read_text())
+        for p in sorted(RunFolder(run_dir).entries_dir.glob("*.json"))
+    ]

@@ -68,7 +68,11 @@ def pca_plane(matrix: np.ndarray, components: tuple[int, int]):
         pca = PCA(n_components=min(s, p), svd_solver="full").fit(matrix)
     idx = [c - 1 for c in components]
     path = pca.transform(matrix)[:, idx]
-    return path, pca.components_[idx].astype(np.float64), tuple(float(pca.explained_variance_ratio_[i]) for i in idx)
+    return (
+        path,
+        pca.components_[idx].astype(np.float64),
+        tuple(float(pca.explained_variance_ratio_[i]) for i in idx),
+    )
 
 
 def _grid_axis(values: np.ndarray, n: int, margin: float) -> np.ndarray:
@@ -85,8 +89,17 @@ def _batchnorm_on_batches(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def loss_grid(assembly: Assembly, poisons: PoisonedInputs, arm: Arm, final: np.ndarray, directions: np.ndarray,
-              origin: np.ndarray, xs: np.ndarray, ys: np.ndarray, settings: LandscapeSettings) -> np.ndarray:
+def loss_grid(
+    assembly: Assembly,
+    poisons: PoisonedInputs,
+    arm: Arm,
+    final: np.ndarray,
+    directions: np.ndarray,
+    origin: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    settings: LandscapeSettings,
+) -> np.ndarray:
     """The arm's training loss at final + (x − origin_x)·d1 + (y − origin_y)·d2 for the grid."""
     data, tasks, device = assembly.data, assembly.tasks, assembly.device
     train_x = poisons.for_arm(arm)
@@ -94,16 +107,20 @@ def loss_grid(assembly: Assembly, poisons: PoisonedInputs, arm: Arm, final: np.n
     defence = assembly.components.build("defence", arm.defence.name, arm.defence.params)
     x = defence.transform_images(train_x[idx], torch.Generator().manual_seed(arm.seed)).to(device)
     y = targets_to(take_targets(tasks.targets(data.train), idx), device)
-    batches = [(x[part], take_targets(y, part.to(x.device)))
-               for part in torch.arange(len(x)).split(settings.batch_size)]
+    batches = [
+        (x[part], take_targets(y, part.to(x.device)))
+        for part in torch.arange(len(x)).split(settings.batch_size)
+    ]
     torch.manual_seed(arm.seed)
     model = assembly.build_model().to(device)
     _batchnorm_on_batches(model)
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
     if n != final.shape[0]:
-        raise LandscapeError(f"arm {arm.id}: the trajectory holds {final.shape[0]} parameters but the model "
-                             f"rebuilt from the spec has {n}")
+        raise LandscapeError(
+            f"arm {arm.id}: the trajectory holds {final.shape[0]} parameters but the model "
+            f"rebuilt from the spec has {n}"
+        )
     base = torch.as_tensor(final, dtype=torch.float32, device=device)
     d = torch.as_tensor(directions, dtype=torch.float32, device=device)
     out = np.empty((len(ys), len(xs)))
@@ -114,7 +131,11 @@ def loss_grid(assembly: Assembly, poisons: PoisonedInputs, arm: Arm, final: np.n
             total = 0.0
             for xb, yb in batches:
                 out_b = model(xb)
-                out_b = {k: v.float() for k, v in out_b.items()} if isinstance(out_b, dict) else out_b.float()
+                out_b = (
+                    {k: v.float() for k, v in out_b.items()}
+                    if isinstance(out_b, dict)
+                    else out_b.float()
+                )
                 total += float(tasks.loss(out_b, yb)) * len(xb)
             out[j, i] = total / len(x)
     return out
@@ -124,8 +145,13 @@ def _wanted(arm: Arm, names: list[str] | None) -> bool:
     return names is None or arm.id in names or arm.poison_key in names
 
 
-def compute_panels(run_dir: Path, components: Components, arms: list[str] | None = None,
-                   settings: LandscapeSettings | None = None, log=print) -> list[LandscapePanel]:
+def compute_panels(
+    run_dir: Path,
+    components: Components,
+    arms: list[str] | None = None,
+    settings: LandscapeSettings | None = None,
+    log=print,
+) -> list[LandscapePanel]:
     """One landscape panel per traced arm (clean first), each on its own trajectory's plane."""
     settings = settings or LandscapeSettings()
     folder = RunFolder(run_dir)
@@ -136,8 +162,10 @@ def compute_panels(run_dir: Path, components: Components, arms: list[str] | None
     if arms is not None:
         unknown = [a for a in arms if not any(_wanted(p, [a]) for p in planned)]
         if unknown:
-            raise LandscapeError(f"no arm {', '.join(map(repr, unknown))} in this run; arms: "
-                                 + ", ".join(p.id for p in planned))
+            raise LandscapeError(
+                f"no arm {', '.join(map(repr, unknown))} in this run; arms: "
+                + ", ".join(p.id for p in planned)
+            )
     present = set(store.arm_ids())
     panels = []
     multi = len(assembly.spec.seeds) > 1
@@ -147,32 +175,65 @@ def compute_panels(run_dir: Path, components: Components, arms: list[str] | None
         traced = store.read_trajectory(arm.id)
         if traced is None or len(traced[0]) == 0:
             if arms is not None:
-                raise LandscapeError(f"arm {arm.id} saved no trajectory; enable `landscape` in the spec "
-                                     "(and list the arm under landscape.arms) and run it again")
+                raise LandscapeError(
+                    f"arm {arm.id} saved no trajectory; enable `landscape` in the spec "
+                    "(and list the arm under landscape.arms) and run it again"
+                )
             continue
         steps, matrix = traced
         if steps[0] != 0:
-            log(f"warning: {arm.id}: snapshots before step {steps[0]} were lost (the run file was rebuilt "
-                "from checkpoints); the path starts there")
+            log(
+                f"warning: {arm.id}: snapshots before step {steps[0]} were lost (the run file was rebuilt "
+                "from checkpoints); the path starts there"
+            )
         path, directions, explained = pca_plane(matrix, settings.components)
         xs = _grid_axis(path[:, 0], settings.grid, settings.margin)
         ys = _grid_axis(path[:, 1], settings.grid, settings.margin)
-        log(f"{arm.id}: {matrix.shape[0]} snapshots of {matrix.shape[1]} parameters; "
-            f"loss on a {settings.grid}×{settings.grid} grid")
-        loss = loss_grid(assembly, poisons, arm, matrix[-1].astype(np.float64), directions, path[-1], xs, ys, settings)
-        text = arm.poison_key if arm.defence_key == "none" else f"{arm.poison_key} + {arm.defence_key}"
-        panels.append(LandscapePanel(
-            label=f"{text} (seed {arm.seed})" if multi else text, xs=xs, ys=ys, loss=loss, path=path,
-            components=settings.components, explained=explained, steps=steps,
-        ))
+        log(
+            f"{arm.id}: {matrix.shape[0]} snapshots of {matrix.shape[1]} parameters; "
+            f"loss on a {settings.grid}×{settings.grid} grid"
+        )
+        loss = loss_grid(
+            assembly,
+            poisons,
+            arm,
+            matrix[-1].astype(np.float64),
+            directions,
+            path[-1],
+            xs,
+            ys,
+            settings,
+        )
+        text = (
+            arm.poison_key if arm.defence_key == "none" else f"{arm.poison_key} + {arm.defence_key}"
+        )
+        panels.append(
+            LandscapePanel(
+                label=f"{text} (seed {arm.seed})" if multi else text,
+                xs=xs,
+                ys=ys,
+                loss=loss,
+                path=path,
+                components=settings.components,
+                explained=explained,
+                steps=steps,
+            )
+        )
     if not panels:
-        raise LandscapeError(f"{store.path}: no arm saved a parameter trajectory; set `landscape: "
-                             "{enabled: true}` in the spec and run it")
+        raise LandscapeError(
+            f"{store.path}: no arm saved a parameter trajectory; set `landscape: "
+            "{enabled: true}` in the spec and run it"
+        )
     return panels
 
 
-def draw_landscape(run_dir: Path, components: Components, arms: list[str] | None = None,
-                   settings: LandscapeSettings | None = None, log=print) -> Path:
+def draw_landscape(
+    run_dir: Path,
+    components: Components,
+    arms: list[str] | None = None,
+    settings: LandscapeSettings | None = None,
+    log=print,
+) -> Path:
     """`RUN/figures/landscape_pc<i>-<j>.png`; returns its path."""
     settings = settings or LandscapeSettings()
     panels = compute_panels(run_dir, components, arms, settings, log)
@@ -187,5 +248,7 @@ def parse_components(text: str) -> tuple[int, int]:
     try:
         a, b = (int(v) for v in text.split(","))
     except ValueError:
-        raise LandscapeError(f"--components {text!r}: give two component numbers, such as 1,2 or 3,4") from None
+        raise LandscapeError(
+            f"--components {text!r}: give two component numbers, such as 1,2 or 3,4"
+        ) from None
     return a, b

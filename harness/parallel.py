@@ -12,8 +12,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 
-def run_in_threads(n: int, work: Callable[[int], None], *, chunk_size: int = 256, workers: int = 4,
-                   on_chunk: Callable[[int, int], None] | None = None) -> None:
+def run_in_threads(
+    n: int,
+    work: Callable[[int], None],
+    *,
+    chunk_size: int = 256,
+    workers: int = 4,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> None:
     """Call `work(i)` for every i < n from up to `workers` threads; `on_chunk(done, total)` after
     each chunk completes, in order."""
     chunks = [range(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]

@@ -49,15 +49,20 @@ def sign_step(delta: Tensor, grad: Tensor, step_size: float, descend: bool) -> T
     return delta - step_size * grad.sign() if descend else delta + step_size * grad.sign()
 
 
-def uniform_start(shape: Sequence[int], epsilon: float, generator: torch.Generator,
-                  device: torch.device) -> Tensor:
+def uniform_start(
+    shape: Sequence[int], epsilon: float, generator: torch.Generator, device: torch.device
+) -> Tensor:
     """U(−ε, ε) noise drawn on the CPU (so the draw is the same on every device)."""
     return ((torch.rand(tuple(shape), generator=generator) * 2 - 1) * epsilon).to(device)
 
 
 def input_gradient(
-    model: nn.Module, z: Tensor, y: Tensor, loss_fn: LossFn,
-    augment: Augmentation | None = None, generator: torch.Generator | None = None,
+    model: nn.Module,
+    z: Tensor,
+    y: Tensor,
+    loss_fn: LossFn,
+    augment: Augmentation | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """∇_z loss(model(aug(z)), y) at the (already clamped) input z, and the loss.
 

@@ -53,8 +53,13 @@ class Components:
     def __getitem__(self, kind: str) -> Registry:
         return self.registries[kind]
 
-    def build(self, kind: str, name: str, params: dict[str, Any] | BaseModel,
-              context: BuildContext | None = None) -> Any:
+    def build(
+        self,
+        kind: str,
+        name: str,
+        params: dict[str, Any] | BaseModel,
+        context: BuildContext | None = None,
+    ) -> Any:
         """Build a component: `factory(validated params, context)`, checked against its kind.
 
         Every kind is built this way. An error the factory raises on its inputs (a `HarnessError`,
@@ -77,8 +82,10 @@ class Components:
         except Exception as exc:  # a plugin's bug: name it instead of showing its traceback
             raise ComponentError(f"{who} failed to build: {type(exc).__name__}: {exc}") from exc
         if not isinstance(built, record.builds):
-            raise ComponentError(f"{who}: its factory returned a {type(built).__name__}, "
-                                 f"not a {record.builds.__name__}")
+            raise ComponentError(
+                f"{who}: its factory returned a {type(built).__name__}, "
+                f"not a {record.builds.__name__}"
+            )
         return built
 
 
@@ -140,7 +147,9 @@ def load_components(
     for plugin_name, dist, version, plugin in candidates:
         problems = _unknown_hooks(plugin)
         if problems:
-            components.failures.append(PluginFailure(plugin_name, dist, version, "; ".join(problems)))
+            components.failures.append(
+                PluginFailure(plugin_name, dist, version, "; ".join(problems))
+            )
             continue
         if pm.has_plugin(plugin_name) or pm.is_registered(plugin):
             continue
@@ -159,21 +168,31 @@ def load_components(
                 records = impl.function()
             except Exception as exc:
                 components.failures.append(
-                    PluginFailure(impl.plugin_name, dist, version, f"{hook_name} raised {_describe(exc)}")
+                    PluginFailure(
+                        impl.plugin_name, dist, version, f"{hook_name} raised {_describe(exc)}"
+                    )
                 )
                 continue
             if not isinstance(records, (list, tuple)):
                 components.failures.append(
-                    PluginFailure(impl.plugin_name, dist, version,
-                                  f"{hook_name} returned {type(records).__name__}, not a list")
+                    PluginFailure(
+                        impl.plugin_name,
+                        dist,
+                        version,
+                        f"{hook_name} returned {type(records).__name__}, not a list",
+                    )
                 )
                 continue
             for record in records:
                 if not isinstance(record, record_type):
                     components.failures.append(
-                        PluginFailure(impl.plugin_name, dist, version,
-                                      f"{hook_name} returned a {type(record).__name__}, "
-                                      f"expected {record_type.__name__}")
+                        PluginFailure(
+                            impl.plugin_name,
+                            dist,
+                            version,
+                            f"{hook_name} returned a {type(record).__name__}, "
+                            f"expected {record_type.__name__}",
+                        )
                     )
                     continue
                 problems = record.problems()

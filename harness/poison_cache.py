@@ -32,7 +32,13 @@ def data_fingerprint(x: Tensor, y: Tensor) -> str:
 
 
 def poison_key(poison: dict[str, Any], dataset: dict[str, Any], fingerprint: str, seed: int) -> str:
-    identity = {"format": FORMAT, "poison": poison, "dataset": dataset, "data": fingerprint, "seed": seed}
+    identity = {
+        "format": FORMAT,
+        "poison": poison,
+        "dataset": dataset,
+        "data": fingerprint,
+        "seed": seed,
+    }
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -24,8 +24,9 @@ from harness.spec import ComponentRef
 
 
 class PoisonedInputs:
-    def __init__(self, assembly: Assembly, cache: PoisonCache | None = None,
-                 reporter: Reporter | None = None) -> None:
+    def __init__(
+        self, assembly: Assembly, cache: PoisonCache | None = None, reporter: Reporter | None = None
+    ) -> None:
         self.assembly = assembly
         self.cache = cache if cache is not None else PoisonCache()
         self.reporter = reporter or Reporter()
@@ -49,8 +50,12 @@ class PoisonedInputs:
         info = component_info(components, "poison", ref)
         craft, craft_label = assembly.crafting_tasks(ref)
         if ref.crafting_task is not None:
-            info["crafting_task"] = craft_label  # absent otherwise, so older cache entries still match
-        cache_key = poison_key(info, dataset, data_fingerprint(data.train.x, data.train.y), arm.seed)
+            info["crafting_task"] = (
+                craft_label  # absent otherwise, so older cache entries still match
+            )
+        cache_key = poison_key(
+            info, dataset, data_fingerprint(data.train.x, data.train.y), arm.seed
+        )
         poison: Poison = components.build("poison", ref.name, ref.params)
         cached = self.cache.load(cache_key, tuple(data.train.x.shape)) if poison.cacheable else None
         if cached is not None:
@@ -58,12 +63,17 @@ class PoisonedInputs:
             return cached[0]
         self.reporter.stage(f"generating poison {ref.key} (seed {arm.seed})")
         ctx = PoisonContext(
-            seed=arm.seed, device=assembly.device, data=data,
-            build_model=lambda name, params: assembly.build_model(ComponentRef(name=name, params=params or {}),
-                                                                  craft),
+            seed=arm.seed,
+            device=assembly.device,
+            data=data,
+            build_model=lambda name, params: assembly.build_model(
+                ComponentRef(name=name, params=params or {}), craft
+            ),
             task_loss=craft.loss,
             cache_dir=self.cache.root,
-            progress=lambda message, fraction: self.reporter.poison_progress(ref.key, message, fraction),
+            progress=lambda message, fraction: self.reporter.poison_progress(
+                ref.key, message, fraction
+            ),
             targets=craft.targets(data.train),
             classification=craft.classification,
             crafting_task=craft_label,
@@ -73,8 +83,10 @@ class PoisonedInputs:
         seconds = time.perf_counter() - started
         if not isinstance(x, Tensor) or tuple(x.shape) != tuple(data.train.x.shape):
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise PluginError(f"poison {ref.name!r} returned inputs of shape {shape}, "
-                              f"expected {tuple(data.train.x.shape)}")
+            raise PluginError(
+                f"poison {ref.name!r} returned inputs of shape {shape}, "
+                f"expected {tuple(data.train.x.shape)}"
+            )
         x = x.detach().to(torch.float32).cpu()
         if poison.cacheable:
             self.cache.save(cache_key, x, {"seconds": seconds, "poison": ref.name})

@@ -30,7 +30,9 @@ class Problems:
     def add(self, message: str, kind: type[HarnessError] = SpecError) -> None:
         self.found.append((message, kind))
 
-    def attempt(self, build: Callable[[], Any], describe: Callable[[Exception], str] | None = None) -> Any:
+    def attempt(
+        self, build: Callable[[], Any], describe: Callable[[Exception], str] | None = None
+    ) -> Any:
         """`build()`, or None with its error recorded (as `describe(error)` when given)."""
         try:
             return build()
@@ -48,8 +50,13 @@ class Problems:
         raise kind("\n".join(message for message, _ in self.found))
 
 
-def preflight(loaded: LoadedSpec, components: Components, *, folder: RunFolder | None = None,
-              fresh: bool = False) -> Assembly:
+def preflight(
+    loaded: LoadedSpec,
+    components: Components,
+    *,
+    folder: RunFolder | None = None,
+    fresh: bool = False,
+) -> Assembly:
     """Check everything and return the assembly the run will use; raise listing every problem.
 
     With a run folder, also check that it can hold this spec's run (new, or this spec's run to
@@ -59,21 +66,29 @@ def preflight(loaded: LoadedSpec, components: Components, *, folder: RunFolder |
     problems = Problems()
     data: DataBundle | None = problems.attempt(lambda: load_data(spec, components, where))
     if data is not None and spec.training.augmentation and not data.is_image:
-        problems.add(f"{where(('training', 'augmentation'))}: training.augmentation: data set "
-                     f"{spec.data.name!r} has inputs of shape {data.input_shape}, not images")
+        problems.add(
+            f"{where(('training', 'augmentation'))}: training.augmentation: data set "
+            f"{spec.data.name!r} has inputs of shape {data.input_shape}, not images"
+        )
     tasks: TaskSet | None = problems.attempt(lambda: build_tasks(spec, components, where))
     if tasks is not None and data is not None:
         for loc, label, _ in task_refs(spec):
-            problems.attempt(lambda label=label: tasks.heads[label].check_data(data),
-                             lambda exc, loc=loc: f"{where(loc)}: {exc}")
+            problems.attempt(
+                lambda label=label: tasks.heads[label].check_data(data),
+                lambda exc, loc=loc: f"{where(loc)}: {exc}",
+            )
     if tasks is not None and tasks.dense and spec.training.augmentation:
-        problems.add(f"{where(('training', 'augmentation'))}: training.augmentation: crop and flip move the "
-                     "pixels but not the dense targets (masks, depth, key points); set `augmentation: []` "
-                     "for dense tasks")
+        problems.add(
+            f"{where(('training', 'augmentation'))}: training.augmentation: crop and flip move the "
+            "pixels but not the dense targets (masks, depth, key points); set `augmentation: []` "
+            "for dense tasks"
+        )
     _check_defences(loaded, components, tasks, problems)
     _check_poisons(loaded, components, problems)
-    device_ok = problems.attempt(lambda: resolve_device(spec.training.device),
-                                 lambda exc: f"{where(('training', 'device'))}: training.device: {exc}")
+    device_ok = problems.attempt(
+        lambda: resolve_device(spec.training.device),
+        lambda exc: f"{where(('training', 'device'))}: training.device: {exc}",
+    )
     assembly = None
     if data is not None and tasks is not None and device_ok is not None:
         assembly = problems.attempt(lambda: Assembly(spec, loaded.source, components, data, tasks))
@@ -87,28 +102,38 @@ def preflight(loaded: LoadedSpec, components: Components, *, folder: RunFolder |
     return assembly
 
 
-def _check_defences(loaded: LoadedSpec, components: Components, tasks: TaskSet | None,
-                    problems: Problems) -> None:
+def _check_defences(
+    loaded: LoadedSpec, components: Components, tasks: TaskSet | None, problems: Problems
+) -> None:
     where = loaded.source.where
     for i, ref in enumerate(loaded.spec.defences):
         loc = ("defences", i, "name")
         defence = _build(components, "defence", ref, where(loc), f"defences.{i}", problems)
         if defence is not None and tasks is not None and tasks.non_class and defence.mixes_labels:
-            problems.add(f"{where(loc)}: defence {ref.name!r} mixes images and class labels across a batch, "
-                         "which has no meaning for the dense or multi-task targets of this spec")
+            problems.add(
+                f"{where(loc)}: defence {ref.name!r} mixes images and class labels across a batch, "
+                "which has no meaning for the dense or multi-task targets of this spec"
+            )
 
 
 def _check_poisons(loaded: LoadedSpec, components: Components, problems: Problems) -> None:
     where = loaded.source.where
     for i, ref in enumerate(loaded.spec.poisons):
         _build(components, "poison", ref, where(("poisons", i, "name")), f"poisons.{i}", problems)
-        if ref.crafting_task is not None and not components.get("poison", ref.name).record.task_aware:
-            problems.add(f"{where(('poisons', i, 'crafting_task'))}: poisons.{i}.crafting_task: poison "
-                         f"{ref.name!r} does not declare `task_aware`, so it cannot be crafted against another "
-                         "task's loss")
+        if (
+            ref.crafting_task is not None
+            and not components.get("poison", ref.name).record.task_aware
+        ):
+            problems.add(
+                f"{where(('poisons', i, 'crafting_task'))}: poisons.{i}.crafting_task: poison "
+                f"{ref.name!r} does not declare `task_aware`, so it cannot be crafted against another "
+                "task's loss"
+            )
 
 
-def _build(components: Components, kind: str, ref: Any, where: str, field: str, problems: Problems) -> Any:
+def _build(
+    components: Components, kind: str, ref: Any, where: str, field: str, problems: Problems
+) -> Any:
     """The component, built as an arm will build it (so its constructor's checks run), or None."""
     try:
         return components.build(kind, ref.name, ref.params)
@@ -119,7 +144,10 @@ def _build(components: Components, kind: str, ref: Any, where: str, field: str, 
 
 def _check_crafting_tasks(assembly: Assembly, problems: Problems) -> None:
     for i, ref in enumerate(assembly.spec.poisons):
-        if ref.crafting_task is None or not assembly.components.get("poison", ref.name).record.task_aware:
+        if (
+            ref.crafting_task is None
+            or not assembly.components.get("poison", ref.name).record.task_aware
+        ):
             continue
         where = assembly.where(("poisons", i, "crafting_task"))
         try:
@@ -131,7 +159,9 @@ def _check_crafting_tasks(assembly: Assembly, problems: Problems) -> None:
 def _check_model(assembly: Assembly, problems: Problems) -> None:
     spec = assembly.spec
     if not assembly.layers:
-        problems.add(f"{assembly.where(('backbone',))}: the model has no Conv2d or Linear layer for SAL to score")
+        problems.add(
+            f"{assembly.where(('backbone',))}: the model has no Conv2d or Linear layer for SAL to score"
+        )
     landscape = spec.landscape
     n = assembly.trainable_parameters
     if landscape.enabled and n > landscape.max_params:

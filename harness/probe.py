@@ -39,9 +39,19 @@ class ProbeResult:
 
 
 class SALProbe:
-    def __init__(self, settings: SALSpec, augmentation: list[AugmentationSpec], tasks: TaskSet,
-                 layers: list[str], task_layers: list[str], train: Split, defence: Defence, seed: int,
-                 autocast=None, on_layer: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: SALSpec,
+        augmentation: list[AugmentationSpec],
+        tasks: TaskSet,
+        layers: list[str],
+        task_layers: list[str],
+        train: Split,
+        defence: Defence,
+        seed: int,
+        autocast=None,
+        on_layer: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.augmentation = augmentation
         self.tasks = tasks
@@ -63,12 +73,16 @@ class SALProbe:
         """
         sal = self._sal(model, epoch, train_loss, self.tasks.loss, self.layers)
         task_sal = {
-            label: self._sal(model, epoch, None, self.tasks.task_loss(label), self.task_layers).values
+            label: self._sal(
+                model, epoch, None, self.tasks.task_loss(label), self.task_layers
+            ).values
             for label in self.tasks.per_task_labels
         }
         return ProbeResult(sal, task_sal)
 
-    def _sal(self, model: nn.Module, epoch: int, train_loss: float | None, loss_fn, layers: list[str]) -> SALResult:
+    def _sal(
+        self, model: nn.Module, epoch: int, train_loss: float | None, loss_fn, layers: list[str]
+    ) -> SALResult:
         settings, train = self.settings, self.train
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         x = self.defence.transform_images(train.x[self.indices.to(train.x.device)], g)
@@ -88,17 +102,23 @@ class SALProbe:
             return batches(batch_order(n, bs, g, drop_last=True), settings.probe_augment)
 
         def eval_batches(_: int) -> list[tuple[Tensor, Tensor]]:
-            order = batch_order(n, bs, g) if settings.probe_augment else list(torch.arange(n).split(bs))
+            order = (
+                batch_order(n, bs, g) if settings.probe_augment else list(torch.arange(n).split(bs))
+            )
             return batches(order, settings.probe_augment)
 
         fixed_eval = None if settings.probe_augment else eval_batches(0)
         total = len(self.layers)
         return compute_sal(
-            model, layers, loss_fn,
+            model,
+            layers,
+            loss_fn,
             SALSettings(settings.epsilon, settings.iterations, settings.inner_lr),
             train_batches=train_batches,
             eval_batches=(lambda _: fixed_eval) if fixed_eval is not None else eval_batches,
-            base_loss=train_loss if settings.base_loss == "train-running-mean" and train_loss is not None else None,
+            base_loss=train_loss
+            if settings.base_loss == "train-running-mean" and train_loss is not None
+            else None,
             autocast=self.autocast,
             on_layer=(lambda i: self.on_layer(i, total)) if self.on_layer is not None else None,
         )

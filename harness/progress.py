@@ -20,16 +20,20 @@ class Reporter:
 
 def _test_text(row: dict[str, Any], digits: int = 4) -> str:
     """The test metric, or every task's for a multi-task arm (whose single metric is NaN)."""
-    per_task = {k.removeprefix("test_metric."): v for k, v in row.items() if k.startswith("test_metric.")}
+    per_task = {
+        k.removeprefix("test_metric."): v for k, v in row.items() if k.startswith("test_metric.")
+    }
     if not per_task:
         return f"test {row['test_metric']:.{digits}f}"
     return "test " + " ".join(f"{task} {value:.{digits - 1}f}" for task, value in per_task.items())
 
 
 def _epoch_line(arm_id: str, epoch: int, epochs: int, row: dict[str, Any]) -> str:
-    return (f"{arm_id}: epoch {epoch}/{epochs} loss {row['train_loss']:.4f} "
-            f"{_test_text(row)} sal [{min(row['sal']):.3g}, {max(row['sal']):.3g}] "
-            f"({row['train_seconds']:.1f}s train, {row['sal_seconds']:.1f}s SAL)")
+    return (
+        f"{arm_id}: epoch {epoch}/{epochs} loss {row['train_loss']:.4f} "
+        f"{_test_text(row)} sal [{min(row['sal']):.3g}, {max(row['sal']):.3g}] "
+        f"({row['train_seconds']:.1f}s train, {row['sal_seconds']:.1f}s SAL)"
+    )
 
 
 class LineReporter(Reporter):
@@ -50,7 +54,10 @@ class LineReporter(Reporter):
         self._print(message)
 
     def arm_start(self, arm_id: str, epochs: int, done: int) -> None:
-        self._print(f"{arm_id}: training {epochs} epochs" + (f" (resuming after epoch {done})" if done else ""))
+        self._print(
+            f"{arm_id}: training {epochs} epochs"
+            + (f" (resuming after epoch {done})" if done else "")
+        )
 
     def epoch_done(self, arm_id: str, epoch: int, epochs: int, row: dict[str, Any]) -> None:
         self._print(_epoch_line(arm_id, epoch, epochs, row))
@@ -73,9 +80,13 @@ class RichReporter(Reporter):
 
         self.console = Console(stderr=True)
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-            console=self.console, transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
         )
         self.progress.start()
         self.tasks: dict[str, Any] = {}
@@ -86,7 +97,9 @@ class RichReporter(Reporter):
 
     def arm_start(self, arm_id: str, epochs: int, done: int) -> None:
         self.epochs[arm_id] = epochs
-        self.tasks[arm_id] = self.progress.add_task(arm_id, total=epochs, completed=done, status="training")
+        self.tasks[arm_id] = self.progress.add_task(
+            arm_id, total=epochs, completed=done, status="training"
+        )
 
     def sal_layer(self, arm_id: str, index: int, total: int) -> None:
         task = self.tasks.get(arm_id)
@@ -94,8 +107,11 @@ class RichReporter(Reporter):
             self.progress.update(task, status=f"SAL layer {index + 1}/{total}")
 
     def epoch_done(self, arm_id: str, epoch: int, epochs: int, row: dict[str, Any]) -> None:
-        self.progress.update(self.tasks[arm_id], completed=epoch,
-                             status=f"loss {row['train_loss']:.3f} {_test_text(row, 3)}")
+        self.progress.update(
+            self.tasks[arm_id],
+            completed=epoch,
+            status=f"loss {row['train_loss']:.3f} {_test_text(row, 3)}",
+        )
 
     def arm_done(self, arm_id: str, skipped: bool = False) -> None:
         if skipped:
@@ -105,7 +121,9 @@ class RichReporter(Reporter):
         task_id = f"poison:{label}"
         if task_id not in self.tasks:
             self.tasks[task_id] = self.progress.add_task(f"poison {label}", total=1.0, status="")
-        self.progress.update(self.tasks[task_id], completed=max(0.0, min(1.0, fraction)), status=message)
+        self.progress.update(
+            self.tasks[task_id], completed=max(0.0, min(1.0, fraction)), status=message
+        )
 
     def close(self) -> None:
         self.progress.stop()

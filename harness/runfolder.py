@@ -105,8 +105,10 @@ class RunFolder:
         """Refuse, before anything is written, a folder that holds something else than this spec's run."""
         if not self.resolved_spec_file.exists():
             if self.path.exists() and any(self.path.iterdir()):
-                raise RunStateError(f"{self.path} exists and is not a harness run; choose another "
-                                    "name or output folder")
+                raise RunStateError(
+                    f"{self.path} exists and is not a harness run; choose another "
+                    "name or output folder"
+                )
             return
         stored = json.loads(self.resolved_spec_file.read_text())
         if stored.get("spec_hash") == spec_hash or fresh:
@@ -117,8 +119,14 @@ class RunFolder:
             "is kept, renamed), or change `name`."
         )
 
-    def open(self, spec_text: str, resolved: dict[str, Any], spec_hash: str, name: str,
-             stage=lambda message: None) -> RunStore:
+    def open(
+        self,
+        spec_text: str,
+        resolved: dict[str, Any],
+        spec_hash: str,
+        name: str,
+        stage=lambda message: None,
+    ) -> RunStore:
         """Create the folder, or reopen it for resuming: the spec files, and a readable run file.
 
         A folder holding another spec's run (reachable only with --fresh) is moved aside first.
@@ -135,18 +143,25 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         if not self.resolved_spec_file.exists():
             atomic_write_text(self.spec_file, spec_text)
-            atomic_write_text(self.resolved_spec_file,
-                              json.dumps({"spec_hash": spec_hash, "spec": resolved}, indent=2))
+            atomic_write_text(
+                self.resolved_spec_file,
+                json.dumps({"spec_hash": spec_hash, "spec": resolved}, indent=2),
+            )
         store = self.store()
         if not store.path.exists() or not store.intact():
             if store.path.exists():
                 store.path.replace(store.path.with_suffix(".h5.damaged"))
                 stage("run.h5 was damaged by an interrupted write; rebuilding it from checkpoints")
-            store.create({
-                "spec": resolved, "spec_hash": spec_hash, "spec_name": name,
-                "harness_version": harness_version(), "git_revision": git_revision() or "",
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            })
+            store.create(
+                {
+                    "spec": resolved,
+                    "spec_hash": spec_hash,
+                    "spec_name": name,
+                    "harness_version": harness_version(),
+                    "git_revision": git_revision() or "",
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                }
+            )
         return store
 
     # --- one arm --------------------------------------------------------------------------------------
@@ -159,11 +174,24 @@ class RunFolder:
 
     def begin_arm(self, arm_id: str, state: ArmState) -> None:
         """A new arm's (empty) group in run.h5."""
-        self.store().init_arm(arm_id, state.config, state.hardware, state.layers, state.epochs,
-                              state.task_labels or None, state.task_layers or None)
+        self.store().init_arm(
+            arm_id,
+            state.config,
+            state.hardware,
+            state.layers,
+            state.epochs,
+            state.task_labels or None,
+            state.task_layers or None,
+        )
 
-    def record_epoch(self, arm_id: str, state: ArmState, row: EpochRow,
-                     snapshots: tuple[list[int], list[np.ndarray]], every_steps: int) -> None:
+    def record_epoch(
+        self,
+        arm_id: str,
+        state: ArmState,
+        row: EpochRow,
+        snapshots: tuple[list[int], list[np.ndarray]],
+        every_steps: int,
+    ) -> None:
         """One finished epoch: trajectory snapshots, then the checkpoint, then the row.
 
         The snapshots go in before the checkpoint: a resume cuts the trajectory back to the

@@ -44,9 +44,16 @@ from harness.training import evaluate_all, make_optimizer, make_scheduler, on_de
 from harness.trajectory import ParameterTracer
 
 
-def run_arm(loaded: LoadedSpec, arm: Arm, folder: RunFolder, *, components: Components | None = None,
-            assembly: Assembly | None = None, poisons: PoisonedInputs | None = None,
-            reporter: Reporter | None = None) -> None:
+def run_arm(
+    loaded: LoadedSpec,
+    arm: Arm,
+    folder: RunFolder,
+    *,
+    components: Components | None = None,
+    assembly: Assembly | None = None,
+    poisons: PoisonedInputs | None = None,
+    reporter: Reporter | None = None,
+) -> None:
     """Train one arm to its last epoch, resuming from its checkpoint, recording into `folder`.
 
     The folder must be open (`RunFolder.open`). `assembly` and `poisons` let arms of one process
@@ -75,8 +82,12 @@ def run_arm(loaded: LoadedSpec, arm: Arm, folder: RunFolder, *, components: Comp
 
     if state is None:
         state = ArmState(
-            config=assembly.arm_config(arm), hardware=hardware(device), layers=assembly.layers,
-            epochs=recipe.epochs, task_labels=tasks.per_task_labels, task_layers=assembly.task_layers,
+            config=assembly.arm_config(arm),
+            hardware=hardware(device),
+            layers=assembly.layers,
+            epochs=recipe.epochs,
+            task_labels=tasks.per_task_labels,
+            task_layers=assembly.task_layers,
         )
         folder.begin_arm(arm.id, state)
     else:
@@ -89,21 +100,46 @@ def run_arm(loaded: LoadedSpec, arm: Arm, folder: RunFolder, *, components: Comp
     done = state.epochs_done
     reporter.arm_start(arm.id, recipe.epochs, done)
     every = spec.landscape.every_steps
-    tracer = ParameterTracer(model, optimizer, state.steps, every if spec.traces(arm.id, arm.poison_key) else None)
+    tracer = ParameterTracer(
+        model, optimizer, state.steps, every if spec.traces(arm.id, arm.poison_key) else None
+    )
     if done == 0:
         tracer.snapshot()  # step 0: the initial parameters, written with the first epoch
 
     data = assembly.data
     train = on_device(data.train.with_inputs(train_x), device)
     test = on_device(data.test, device)
-    probe = SALProbe(spec.sal, recipe.augmentation, tasks, assembly.layers, assembly.task_layers, train,
-                     defence, arm.seed, assembly.autocast,
-                     on_layer=lambda i, total: reporter.sal_layer(arm.id, i, total))
+    probe = SALProbe(
+        spec.sal,
+        recipe.augmentation,
+        tasks,
+        assembly.layers,
+        assembly.task_layers,
+        train,
+        defence,
+        arm.seed,
+        assembly.autocast,
+        on_layer=lambda i, total: reporter.sal_layer(arm.id, i, total),
+    )
     for epoch in range(done + 1, recipe.epochs + 1):
         t0 = time.perf_counter()
-        train_loss = train_epoch(model, train, tasks, defence, recipe, optimizer, generator, device, epoch,
-                                 data.num_classes, data.value_range, scaler)
-        test_loss, metric = evaluate_all(model, test, tasks, max(recipe.batch_size, 256), device, recipe.amp)
+        train_loss = train_epoch(
+            model,
+            train,
+            tasks,
+            defence,
+            recipe,
+            optimizer,
+            generator,
+            device,
+            epoch,
+            data.num_classes,
+            data.value_range,
+            scaler,
+        )
+        test_loss, metric = evaluate_all(
+            model, test, tasks, max(recipe.batch_size, 256), device, recipe.amp
+        )
         test_metric = metric.compute()
         t1 = time.perf_counter()
         measured = probe.measure(model, epoch, train_loss)
@@ -112,10 +148,19 @@ def run_arm(loaded: LoadedSpec, arm: Arm, folder: RunFolder, *, components: Comp
         scheduler.step()
         sal = measured.sal
         row = EpochRow(
-            sal=sal.values, sal_ascent_loss=sal.ascent_losses, sal_descent_loss=sal.descent_losses,
-            metrics={"train_loss": train_loss, "test_loss": test_loss, "test_metric": test_metric,
-                     "sal_base_loss": sal.base_loss, "lr": lr,
-                     "train_seconds": t1 - t0, "sal_seconds": t2 - t1, **tasks.metric_row(metric)},
+            sal=sal.values,
+            sal_ascent_loss=sal.ascent_losses,
+            sal_descent_loss=sal.descent_losses,
+            metrics={
+                "train_loss": train_loss,
+                "test_loss": test_loss,
+                "test_metric": test_metric,
+                "sal_base_loss": sal.base_loss,
+                "lr": lr,
+                "train_seconds": t1 - t0,
+                "sal_seconds": t2 - t1,
+                **tasks.metric_row(metric),
+            },
             task_sal=measured.task_sal,
         )
         state.rows.append(row)
@@ -138,15 +183,24 @@ class Runner:
     trains the arms one after another in this process.
     """
 
-    def __init__(self, loaded: LoadedSpec, components: Components, *, output_root: Path | str | None = None,
-                 fresh: bool = False, reporter: Reporter | None = None,
-                 poison_cache: PoisonCache | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedSpec,
+        components: Components,
+        *,
+        output_root: Path | str | None = None,
+        fresh: bool = False,
+        reporter: Reporter | None = None,
+        poison_cache: PoisonCache | None = None,
+    ) -> None:
         self.loaded = loaded
         self.spec = loaded.spec
         self.components = components
         self.reporter = reporter or Reporter()
         self.fresh = fresh
-        self.folder = RunFolder.for_spec(self.spec.name, output_root if output_root is not None else self.spec.output)
+        self.folder = RunFolder.for_spec(
+            self.spec.name, output_root if output_root is not None else self.spec.output
+        )
         self.poison_cache = poison_cache
         self.assembly: Assembly | None = None
 
@@ -156,18 +210,32 @@ class Runner:
 
     def prepare(self) -> Assembly:
         self.reporter.stage(f"loading data set {self.spec.data.name}")
-        self.assembly = preflight(self.loaded, self.components, folder=self.folder, fresh=self.fresh)
+        self.assembly = preflight(
+            self.loaded, self.components, folder=self.folder, fresh=self.fresh
+        )
         return self.assembly
 
     def run(self) -> list[Entry]:
         assembly = self.assembly or self.prepare()
         loaded = self.loaded
-        self.folder.open(loaded.source.as_text(), loaded.resolved(), loaded.hash,
-                         self.spec.name, stage=self.reporter.stage)
+        self.folder.open(
+            loaded.source.as_text(),
+            loaded.resolved(),
+            loaded.hash,
+            self.spec.name,
+            stage=self.reporter.stage,
+        )
         poisons = PoisonedInputs(assembly, self.poison_cache, self.reporter)
         try:
             for arm in plan_arms(self.spec):
-                run_arm(loaded, arm, self.folder, assembly=assembly, poisons=poisons, reporter=self.reporter)
+                run_arm(
+                    loaded,
+                    arm,
+                    self.folder,
+                    assembly=assembly,
+                    poisons=poisons,
+                    reporter=self.reporter,
+                )
         finally:
             self.reporter.close()
         entries = compute_entries(self.folder.path)

@@ -54,7 +54,9 @@ def project_to_ball(w: Tensor, center: Tensor, radius: float) -> Tensor:
 class _Probe:
     """Evaluates the model's loss with one weight replaced, others frozen, in eval mode."""
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, autocast: contextlib.AbstractContextManager | None):
+    def __init__(
+        self, model: nn.Module, loss_fn: LossFn, autocast: contextlib.AbstractContextManager | None
+    ):
         self.model = model
         self.loss_fn = loss_fn
         self.params = {n: p.detach() for n, p in model.named_parameters()}

@@ -36,7 +36,9 @@ def learnable_threshold(clean_sal: np.ndarray) -> tuple[float, np.ndarray]:
     """β (Eq. 4) and the per-epoch β_t it averages."""
     clean_sal = np.asarray(clean_sal, dtype=np.float64)
     if clean_sal.ndim != 2 or clean_sal.shape[0] == 0:
-        raise ValueError(f"clean SAL must be epochs × layers with at least one epoch, got {clean_sal.shape}")
+        raise ValueError(
+            f"clean SAL must be epochs × layers with at least one epoch, got {clean_sal.shape}"
+        )
     per_epoch = np.array([epoch_threshold(row) for row in clean_sal])
     return float(per_epoch.mean()), per_epoch
 
@@ -80,7 +82,9 @@ def task_similarity(task_sal: dict[str, np.ndarray]) -> np.ndarray:
     The vectors are the per-layer SAL of each task's loss over the same backbone layers, as
     recorded; a zero vector has similarity 0 with everything (and 1 with itself).
     """
-    stacked = np.stack([np.asarray(v, dtype=np.float64) for v in task_sal.values()], axis=1)  # [T, K, L]
+    stacked = np.stack(
+        [np.asarray(v, dtype=np.float64) for v in task_sal.values()], axis=1
+    )  # [T, K, L]
     norms = np.linalg.norm(stacked, axis=2, keepdims=True)
     unit = np.divide(stacked, norms, out=np.zeros_like(stacked), where=norms > 0)
     sim = np.einsum("tkl,tjl->tkj", unit, unit)

@@ -36,7 +36,9 @@ def _name_or_mapping(value: Any) -> Any:
 
 class ComponentRef(Strict):
     name: str = Field(pattern=COMPONENT_NAME, description="registered component name")
-    params: dict[str, Any] = Field(default_factory=dict, description="checked against the plugin's Params")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="checked against the plugin's Params"
+    )
 
 
 class ArmComponentRef(ComponentRef):
@@ -61,9 +63,14 @@ class PoisonRef(ArmComponentRef):
 
 
 class TaskRef(ComponentRef):
-    label: str | None = Field(default=None, pattern=SLUG, description="key of this task in files and tables; "
-                                                                        "defaults to the task name")
-    weight: float = Field(default=1.0, gt=0, description="weight of this task's loss in the sum trained")
+    label: str | None = Field(
+        default=None,
+        pattern=SLUG,
+        description="key of this task in files and tables; defaults to the task name",
+    )
+    weight: float = Field(
+        default=1.0, gt=0, description="weight of this task's loss in the sum trained"
+    )
 
     @property
     def key(self) -> str:
@@ -102,7 +109,9 @@ class ScheduleSpec(Strict):
 
 class AugmentationSpec(Strict):
     name: Literal["crop", "flip"]
-    padding: int = Field(default=4, ge=0, description="crop only: zero padding before the random crop")
+    padding: int = Field(
+        default=4, ge=0, description="crop only: zero padding before the random crop"
+    )
     p: float = Field(default=0.5, ge=0, le=1, description="flip only: probability")
 
 
@@ -116,7 +125,9 @@ class TrainingSpec(Strict):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     augmentation: list[Augmentation] = Field(default_factory=list)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
-    amp: bool = Field(default=False, description="mixed precision (bfloat16/float16 autocast on CUDA)")
+    amp: bool = Field(
+        default=False, description="mixed precision (bfloat16/float16 autocast on CUDA)"
+    )
     grad_clip: float | None = Field(default=None, gt=0)
 
 
@@ -125,12 +136,21 @@ class SALSpec(Strict):
         default="reference",
         description="reference: the paper's code (relative L2 ball, SGD ascent and descent, max of the two)",
     )
-    epsilon: float = Field(default=0.05, gt=0, description="ball radius relative to the layer's L2 norm")
-    iterations: int = Field(default=10, gt=0, description="outer iterations: a pass of SGD steps, then projection")
+    epsilon: float = Field(
+        default=0.05, gt=0, description="ball radius relative to the layer's L2 norm"
+    )
+    iterations: int = Field(
+        default=10, gt=0, description="outer iterations: a pass of SGD steps, then projection"
+    )
     inner_lr: float = Field(default=0.1, gt=0)
-    probe_size: int = Field(default=256, gt=0, description="fixed probe subset of the arm's own training data")
+    probe_size: int = Field(
+        default=256, gt=0, description="fixed probe subset of the arm's own training data"
+    )
     probe_batch_size: int = Field(default=256, gt=0)
-    probe_augment: bool = Field(default=False, description="apply the training augmentation to the probe, as the reference does")
+    probe_augment: bool = Field(
+        default=False,
+        description="apply the training augmentation to the probe, as the reference does",
+    )
     base_loss: Literal["eval", "train-running-mean"] = Field(
         default="eval",
         description="eval: base loss in eval mode on the probe (consistent); "
@@ -146,16 +166,24 @@ class LandscapeSpec(Strict):
     adds `arms/<arm>/trajectory` to the run file for `harness landscape`.
     """
 
-    enabled: bool = Field(default=False, description="save the flattened trainable parameters during training")
-    every_steps: int = Field(default=5, gt=0, description="a snapshot every k optimisation steps (and at step 0), "
-                                                           "as the paper does")
+    enabled: bool = Field(
+        default=False, description="save the flattened trainable parameters during training"
+    )
+    every_steps: int = Field(
+        default=5,
+        gt=0,
+        description="a snapshot every k optimisation steps (and at step 0), as the paper does",
+    )
     arms: list[str] | None = Field(
         default=None,
         description="arms to trace: 'clean', a poison label (every defence and seed of it) or a full arm id "
         "such as 'clean__none__s0'; null traces every arm",
     )
-    max_params: int = Field(default=2_000_000, gt=0, description="refuse to trace a model with more trainable "
-                                                                 "parameters than this")
+    max_params: int = Field(
+        default=2_000_000,
+        gt=0,
+        description="refuse to trace a model with more trainable parameters than this",
+    )
 
 
 class Spec(Strict):
@@ -179,7 +207,9 @@ class Spec(Strict):
     )
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
     landscape: LandscapeSpec = Field(default_factory=LandscapeSpec)
-    output: str = Field(default="runs", description="relative folder for runs; no '..', not absolute")
+    output: str = Field(
+        default="runs", description="relative folder for runs; no '..', not absolute"
+    )
 
     @field_validator("output")
     @classmethod
@@ -200,7 +230,9 @@ class Spec(Strict):
 
     @field_validator("poisons", "defences")
     @classmethod
-    def _distinct_arm_labels(cls, value: list[ArmComponentRef], info: ValidationInfo) -> list[ArmComponentRef]:
+    def _distinct_arm_labels(
+        cls, value: list[ArmComponentRef], info: ValidationInfo
+    ) -> list[ArmComponentRef]:
         """Arm labels name files in the run folder and rows in tables: each must be distinct.
 
         The error's context carries `at`, the entry's location under the list, so that the spec
@@ -210,22 +242,32 @@ class Spec(Strict):
         seen: dict[str, int] = {}
         for i, ref in enumerate(value):
             if field == "poisons" and ref.key == CLEAN:
-                raise _arm_error(i, "the label 'clean' is reserved for the clean reference arm; "
-                                    "choose another `label`")
+                raise _arm_error(
+                    i,
+                    "the label 'clean' is reserved for the clean reference arm; "
+                    "choose another `label`",
+                )
             if field == "defences" and ref.key == UNDEFENDED and ref.name != UNDEFENDED:
-                raise _arm_error(i, "the label 'none' is reserved for the undefended arms; "
-                                    "choose another `label`")
+                raise _arm_error(
+                    i,
+                    "the label 'none' is reserved for the undefended arms; choose another `label`",
+                )
             if ARM_ID_SEPARATOR in ref.key:
-                raise _arm_error(i, f"the label {ref.key!r} contains '__', which separates the parts of "
-                                    "arm ids; use a single '_' or '-'")
+                raise _arm_error(
+                    i,
+                    f"the label {ref.key!r} contains '__', which separates the parts of "
+                    "arm ids; use a single '_' or '-'",
+                )
             if ref.key in seen:
-                raise _arm_error(i, f"the label {ref.key!r} is already used by {field}.{seen[ref.key]}; "
-                                    "give each entry a distinct `label`")
+                raise _arm_error(
+                    i,
+                    f"the label {ref.key!r} is already used by {field}.{seen[ref.key]}; "
+                    "give each entry a distinct `label`",
+                )
             seen[ref.key] = i
         if field == "defences" and not any(ref.name == UNDEFENDED for ref in value):
             value = [ArmComponentRef(name=UNDEFENDED), *value]
         return value
-
 
     @field_validator("tasks")
     @classmethod
@@ -233,25 +275,45 @@ class Spec(Strict):
         seen: dict[str, int] = {}
         for i, ref in enumerate(value):
             if ref.key == "all":
-                raise _arm_error(i, "the label 'all' is reserved for the sum of every task; choose another `label`")
+                raise _arm_error(
+                    i,
+                    "the label 'all' is reserved for the sum of every task; choose another `label`",
+                )
             if ref.key in seen:
-                raise _arm_error(i, f"the label {ref.key!r} is already used by tasks.{seen[ref.key]}; "
-                                    "give each task a distinct `label`")
+                raise _arm_error(
+                    i,
+                    f"the label {ref.key!r} is already used by tasks.{seen[ref.key]}; "
+                    "give each task a distinct `label`",
+                )
             seen[ref.key] = i
         return value
 
     @model_validator(mode="after")
     def _task_or_tasks(self) -> Spec:
         # the resolved spec stored in a run holds `task` at its default beside `tasks`: accept that
-        if self.tasks and "task" in self.model_fields_set and self.task != ComponentRef(name="classification"):
-            raise PydanticCustomError("task_or_tasks", "{reason}", {
-                "reason": "give either `task` (one task) or `tasks` (a multi-task model), not both",
-                "at": ("task",)})
+        if (
+            self.tasks
+            and "task" in self.model_fields_set
+            and self.task != ComponentRef(name="classification")
+        ):
+            raise PydanticCustomError(
+                "task_or_tasks",
+                "{reason}",
+                {
+                    "reason": "give either `task` (one task) or `tasks` (a multi-task model), not both",
+                    "at": ("task",),
+                },
+            )
         for i, poison in enumerate(self.poisons):
             if poison.crafting_task == "all" and not self.tasks:
-                raise PydanticCustomError("crafting_task", "{reason}", {
-                    "reason": "crafting_task 'all' means every task of `tasks`, and this spec has no `tasks`",
-                    "at": ("poisons", i, "crafting_task")})
+                raise PydanticCustomError(
+                    "crafting_task",
+                    "{reason}",
+                    {
+                        "reason": "crafting_task 'all' means every task of `tasks`, and this spec has no `tasks`",
+                        "at": ("poisons", i, "crafting_task"),
+                    },
+                )
         return self
 
     @model_validator(mode="after")
@@ -264,10 +326,14 @@ class Spec(Strict):
         for i, name in enumerate(self.landscape.arms):
             if name not in poisons and name not in ids:
                 raise PydanticCustomError(
-                    "arm_label", "{reason}",
-                    {"reason": f"no arm {name!r}; use 'clean', a poison label "
-                               f"({', '.join(poisons[1:]) or 'none'}) or an arm id such as "
-                               f"{sorted(ids)[0]!r}", "at": ("landscape", "arms", i)},
+                    "arm_label",
+                    "{reason}",
+                    {
+                        "reason": f"no arm {name!r}; use 'clean', a poison label "
+                        f"({', '.join(poisons[1:]) or 'none'}) or an arm id such as "
+                        f"{sorted(ids)[0]!r}",
+                        "at": ("landscape", "arms", i),
+                    },
                 )
         return self
 

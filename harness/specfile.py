@@ -73,18 +73,23 @@ def _check_tag(node: Node, loc: Path_, source: Path) -> None:
     if node.tag not in SAFE_TAGS:
         mark = node.start_mark
         raise _problem(
-            source, mark.line + 1, mark.column + 1,
+            source,
+            mark.line + 1,
+            mark.column + 1,
             f"{'.'.join(map(str, loc)) or '<document>'}: the YAML tag {node.tag!r} is not allowed; "
             "spec files hold plain data only (maps, lists, strings, numbers, booleans, null)"
             + ("; quote a date to make it a string" if node.tag.endswith(":timestamp") else ""),
         )
 
 
-def _walk(node: Node, loc: Path_, positions: dict, source: Path, budget: list[int],
-          key_positions: dict) -> None:
+def _walk(
+    node: Node, loc: Path_, positions: dict, source: Path, budget: list[int], key_positions: dict
+) -> None:
     budget[0] -= 1
     if budget[0] < 0:
-        raise SpecError(f"{source}: the document is too large (over {MAX_NODES} values, or aliases expand too far)")
+        raise SpecError(
+            f"{source}: the document is too large (over {MAX_NODES} values, or aliases expand too far)"
+        )
     mark = node.start_mark
     positions.setdefault(loc, (mark.line + 1, mark.column + 1))
     _check_tag(node, loc, source)
@@ -92,7 +97,9 @@ def _walk(node: Node, loc: Path_, positions: dict, source: Path, budget: list[in
         for key, value in node.value:
             if not isinstance(key, ScalarNode):
                 m = key.start_mark
-                raise _problem(source, m.line + 1, m.column + 1, "mapping keys must be plain scalars")
+                raise _problem(
+                    source, m.line + 1, m.column + 1, "mapping keys must be plain scalars"
+                )
             _check_tag(key, (*loc, key.value), source)
             m = key.start_mark
             key_positions.setdefault((*loc, key.value), (m.line + 1, m.column + 1))
@@ -126,21 +133,25 @@ def read_spec_file(path: str | Path) -> SpecSource:
         what = (exc.problem or exc.context or "malformed YAML").strip()
         ctx = exc.context_mark
         if exc.problem and exc.context and ctx is not None and ctx is not mark:
-            what += f" ({exc.context.strip()} started at line {ctx.line + 1}, column {ctx.column + 1})"
+            what += (
+                f" ({exc.context.strip()} started at line {ctx.line + 1}, column {ctx.column + 1})"
+            )
         raise _problem(path, line, col, f"malformed YAML: {what}") from None
     except YAMLError as exc:
         raise SpecError(f"{path}: malformed YAML: {exc}") from None
     if not isinstance(data, dict):
-        kind = {type(None): "null", str: "string", list: "list"}.get(type(data), type(data).__name__)
+        kind = {type(None): "null", str: "string", list: "list"}.get(
+            type(data), type(data).__name__
+        )
         raise _problem(path, 1, 1, f"the spec must be a mapping of fields, not a {kind}")
     return SpecSource(path, data, positions, key_positions, text)
 
 
 _PATTERN_MEANING = {
     SLUG: "must be a plain name of at most 64 letters, digits, '.', '_' or '-', starting with a "
-          "letter or digit (it names files and folders, so no '/', '\\' or '..')",
+    "letter or digit (it names files and folders, so no '/', '\\' or '..')",
     COMPONENT_NAME: "must be a registered component name: lower-case letters, digits, '.', '_', ':' "
-                    "or '-'",
+    "or '-'",
 }
 
 
@@ -151,7 +162,10 @@ def _describe_error(err: dict) -> str:
         msg = "unknown field (not part of the spec; check the spelling)"
     elif err["type"] == "missing":
         msg = "required field is missing"
-    elif err["type"] == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") in _PATTERN_MEANING:
+    elif (
+        err["type"] == "string_pattern_mismatch"
+        and err.get("ctx", {}).get("pattern") in _PATTERN_MEANING
+    ):
         msg = _PATTERN_MEANING[err["ctx"]["pattern"]]
     elif err["type"] == "value_error":
         msg = msg.removeprefix("Value error, ")
@@ -203,8 +217,10 @@ def spec_hash(resolved: dict[str, Any]) -> str:
     # fields added after the first runs, left out while unset so that older runs keep their hash
     if not identity.get("tasks"):
         identity.pop("tasks", None)
-    identity["poisons"] = [{k: v for k, v in p.items() if not (k == "crafting_task" and v is None)}
-                           for p in identity.get("poisons", [])]
+    identity["poisons"] = [
+        {k: v for k, v in p.items() if not (k == "crafting_task" and v is None)}
+        for p in identity.get("poisons", [])
+    ]
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -233,7 +249,11 @@ def _raw_component_refs(data: dict[str, Any]) -> list[tuple[Path_, str, Componen
     epoch count; entries that are malformed themselves were already reported.
     """
     refs: list[tuple[Path_, str, ComponentRef]] = []
-    singles = (("data", "dataset", _DATA), ("task", "task", _COMPONENT), ("backbone", "backbone", _COMPONENT))
+    singles = (
+        ("data", "dataset", _DATA),
+        ("task", "task", _COMPONENT),
+        ("backbone", "backbone", _COMPONENT),
+    )
     for key, kind, adapter in singles:
         if key in data:
             value = {"name": data[key]} if isinstance(data[key], str) else data[key]
@@ -263,13 +283,17 @@ def load_spec(path: str | Path, components: Components) -> LoadedSpec:
     return resolve_spec(read_spec_file(path), components)
 
 
-def spec_from_data(data: dict[str, Any], components: Components, origin: str = "<spec>") -> LoadedSpec:
+def spec_from_data(
+    data: dict[str, Any], components: Components, origin: str = "<spec>"
+) -> LoadedSpec:
     """Validate and resolve a spec given as a mapping (notebooks, benchmarks), as a file would be.
 
     Errors name `origin` instead of a file and line.
     """
     if not isinstance(data, dict):
-        raise SpecError(f"{origin}: the spec must be a mapping of fields, not a {type(data).__name__}")
+        raise SpecError(
+            f"{origin}: the spec must be a mapping of fields, not a {type(data).__name__}"
+        )
     return resolve_spec(SpecSource(Path(origin), data), components)
 
 
@@ -287,7 +311,9 @@ def resolve_spec(source: SpecSource, components: Components) -> LoadedSpec:
         try:
             registered = components.get(kind, ref.name)
         except PluginError as exc:
-            problems.append(f"{source.where((*loc, 'name'))}: {'.'.join(map(str, (*loc, 'name')))}: {exc}")
+            problems.append(
+                f"{source.where((*loc, 'name'))}: {'.'.join(map(str, (*loc, 'name')))}: {exc}"
+            )
             continue
         try:
             ref.params = validate_params(registered.record.params, ref.params)

@@ -77,7 +77,9 @@ class ArmData:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
     task_layer_names: list[str] = field(default_factory=list)
-    task_sal: dict[str, np.ndarray] = field(default_factory=dict)  # label -> [T, B], multi-task only
+    task_sal: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # label -> [T, B], multi-task only
 
     @property
     def sal(self) -> np.ndarray:
@@ -112,7 +114,12 @@ class RunStore:
         try:
             with self._open("r") as f:
                 return "arms" in f and int(f.attrs.get("format_version", -1)) == FORMAT_VERSION
-        except (OSError, KeyError, ValueError, RuntimeError):  # h5py raises RuntimeError on bad metadata
+        except (
+            OSError,
+            KeyError,
+            ValueError,
+            RuntimeError,
+        ):  # h5py raises RuntimeError on bad metadata
             return False
 
     def intact(self) -> bool:
@@ -170,21 +177,33 @@ class RunStore:
             n_layers = len(layer_names)
             for name in SAL_ARRAYS:
                 g.create_dataset(
-                    name, shape=(0, n_layers), maxshape=(None, n_layers), dtype="f8",
+                    name,
+                    shape=(0, n_layers),
+                    maxshape=(None, n_layers),
+                    dtype="f8",
                     chunks=(max(1, min(64, epochs_planned)), max(1, n_layers)),
                 )
             m = g.create_group("metrics")
-            per_task = [f"{kind}.{label}" for label in tasks or [] for kind in ("test_metric", "test_loss")]
+            per_task = [
+                f"{kind}.{label}" for label in tasks or [] for kind in ("test_metric", "test_loss")
+            ]
             for name in (*METRICS, *per_task):
                 m.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f8", chunks=(64,))
             if tasks:
                 t = g.create_group("tasks")
                 t.attrs["labels"] = json.dumps(list(tasks))
-                t.create_dataset("layer_names", data=np.array(task_layers or [], dtype=h5py.string_dtype()))
+                t.create_dataset(
+                    "layer_names", data=np.array(task_layers or [], dtype=h5py.string_dtype())
+                )
                 n = len(task_layers or [])
                 for label in tasks:
-                    t.create_dataset(f"{label}/sal", shape=(0, n), maxshape=(None, n), dtype="f8",
-                                     chunks=(max(1, min(64, epochs_planned)), max(1, n)))
+                    t.create_dataset(
+                        f"{label}/sal",
+                        shape=(0, n),
+                        maxshape=(None, n),
+                        dtype="f8",
+                        chunks=(max(1, min(64, epochs_planned)), max(1, n)),
+                    )
 
     def append_epoch(self, arm_id: str, epoch: int, row: EpochRow) -> None:
         """Write epoch `epoch` (1-based) of an arm, then record it as the last complete one."""
@@ -222,8 +241,9 @@ class RunStore:
             g.attrs["complete"] = False
 
     # --- the parameter trajectory (loss landscape) ----------------------------------------
-    def append_trajectory(self, arm_id: str, steps: list[int], params: list[np.ndarray],
-                          every_steps: int) -> None:
+    def append_trajectory(
+        self, arm_id: str, steps: list[int], params: list[np.ndarray], every_steps: int
+    ) -> None:
         """Append snapshots taken during one epoch, in one open of the file.
 
         Called once per epoch just before the checkpoint is written: rows past the checkpoint's
@@ -240,17 +260,26 @@ class RunStore:
                 t = g.create_group("trajectory")
                 t.attrs["every_steps"] = every_steps
                 n = block.shape[1]
-                t.create_dataset("params", shape=(0, n), maxshape=(None, n), dtype="f4",
-                                 chunks=(1, max(1, min(n, 1 << 18))))
+                t.create_dataset(
+                    "params",
+                    shape=(0, n),
+                    maxshape=(None, n),
+                    dtype="f4",
+                    chunks=(1, max(1, min(n, 1 << 18))),
+                )
                 t.create_dataset("step", shape=(0,), maxshape=(None,), dtype="i8", chunks=(256,))
             t = g["trajectory"]
             start = t["step"].shape[0]
             if start and steps[0] <= int(t["step"][start - 1]):
-                raise ValueError(f"arm {arm_id}: trajectory step {steps[0]} does not follow "
-                                 f"step {int(t['step'][start - 1])}")
+                raise ValueError(
+                    f"arm {arm_id}: trajectory step {steps[0]} does not follow "
+                    f"step {int(t['step'][start - 1])}"
+                )
             if block.shape[1] != t["params"].shape[1]:
-                raise ValueError(f"arm {arm_id}: {block.shape[1]} parameters, the trajectory holds "
-                                 f"{t['params'].shape[1]}")
+                raise ValueError(
+                    f"arm {arm_id}: {block.shape[1]} parameters, the trajectory holds "
+                    f"{t['params'].shape[1]}"
+                )
             t["params"].resize(start + len(steps), axis=0)
             t["params"][start:] = block
             t["step"].resize(start + len(steps), axis=0)
@@ -297,21 +326,29 @@ class RunStore:
                 arm_id=arm_id,
                 config=ArmConfig.model_validate_json(g.attrs["config"]),
                 hardware=json.loads(g.attrs["hardware"]),
-                layer_names=[s.decode() if isinstance(s, bytes) else str(s) for s in g["layer_names"][()]],
+                layer_names=[
+                    s.decode() if isinstance(s, bytes) else str(s) for s in g["layer_names"][()]
+                ],
                 epochs_planned=int(g.attrs["epochs_planned"]),
                 last_complete_epoch=int(g.attrs["last_complete_epoch"]),
                 complete=bool(g.attrs["complete"]),
                 arrays={name: g[name][()] for name in SAL_ARRAYS},
                 metrics={name: g["metrics"][name][()] for name in g["metrics"]},
-                task_layer_names=[s.decode() if isinstance(s, bytes) else str(s)
-                                  for s in g["tasks/layer_names"][()]] if "tasks" in g else [],
+                task_layer_names=[
+                    s.decode() if isinstance(s, bytes) else str(s)
+                    for s in g["tasks/layer_names"][()]
+                ]
+                if "tasks" in g
+                else [],
                 task_sal={label: g[f"tasks/{label}/sal"][()] for label in _task_labels(g)},
             )
 
 
 def _datasets(group: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
     found: list[tuple[str, h5py.Dataset]] = []
-    group.visititems(lambda name, item: found.append((name, item)) if isinstance(item, h5py.Dataset) else None)
+    group.visititems(
+        lambda name, item: found.append((name, item)) if isinstance(item, h5py.Dataset) else None
+    )
     return found
 
 

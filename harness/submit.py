@@ -65,8 +65,10 @@ def _read_stored_entries(run_dir: Path) -> list[Entry]:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise SubmissionError(f"{path}: not a valid entry: {first}") from None
         if path.stem != entries[-1].entry_id:
-            raise SubmissionError(f"{path}: the file is named for arm {path.stem!r} but holds arm "
-                                  f"{entries[-1].entry_id!r}")
+            raise SubmissionError(
+                f"{path}: the file is named for arm {path.stem!r} but holds arm "
+                f"{entries[-1].entry_id!r}"
+            )
     return entries
 
 
@@ -79,19 +81,26 @@ def _check_complete(run_dir: Path, store: RunStore, spec: Spec) -> None:
             continue
         data = store.read_arm(arm.id)
         if not data.complete:
-            problems.append(f"arm {arm.id} is not complete ({data.last_complete_epoch} of "
-                            f"{data.epochs_planned} epochs)")
+            problems.append(
+                f"arm {arm.id} is not complete ({data.last_complete_epoch} of "
+                f"{data.epochs_planned} epochs)"
+            )
     if problems:
-        raise SubmissionError(f"{run_dir}: the run is incomplete: " + "; ".join(problems)
-                              + ". Finish it with `harness eval` (it resumes) before submitting")
+        raise SubmissionError(
+            f"{run_dir}: the run is incomplete: "
+            + "; ".join(problems)
+            + ". Finish it with `harness eval` (it resumes) before submitting"
+        )
 
 
 def _check_spec_hash(run_dir: Path, root: dict[str, Any], entries: list[Entry]) -> None:
     stored = root.get("spec_hash")
     resolved = json.loads(root["spec"])
     if spec_hash(resolved) != stored:
-        raise SubmissionError(f"{run_dir / RUN_FILE}: spec hash mismatch: the resolved spec in the file hashes "
-                              f"to {spec_hash(resolved)[:12]}, the file records {str(stored)[:12]}")
+        raise SubmissionError(
+            f"{run_dir / RUN_FILE}: spec hash mismatch: the resolved spec in the file hashes "
+            f"to {spec_hash(resolved)[:12]}, the file records {str(stored)[:12]}"
+        )
     spec_file = RunFolder(run_dir).resolved_spec_file
     if not spec_file.exists():
         raise SubmissionError(f"{spec_file}: missing; the run folder is incomplete")
@@ -107,14 +116,20 @@ def _check_spec_hash(run_dir: Path, root: dict[str, Any], entries: list[Entry]) 
         )
     for e in entries:
         if e.spec_hash != stored:
-            raise SubmissionError(f"entry {e.arm_id}: spec hash mismatch: the entry records {e.spec_hash[:12]}, "
-                                  f"run.h5 was computed from {str(stored)[:12]}")
+            raise SubmissionError(
+                f"entry {e.arm_id}: spec hash mismatch: the entry records {e.spec_hash[:12]}, "
+                f"run.h5 was computed from {str(stored)[:12]}"
+            )
 
 
 def _check_versions(entries: list[Entry]) -> None:
     for e in entries:
-        components = {"task": e.track.task.model_dump(), "backbone": e.track.backbone.model_dump(),
-                      "defence": e.defence.model_dump(), "dataset": e.track.dataset}
+        components = {
+            "task": e.track.task.model_dump(),
+            "backbone": e.track.backbone.model_dump(),
+            "defence": e.defence.model_dump(),
+            "dataset": e.track.dataset,
+        }
         if e.poison is not None:
             components["poison"] = e.poison.model_dump()
         for kind, info in components.items():
@@ -139,27 +154,38 @@ def verify_run(run_dir: Path) -> list[Entry]:
     try:
         spec = Spec.model_validate(json.loads(root["spec"]))
     except (KeyError, json.JSONDecodeError, ValidationError) as exc:
-        raise SubmissionError(f"{path}: the stored spec is not a valid spec ({str(exc).splitlines()[0]})") from None
+        raise SubmissionError(
+            f"{path}: the stored spec is not a valid spec ({str(exc).splitlines()[0]})"
+        ) from None
     _check_complete(run_dir, store, spec)
     stored = _read_stored_entries(run_dir)
     _check_spec_hash(run_dir, root, stored)
     digest = sha256_file(path)
     for e in stored:
         if e.hdf5.sha256 != digest:
-            raise SubmissionError(f"entry {e.arm_id}: names run.h5 with SHA-256 {e.hdf5.sha256[:12]}, but the "
-                                  f"file's is {digest[:12]}: the file changed after the entries were written")
+            raise SubmissionError(
+                f"entry {e.arm_id}: names run.h5 with SHA-256 {e.hdf5.sha256[:12]}, but the "
+                f"file's is {digest[:12]}: the file changed after the entries were written"
+            )
     recomputed = {e.entry_id: e for e in compute_entries(run_dir)}
     by_arm = {e.entry_id: e for e in stored}
     missing, extra = sorted(set(recomputed) - set(by_arm)), sorted(set(by_arm) - set(recomputed))
     if missing or extra:
-        raise SubmissionError(f"{run_dir / ENTRIES_DIR}: entries do not match the run's arms"
-                              + (f"; missing: {', '.join(missing)}" if missing else "")
-                              + (f"; not in run.h5: {', '.join(extra)}" if extra else ""))
+        raise SubmissionError(
+            f"{run_dir / ENTRIES_DIR}: entries do not match the run's arms"
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+            + (f"; not in run.h5: {', '.join(extra)}" if extra else "")
+        )
     for arm_id, entry in sorted(by_arm.items()):
         if entry != recomputed[arm_id]:
-            fields = _diff(entry.model_dump(mode="json"), recomputed[arm_id].model_dump(mode="json"))
-            raise SubmissionError(f"entry {arm_id} disagrees with the one recomputed from run.h5: "
-                                  + "; ".join(fields[:5]) + (" …" if len(fields) > 5 else ""))
+            fields = _diff(
+                entry.model_dump(mode="json"), recomputed[arm_id].model_dump(mode="json")
+            )
+            raise SubmissionError(
+                f"entry {arm_id} disagrees with the one recomputed from run.h5: "
+                + "; ".join(fields[:5])
+                + (" …" if len(fields) > 5 else "")
+            )
     _check_versions(stored)
     return stored
 
@@ -168,7 +194,9 @@ def entry_file_name(entry: Entry) -> str:
     return f"{entry.run}__{entry.entry_id}.json"
 
 
-def submit(run_dir: Path, leaderboard_dir: Path, *, replace: bool = False) -> tuple[list[Path], list[Path]]:
+def submit(
+    run_dir: Path, leaderboard_dir: Path, *, replace: bool = False
+) -> tuple[list[Path], list[Path]]:
     """Verify the run, file its entries, rebuild the pages; returns (entry files written, unchanged)."""
     from harness import leaderboard
 
@@ -187,8 +215,10 @@ def submit(run_dir: Path, leaderboard_dir: Path, *, replace: bool = False) -> tu
                 plan.append((path, None))
                 continue
             if not replace:
-                raise SubmissionError(f"{path} already holds a different entry of the same name (another run "
-                                      f"called {e.run!r}?); rename the run, or pass --replace to overwrite it")
+                raise SubmissionError(
+                    f"{path} already holds a different entry of the same name (another run "
+                    f"called {e.run!r}?); rename the run, or pass --replace to overwrite it"
+                )
         plan.append((path, text))
     written, unchanged = [], []
     for path, text in plan:  # every check passed for every entry before anything is written

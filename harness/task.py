@@ -74,5 +74,7 @@ class TaskHead(ABC):
         """Raise ValueError when the data set lacks what this head learns from."""
         if self.target != "class" and self.target not in data.train.targets:
             have = ", ".join(sorted(data.train.targets)) or "none"
-            raise ValueError(f"the task needs the target {self.target!r}, which data set {data.name!r} "
-                             f"does not provide (its dense targets: {have})")
+            raise ValueError(
+                f"the task needs the target {self.target!r}, which data set {data.name!r} "
+                f"does not provide (its dense targets: {have})"
+            )

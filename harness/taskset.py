@@ -42,7 +42,9 @@ class MultiMetric(Metric):
         n = len(next(iter(outputs.values())))
         for label, metric in self.metrics.items():
             metric.update(outputs[label], targets[label])
-            self.loss_sums[label] += float(self.heads[label].loss(outputs[label], targets[label])) * n
+            self.loss_sums[label] += (
+                float(self.heads[label].loss(outputs[label], targets[label])) * n
+            )
         self.samples += n
 
     def losses(self) -> dict[str, float]:
@@ -63,7 +65,9 @@ class TaskSet:
     dict outputs and SAL recorded per task; False for a spec's `task:`.
     """
 
-    def __init__(self, heads: dict[str, TaskHead], weights: dict[str, float], *, multi: bool) -> None:
+    def __init__(
+        self, heads: dict[str, TaskHead], weights: dict[str, float], *, multi: bool
+    ) -> None:
         if not heads:
             raise ValueError("a model needs at least one task")
         if not multi and len(heads) != 1:
@@ -107,7 +111,9 @@ class TaskSet:
     @property
     def dense(self) -> list[str]:
         """Labels of the heads whose targets are per-pixel maps (crop, flip and mixing break them)."""
-        return [label for label, h in self.heads.items() if h.target != "class" and h.features == "map"]
+        return [
+            label for label, h in self.heads.items() if h.target != "class" and h.features == "map"
+        ]
 
     @property
     def non_class(self) -> bool:
@@ -134,7 +140,9 @@ class TaskSet:
     def per_sample_loss(self, outputs: Any, targets: Any) -> Tensor:
         if not self.multi:
             return self.only.per_sample_loss(outputs, targets)
-        return self._weighted_sum(lambda label, head: head.per_sample_loss(outputs[label], targets[label]))
+        return self._weighted_sum(
+            lambda label, head: head.per_sample_loss(outputs[label], targets[label])
+        )
 
     def _weighted_sum(self, term: Callable[[str, TaskHead], Tensor]) -> Tensor:
         total = None

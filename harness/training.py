@@ -39,8 +39,13 @@ def autocast_for(device: torch.device, amp: bool) -> contextlib.AbstractContextM
 def make_optimizer(model: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if spec.name == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
-                               weight_decay=spec.weight_decay, nesterov=spec.nesterov)
+        return torch.optim.SGD(
+            params,
+            lr=spec.lr,
+            momentum=spec.momentum,
+            weight_decay=spec.weight_decay,
+            nesterov=spec.nesterov,
+        )
     if spec.name == "adam":
         return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
     return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
@@ -49,7 +54,9 @@ def make_optimizer(model: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimiz
 def make_scheduler(optimizer: torch.optim.Optimizer, spec: ScheduleSpec, epochs: int):
     """Stepped once per epoch, after SAL (the reference's order)."""
     if spec.name == "step":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=spec.milestones, gamma=spec.gamma)
+        return torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=spec.milestones, gamma=spec.gamma
+        )
     if spec.name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -77,18 +84,30 @@ def random_flip(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
 def augment(x: Tensor, specs: Sequence[AugmentationSpec], generator: torch.Generator) -> Tensor:
     for spec in specs:
         if x.dim() != 4:
-            raise ValueError(f"augmentation {spec.name!r} needs image inputs [B, C, H, W], got {tuple(x.shape)}")
-        x = random_crop(x, spec.padding, generator) if spec.name == "crop" else random_flip(x, spec.p, generator)
+            raise ValueError(
+                f"augmentation {spec.name!r} needs image inputs [B, C, H, W], got {tuple(x.shape)}"
+            )
+        x = (
+            random_crop(x, spec.padding, generator)
+            if spec.name == "crop"
+            else random_flip(x, spec.p, generator)
+        )
     return x
 
 
 def on_device(split: Split, device: torch.device) -> Split:
     """The split with its inputs, labels and targets moved to `device`."""
-    return Split(split.x.to(device), split.y.to(device), split.indices,
-                 {k: v.to(device) for k, v in split.targets.items()})
+    return Split(
+        split.x.to(device),
+        split.y.to(device),
+        split.indices,
+        {k: v.to(device) for k, v in split.targets.items()},
+    )
 
 
-def batch_order(n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool = False) -> list[Tensor]:
+def batch_order(
+    n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool = False
+) -> list[Tensor]:
     perm = torch.randperm(n, generator=generator)
     stop = n - (n % batch_size) if drop_last and n >= batch_size else n
     return [perm[i : i + batch_size] for i in range(0, stop, batch_size)]
@@ -116,8 +135,12 @@ def train_epoch(
         return augment(x, recipe.augmentation, g)
 
     ctx = StepContext(
-        epoch=epoch, generator=generator, loss=task.loss, per_sample_loss=task.per_sample_loss,
-        value_range=value_range, augment=aug,
+        epoch=epoch,
+        generator=generator,
+        loss=task.loss,
+        per_sample_loss=task.per_sample_loss,
+        value_range=value_range,
+        augment=aug,
     )
     total, count = 0.0, 0
     all_targets = task.targets(train)
@@ -149,7 +172,12 @@ def train_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, split: Split, task: TaskHead | TaskSet, batch_size: int, device: torch.device, amp: bool = False
+    model: nn.Module,
+    split: Split,
+    task: TaskHead | TaskSet,
+    batch_size: int,
+    device: torch.device,
+    amp: bool = False,
 ) -> tuple[float, float]:
     """(mean loss, task metric) on a split, in eval mode."""
     loss, metric = evaluate_all(model, split, task, batch_size, device, amp)
@@ -158,7 +186,12 @@ def evaluate(
 
 @torch.no_grad()
 def evaluate_all(
-    model: nn.Module, split: Split, task: TaskHead | TaskSet, batch_size: int, device: torch.device, amp: bool = False
+    model: nn.Module,
+    split: Split,
+    task: TaskHead | TaskSet,
+    batch_size: int,
+    device: torch.device,
+    amp: bool = False,
 ) -> tuple[float, Metric]:
     """(mean loss, the filled metric accumulator): multi-task metrics give every task's value."""
     model.eval()

@@ -16,8 +16,13 @@ class ParameterTracer:
     Snapshots are held in memory until the epoch ends and go into the run file with it.
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
-                 every_steps: int | None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        step: int,
+        every_steps: int | None,
+    ) -> None:
         self.step = step
         self.every = every_steps
         self.params = [p for p in model.parameters() if p.requires_grad]

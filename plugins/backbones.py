@@ -16,8 +16,12 @@ from harness.api import Backbone, BackboneRecord, BuildContext, NoParams, Params
 
 
 class SmallCNNParams(Params):
-    width: int = Field(default=16, gt=0, le=512, description="channels of the first block; doubles per block")
-    blocks: int = Field(default=3, ge=1, le=6, description="conv-BN-ReLU blocks; all but the first halve the size")
+    width: int = Field(
+        default=16, gt=0, le=512, description="channels of the first block; doubles per block"
+    )
+    blocks: int = Field(
+        default=3, ge=1, le=6, description="conv-BN-ReLU blocks; all but the first halve the size"
+    )
     batch_norm: bool = True
 
 
@@ -80,11 +84,17 @@ class LeNet5(Backbone):
         h = ((height // 2) - 4) // 2
         w = ((width // 2) - 4) // 2
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(channels, 6, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(16 * h * w, 120), nn.ReLU(inplace=True),
-            nn.Linear(120, 84), nn.ReLU(inplace=True),
+            nn.Linear(16 * h * w, 120),
+            nn.ReLU(inplace=True),
+            nn.Linear(120, 84),
+            nn.ReLU(inplace=True),
         )
         self.num_features = 84
         self.has_feature_map = False
@@ -106,7 +116,9 @@ class Flatten(Backbone):
 
 
 class ResNetParams(Params):
-    width: int = Field(default=64, gt=0, le=512, description="channels of the first stage (64 in the paper)")
+    width: int = Field(
+        default=64, gt=0, le=512, description="channels of the first stage (64 in the paper)"
+    )
 
 
 class BasicBlock(nn.Module):
@@ -118,7 +130,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut = nn.Sequential()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         out = nn.functional.relu(self.bn1(self.conv1(x)))
@@ -137,7 +151,9 @@ class CifarResNet18(Backbone):
         if len(input_shape) != 3:
             raise ValueError(f"resnet18 needs image inputs [C, H, W], got shape {input_shape}")
         w = params.width
-        self.stem = nn.Sequential(nn.Conv2d(input_shape[0], w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(input_shape[0], w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()
+        )
         stages, c_in = [], w
         for i, c_out in enumerate((w, 2 * w, 4 * w, 8 * w)):
             stride = 1 if i == 0 else 2
@@ -154,16 +170,25 @@ class CifarResNet18(Backbone):
 
 
 class SmallUNetParams(Params):
-    width: int = Field(default=16, gt=0, le=256, description="channels at full resolution; doubles per level")
-    levels: int = Field(default=2, ge=1, le=4, description="down-sampling levels (each halves the map)")
-    convs: int = Field(default=2, ge=1, le=3, description="conv-BN-ReLU layers per block (2 in U-Net)")
+    width: int = Field(
+        default=16, gt=0, le=256, description="channels at full resolution; doubles per level"
+    )
+    levels: int = Field(
+        default=2, ge=1, le=4, description="down-sampling levels (each halves the map)"
+    )
+    convs: int = Field(
+        default=2, ge=1, le=3, description="conv-BN-ReLU layers per block (2 in U-Net)"
+    )
 
 
 def _conv_block(c_in: int, c_out: int, convs: int = 1) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(convs):
-        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                   nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        ]
     return nn.Sequential(*layers)
 
 
@@ -183,14 +208,18 @@ class SmallUNet(Backbone):
             raise ValueError(f"small-unet needs image inputs [C, H, W], got shape {input_shape}")
         channels, height, width = input_shape
         if min(height, width) % 2**params.levels:
-            raise ValueError(f"small-unet with {params.levels} levels needs sides divisible by "
-                             f"{2**params.levels}, got {height}×{width}")
+            raise ValueError(
+                f"small-unet with {params.levels} levels needs sides divisible by "
+                f"{2**params.levels}, got {height}×{width}"
+            )
         widths = [params.width * 2**i for i in range(params.levels + 1)]
         n = params.convs
         self.down = nn.ModuleList([_conv_block(channels, widths[0], n)])
         self.down.extend(_conv_block(widths[i], widths[i + 1], n) for i in range(params.levels))
-        self.up = nn.ModuleList(_conv_block(widths[i + 1] + widths[i], widths[i])
-                                for i in reversed(range(params.levels)))
+        self.up = nn.ModuleList(
+            _conv_block(widths[i + 1] + widths[i], widths[i])
+            for i in reversed(range(params.levels))
+        )
         self.num_features = widths[0]
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -199,7 +228,12 @@ class SmallUNet(Backbone):
             x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))
             skips.append(x)
         for block, skip in zip(self.up, reversed(skips[:-1]), strict=True):
-            x = block(torch.cat([nn.functional.interpolate(x, size=skip.shape[-2:], mode="nearest"), skip], dim=1))
+            x = block(
+                torch.cat(
+                    [nn.functional.interpolate(x, size=skip.shape[-2:], mode="nearest"), skip],
+                    dim=1,
+                )
+            )
         return x
 
 
@@ -207,24 +241,34 @@ class SmallUNet(Backbone):
 def harness_register_backbones() -> list[BackboneRecord]:
     return [
         BackboneRecord(
-            name="small-cnn", factory=SmallCNN, params=SmallCNNParams,
+            name="small-cnn",
+            factory=SmallCNN,
+            params=SmallCNNParams,
             description="conv3x3-BN-ReLU blocks with pooling and a global average pool; 8×8 to 32×32 inputs",
         ),
         BackboneRecord(
-            name="lenet5", factory=LeNet5, params=NoParams,
+            name="lenet5",
+            factory=LeNet5,
+            params=NoParams,
             description="LeNet-5 (LeCun et al. 1998) features up to fc 84; inputs of 12×12 and more",
         ),
         BackboneRecord(
-            name="resnet18", factory=CifarResNet18, params=ResNetParams,
+            name="resnet18",
+            factory=CifarResNet18,
+            params=ResNetParams,
             description="ResNet-18, CIFAR form (3×3 stride-1 stem, no max-pool); 21 scored layers with its head",
         ),
         BackboneRecord(
-            name="small-unet", factory=SmallUNet, params=SmallUNetParams,
+            name="small-unet",
+            factory=SmallUNet,
+            params=SmallUNetParams,
             description="small encoder-decoder with skips: a full-resolution feature map for dense and "
-                        "multi-task heads at CPU scale",
+            "multi-task heads at CPU scale",
         ),
         BackboneRecord(
-            name="linear", factory=Flatten, params=NoParams,
+            name="linear",
+            factory=Flatten,
+            params=NoParams,
             description="flattened inputs into the task head: a linear classifier (the paper's toy model)",
         ),
     ]

@@ -48,7 +48,9 @@ def _to_split(x: np.ndarray, y: np.ndarray, indices: np.ndarray | None = None) -
     )
 
 
-def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _stratified_split(
+    y: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Sorted train and test positions of a fixed stratified split.
 
     Sorting keeps each split in the source's order, so the split is a pure membership decision
@@ -61,7 +63,9 @@ def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[n
             np.arange(len(y)), test_size=test_fraction, stratify=y, random_state=seed
         )
     except ValueError as exc:  # e.g. a test fraction too small to hold one sample per class
-        raise DataError(f"cannot make a stratified split with test_fraction={test_fraction}: {exc}") from exc
+        raise DataError(
+            f"cannot make a stratified split with test_fraction={test_fraction}: {exc}"
+        ) from exc
     return np.sort(train), np.sort(test)
 
 
@@ -70,8 +74,9 @@ def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[n
 
 
 class DigitsParams(Params):
-
-    test_fraction: float = Field(default=0.2, gt=0, lt=1, description="share of samples held out for test")
+    test_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="share of samples held out for test"
+    )
     split_seed: int = Field(default=0, ge=0, description="seed of the stratified train/test split")
 
 
@@ -113,7 +118,6 @@ class MakeClassificationParams(Params):
     n_classes * n_clusters_per_class <= 2**n_informative), so 6 is used; every other generator
     argument keeps scikit-learn's default. `random_state` seeds the generator and the split.
     """
-
 
     n_samples: int = Field(default=5000, gt=1)
     n_features: int = Field(default=12, gt=0)
@@ -181,7 +185,6 @@ def load_make_classification(
 
 
 class CifarParams(Params):
-
     root: str = Field(
         description="folder holding cifar-10-batches-py / cifar-100-python, or that folder itself"
     )
@@ -242,7 +245,9 @@ def _unpickle(path: Path) -> dict:
         with path.open("rb") as handle:
             content = pickle.load(handle, encoding="latin1")
     except Exception as exc:  # any failure to unpickle means the file is not a CIFAR batch
-        raise DataError(f"{path} is not a readable CIFAR pickle ({type(exc).__name__}: {exc})") from exc
+        raise DataError(
+            f"{path} is not a readable CIFAR pickle ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(content, dict):
         raise DataError(f"{path} does not hold a dict, as a CIFAR pickle does")
     return content
@@ -314,7 +319,6 @@ def load_cifar100(params: CifarParams, context: BuildContext | None = None) -> D
 
 
 class ImageFolderParams(Params):
-
     root: str = Field(description="folder holding the train and test folders")
     train_dir: str = Field(default="train", description="train split, relative to root")
     test_dir: str = Field(default="test", description="test split, relative to root")
@@ -336,9 +340,13 @@ def list_image_folder(root: Path, split_dir: str) -> tuple[list[Path], np.ndarra
         raise DataError(f"image-folder root {root} does not exist")
     split = root / split_dir
     if not split.is_dir():
-        raise DataError(f"image-folder split folder {split} does not exist (set train_dir/test_dir)")
+        raise DataError(
+            f"image-folder split folder {split} does not exist (set train_dir/test_dir)"
+        )
     classes = sorted(
-        entry.name for entry in os.scandir(split) if entry.is_dir() and not entry.name.startswith(".")
+        entry.name
+        for entry in os.scandir(split)
+        if entry.is_dir() and not entry.name.startswith(".")
     )
     if not classes:
         raise DataError(f"image-folder split folder {split} has no class subfolders")
@@ -414,7 +422,9 @@ def _load_split(
 ) -> Split:
     # Same rule as harness.data.subset, so a pre-decode subset equals the one the core would draw.
     if size is None or size >= len(labels):
-        return Split(decode_images(paths, params.image_size, params.channels), torch.as_tensor(labels))
+        return Split(
+            decode_images(paths, params.image_size, params.channels), torch.as_tensor(labels)
+        )
     chosen = stratified_indices(labels, size, seed)
     x = decode_images([paths[i] for i in chosen], params.image_size, params.channels)
     return Split(x, torch.as_tensor(labels[chosen]), torch.as_tensor(chosen, dtype=torch.int64))

@@ -52,9 +52,13 @@ KEYPOINT_PRESENT = 0.5
 
 
 class DenseHeadParams(Params):
-    hidden: int = Field(default=64, gt=0, le=1024,
-                        description="channels of the head's 3x3 conv block (keep it light: SAL "
-                                    "is about what the shared backbone learns)")
+    hidden: int = Field(
+        default=64,
+        gt=0,
+        le=1024,
+        description="channels of the head's 3x3 conv block (keep it light: SAL "
+        "is about what the shared backbone learns)",
+    )
 
 
 class DenseHead(nn.Module):
@@ -64,7 +68,9 @@ class DenseHead(nn.Module):
     map, not the input; every data set of the harness has one input size per split.
     """
 
-    def __init__(self, in_channels: int, hidden: int, out_channels: int, size: tuple[int, int]) -> None:
+    def __init__(
+        self, in_channels: int, hidden: int, out_channels: int, size: tuple[int, int]
+    ) -> None:
         super().__init__()
         self.size = (int(size[0]), int(size[1]))
         self.block = nn.Sequential(
@@ -121,7 +127,12 @@ def _check_map(head: str, outputs: Tensor, targets: Tensor, same_shape: bool = F
     if same_shape:
         ok = outputs.shape == targets.shape
     else:
-        ok = outputs.dim() == 4 and targets.dim() == 3 and outputs.shape[0] == targets.shape[0] and outputs.shape[-2:] == targets.shape[-2:]
+        ok = (
+            outputs.dim() == 4
+            and targets.dim() == 3
+            and outputs.shape[0] == targets.shape[0]
+            and outputs.shape[-2:] == targets.shape[-2:]
+        )
     if not ok:
         expected = "the same shape" if same_shape else "[B, classes, H, W] for targets [B, H, W]"
         raise ValueError(
@@ -193,14 +204,17 @@ class Segmentation(TaskHead):
     features = "map"
     target = "segmentation"
 
-    def __init__(self, params: DenseHeadParams | None = None, context: BuildContext | None = None) -> None:
+    def __init__(
+        self, params: DenseHeadParams | None = None, context: BuildContext | None = None
+    ) -> None:
         super().__init__(params or DenseHeadParams(), context)
         self.num_classes: int | None = None
 
     def build(self, num_features: int, data: DataBundle) -> nn.Module:
         size = _image_size("segmentation", data)
-        self.num_classes = _metadata_int("segmentation", data, "segmentation_classes",
-                                         "the number of segmentation classes")
+        self.num_classes = _metadata_int(
+            "segmentation", data, "segmentation_classes", "the number of segmentation classes"
+        )
         return DenseHead(num_features, self.params.hidden, self.num_classes, size)
 
     def _pixel_loss(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -219,7 +233,9 @@ class Segmentation(TaskHead):
 
     def metric(self) -> Metric:
         if self.num_classes is None:
-            raise RuntimeError("the segmentation head's metric needs the number of classes: build() it first")
+            raise RuntimeError(
+                "the segmentation head's metric needs the number of classes: build() it first"
+            )
         return ConfusionMatrixIoU(self.num_classes)
 
 
@@ -267,7 +283,9 @@ class Depth(TaskHead):
     features = "map"
     target = "depth"
 
-    def __init__(self, params: DepthParams | None = None, context: BuildContext | None = None) -> None:
+    def __init__(
+        self, params: DepthParams | None = None, context: BuildContext | None = None
+    ) -> None:
         super().__init__(params or DepthParams(), context)
 
     def build(self, num_features: int, data: DataBundle) -> nn.Module:
@@ -309,13 +327,13 @@ class KeypointParams(DenseHeadParams):
     loss: Literal["bce", "mse"] = Field(
         default="bce",
         description="bce: the head outputs logits and each heat-map pixel is a binary cross-entropy "
-                    "against the target in [0, 1] (mostly-zero maps give MSE almost no gradient); "
-                    "mse: the head outputs the heat map itself",
+        "against the target in [0, 1] (mostly-zero maps give MSE almost no gradient); "
+        "mse: the head outputs the heat map itself",
     )
     metric: Literal["peak-distance", "l1"] = Field(
         default="peak-distance",
         description="peak-distance: pixel distance between predicted and true heat-map peaks, over "
-                    "present points; l1: mean absolute heat-map error (Taskonomy-style response maps)",
+        "present points; l1: mean absolute heat-map error (Taskonomy-style response maps)",
     )
 
 
@@ -377,13 +395,19 @@ class Keypoints(TaskHead):
     features = "map"
     target = "keypoints"
 
-    def __init__(self, params: KeypointParams | None = None, context: BuildContext | None = None) -> None:
+    def __init__(
+        self, params: KeypointParams | None = None, context: BuildContext | None = None
+    ) -> None:
         super().__init__(params or KeypointParams(), context)
-        self.metric_name = "keypoint_error" if self.params.metric == "peak-distance" else "keypoint_heatmap_l1"
+        self.metric_name = (
+            "keypoint_error" if self.params.metric == "peak-distance" else "keypoint_heatmap_l1"
+        )
 
     def build(self, num_features: int, data: DataBundle) -> nn.Module:
         size = _image_size("keypoints", data)
-        k = _metadata_int("keypoints", data, "keypoints", "the number of key-point heat-map channels K")
+        k = _metadata_int(
+            "keypoints", data, "keypoints", "the number of key-point heat-map channels K"
+        )
         stored = data.train.targets.get(self.target)
         if stored is not None and (stored.dim() != 4 or stored.shape[1] != k):
             raise ValueError(
@@ -392,7 +416,9 @@ class Keypoints(TaskHead):
             )
         head = DenseHead(num_features, self.params.hidden, k, size)
         if self.params.loss == "bce":
-            with torch.no_grad():  # start near empty maps, as heat maps mostly are (sigmoid(-4) ≈ 0.018)
+            with (
+                torch.no_grad()
+            ):  # start near empty maps, as heat maps mostly are (sigmoid(-4) ≈ 0.018)
                 head.project.bias.fill_(-4.0)
         return head
 
@@ -443,23 +469,31 @@ class SceneClassification(Classification):
 def harness_register_task_heads() -> list[TaskHeadRecord]:
     return [
         TaskHeadRecord(
-            name="segmentation", factory=Segmentation, params=DenseHeadParams,
+            name="segmentation",
+            factory=Segmentation,
+            params=DenseHeadParams,
             description="conv head on the feature map, upsampled; pixel cross-entropy (255 ignored), "
-                        "mIoU (higher is better)",
+            "mIoU (higher is better)",
         ),
         TaskHeadRecord(
-            name="depth", factory=Depth, params=DepthParams,
+            name="depth",
+            factory=Depth,
+            params=DepthParams,
             description="conv head on the feature map, upsampled; L1/L2 over valid pixels, mean "
-                        "absolute depth error in the data set's units (lower is better)",
+            "absolute depth error in the data set's units (lower is better)",
         ),
         TaskHeadRecord(
-            name="keypoints", factory=Keypoints, params=KeypointParams,
+            name="keypoints",
+            factory=Keypoints,
+            params=KeypointParams,
             description="conv head to K heat maps, upsampled; per-pixel BCE (or MSE), peak distance in pixels or "
-                        "heat-map L1 (lower is better)",
+            "heat-map L1 (lower is better)",
         ),
         TaskHeadRecord(
-            name="scene-classification", factory=SceneClassification, params=NoParams,
+            name="scene-classification",
+            factory=SceneClassification,
+            params=NoParams,
             description="linear head on pooled features for metadata['scene_classes']; "
-                        "cross-entropy, accuracy (higher is better)",
+            "cross-entropy, accuracy (higher is better)",
         ),
     ]

@@ -51,7 +51,6 @@ _NEAREST = Image.Resampling.NEAREST if hasattr(Image, "Resampling") else Image.N
 IGNORE_INDEX = 255
 
 
-
 # --------------------------------------------------------------------------------------------
 # shapes-multitask
 
@@ -61,12 +60,13 @@ KEYPOINT_NAMES = ("top", "bottom", "left", "right", "centroid")
 
 
 class ShapesMultitaskParams(Params):
-
     train: int = Field(default=2000, ge=1, description="number of training images")
     test: int = Field(default=500, ge=1, description="number of test images")
     size: int = Field(default=32, ge=16, le=64, description="image side in pixels")
     seed: int = Field(default=0, ge=0, description="seed of the generator (train and test differ)")
-    sigma: float = Field(default=1.5, gt=0, le=16, description="key-point heat-map Gaussian sigma, in pixels")
+    sigma: float = Field(
+        default=1.5, gt=0, le=16, description="key-point heat-map Gaussian sigma, in pixels"
+    )
 
 
 @dataclass
@@ -85,7 +85,9 @@ def _balanced(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     return rng.permutation(np.arange(n) % k).astype(np.int64)
 
 
-def _contrasting(rng: np.random.Generator, avoid: Sequence[np.ndarray], distance: float) -> np.ndarray:
+def _contrasting(
+    rng: np.random.Generator, avoid: Sequence[np.ndarray], distance: float
+) -> np.ndarray:
     """Random RGB colours at least `distance` away from every colour of `avoid` (row by row).
 
     A shape the colour of its background would have no visible pixels, and a background whose
@@ -103,7 +105,9 @@ def _contrasting(rng: np.random.Generator, avoid: Sequence[np.ndarray], distance
     return colour
 
 
-def _texture(rng: np.random.Generator, scene: np.ndarray, freq: np.ndarray, size: int) -> np.ndarray:
+def _texture(
+    rng: np.random.Generator, scene: np.ndarray, freq: np.ndarray, size: int
+) -> np.ndarray:
     """A pattern in [-1, 1] per image ([N, S, S]) whose family is the scene class.
 
     Frequency, phase and a small tilt are drawn per image so the scene is a texture family to
@@ -138,7 +142,9 @@ def _texture(rng: np.random.Generator, scene: np.ndarray, freq: np.ndarray, size
             # farther blobs look smaller, as farther stripes look denser
             width = (rng.uniform(0.4, 0.7, (len(idx), k)) / fi[:, :, 0])[:, :, None, None]
             sign = rng.choice([-1.0, 1.0], (len(idx), k))[:, :, None, None]
-            blobs = sign * np.exp(-((v[:, None] - cy) ** 2 + (u[:, None] - cx) ** 2) / (2 * width**2))
+            blobs = sign * np.exp(
+                -((v[:, None] - cy) ** 2 + (u[:, None] - cx) ** 2) / (2 * width**2)
+            )
             out[idx] = np.tanh(2.0 * blobs.sum(axis=1))
     return out
 
@@ -172,7 +178,9 @@ def _shape_masks(
                 m &= ai * np.cos(phi) + bi * np.sin(phi) <= 0.55 * ri
         elif name == "cross":
             arm = 0.3 * ri
-            m = ((np.abs(ai) <= arm) & (np.abs(bi) <= ri)) | ((np.abs(bi) <= arm) & (np.abs(ai) <= ri))
+            m = ((np.abs(ai) <= arm) & (np.abs(bi) <= ri)) | (
+                (np.abs(bi) <= arm) & (np.abs(ai) <= ri)
+            )
         else:  # ring
             m = (d2 <= ri**2) & (d2 >= (0.55 * ri) ** 2)
         mask[idx] = m
@@ -260,13 +268,17 @@ def render_shapes(n: int, size: int, rng: np.random.Generator, sigma: float) -> 
     colour = _contrasting(rng, [c0, c1, (c0 + c1) / 2], 0.35)
     # a light vertical shading, so a shape is not one flat colour
     tilt = rng.uniform(-0.15, 0.15, n)[:, None, None]
-    shade = 1.0 + tilt * (np.arange(size)[None, :, None] + 0.5 - cy[:, None, None]) / r[:, None, None]
+    shade = (
+        1.0 + tilt * (np.arange(size)[None, :, None] + 0.5 - cy[:, None, None]) / r[:, None, None]
+    )
     fg = np.clip(colour[:, :, None, None] * shade[:, None], 0.0, 1.0)
     image = np.where(mask[:, None], fg, image)
     image += rng.normal(0.0, 0.03, image.shape)
     x = np.clip(image, 0.0, 1.0).astype(np.float32)
 
-    near = plane[np.arange(n), np.clip(cy.astype(int), 0, size - 1), np.clip(cx.astype(int), 0, size - 1)]
+    near = plane[
+        np.arange(n), np.clip(cy.astype(int), 0, size - 1), np.clip(cx.astype(int), 0, size - 1)
+    ]
     # a larger shape is nearer (as under perspective), so its depth can be read from its size
     shape_depth = near - (1.0 + 10.0 * (r / size - 0.2) + rng.uniform(-0.1, 0.1, n))
     depth = np.where(mask, shape_depth[:, None, None], plane).astype(np.float32)[:, None]
@@ -298,14 +310,20 @@ def _rendered_split(rendered: _Rendered) -> Split:
     )
 
 
-def load_shapes_multitask(params: ShapesMultitaskParams, context: BuildContext | None = None) -> DataBundle:
+def load_shapes_multitask(
+    params: ShapesMultitaskParams, context: BuildContext | None = None
+) -> DataBundle:
     """A multi-task image set that every task can learn on a CPU in seconds, with no files.
 
     Train and test come from separate seeded streams, so the test set does not change when the
     number of training images does.
     """
-    train = render_shapes(params.train, params.size, np.random.default_rng([params.seed, 0]), params.sigma)
-    test = render_shapes(params.test, params.size, np.random.default_rng([params.seed, 1]), params.sigma)
+    train = render_shapes(
+        params.train, params.size, np.random.default_rng([params.seed, 0]), params.sigma
+    )
+    test = render_shapes(
+        params.test, params.size, np.random.default_rng([params.seed, 1]), params.sigma
+    )
     return DataBundle(
         name="shapes-multitask",
         train=_rendered_split(train),
@@ -353,13 +371,16 @@ TASKONOMY_LAYOUT = (
 
 
 class TaskonomyParams(Params):
-
-    root: str = Field(description="folder holding rgb/, segment_semantic/, depth_euclidean/, keypoints2d/, class_scene/")
+    root: str = Field(
+        description="folder holding rgb/, segment_semantic/, depth_euclidean/, keypoints2d/, class_scene/"
+    )
     domains: list[Domain] = Field(
         default_factory=lambda: list(ALL_DOMAINS),
         description="targets to load; class_scene is read in any case, since the scene is y",
     )
-    size: int = Field(default=64, ge=8, le=1024, description="side every image and map is resized to")
+    size: int = Field(
+        default=64, ge=8, le=1024, description="side every image and map is resized to"
+    )
     test_buildings: list[str] | None = Field(
         default=None,
         description="buildings held out for test; None: the last 20% of the sorted names (at least one)",
@@ -368,7 +389,9 @@ class TaskonomyParams(Params):
         default=18, ge=1, le=255, description="class ids at or above this become 255 (ignored)"
     )
     max_per_building: int | None = Field(
-        default=None, gt=0, description="keep only the first N views (sorted by point, view) of each building"
+        default=None,
+        gt=0,
+        description="keep only the first N views (sorted by point, view) of each building",
     )
 
     @field_validator("domains")
@@ -418,10 +441,13 @@ def _list_views(root: Path, max_per_building: int | None) -> dict[str, list[_Vie
             found = found[:max_per_building]
         if found:
             views[entry.name] = [
-                _View(entry.name, name[: -len("_domain_rgb.png")], Path(entry.path, name)) for _, name in found
+                _View(entry.name, name[: -len("_domain_rgb.png")], Path(entry.path, name))
+                for _, name in found
             ]
     if not views:
-        raise DataError(f"taskonomy RGB folder {rgb} holds no point_<p>_view_<v>_domain_rgb.png files; {TASKONOMY_LAYOUT}")
+        raise DataError(
+            f"taskonomy RGB folder {rgb} holds no point_<p>_view_<v>_domain_rgb.png files; {TASKONOMY_LAYOUT}"
+        )
     return views
 
 
@@ -434,7 +460,9 @@ def _check_labels(root: Path, views: dict[str, list[_View]], domains: Sequence[s
     for domain in domains:
         folder = root / _DOMAIN_FILES[domain][0]
         if not folder.is_dir():
-            raise DataError(f"taskonomy {domain} folder {folder} does not exist; {TASKONOMY_LAYOUT}")
+            raise DataError(
+                f"taskonomy {domain} folder {folder} does not exist; {TASKONOMY_LAYOUT}"
+            )
         for building, items in views.items():
             present = set(os.listdir(folder / building)) if (folder / building).is_dir() else set()
             for view in items:
@@ -452,7 +480,9 @@ def _read_scene(path: Path) -> int:
         raise DataError(f"cannot read scene scores {path} ({type(exc).__name__}: {exc})") from exc
     scores = np.asarray(scores).reshape(-1)
     if scores.size == 0 or not np.issubdtype(scores.dtype, np.number):
-        raise DataError(f"scene scores {path} hold no numbers (shape {scores.shape}, dtype {scores.dtype})")
+        raise DataError(
+            f"scene scores {path} hold no numbers (shape {scores.shape}, dtype {scores.dtype})"
+        )
     return int(np.argmax(scores))
 
 
@@ -488,7 +518,8 @@ def read_segmentation(path: Path, size: int, classes: int) -> np.ndarray:
     if img.mode in ("RGB", "RGBA", "LA"):
         channels = np.asarray(img)
         if img.mode != "LA" and not (
-            np.array_equal(channels[..., 0], channels[..., 1]) and np.array_equal(channels[..., 0], channels[..., 2])
+            np.array_equal(channels[..., 0], channels[..., 1])
+            and np.array_equal(channels[..., 0], channels[..., 2])
         ):
             raise DataError(
                 f"segmentation {path} is a colour image ({img.mode}); expected 8-bit class ids in one channel"
@@ -503,7 +534,9 @@ def read_depth(path: Path, size: int) -> np.ndarray:
     """float32 [size, size] in metres; the invalid code 65535 (and 0) become 0."""
     img = _open(path, "depth map")
     if not _is_16bit(img):
-        raise DataError(f"depth map {path} has PIL mode {img.mode!r}; expected a 16-bit single-channel PNG")
+        raise DataError(
+            f"depth map {path} has PIL mode {img.mode!r}; expected a 16-bit single-channel PNG"
+        )
     raw = np.asarray(_resize(img, size, _NEAREST)).astype(np.float32)
     return np.where(raw >= DEPTH_INVALID, np.float32(0.0), raw / np.float32(DEPTH_SCALE))
 
@@ -516,7 +549,9 @@ def read_keypoints(path: Path, size: int) -> np.ndarray:
     elif img.mode == "L":
         scale = 255.0
     else:
-        raise DataError(f"key-point map {path} has PIL mode {img.mode!r}; expected a single-channel PNG")
+        raise DataError(
+            f"key-point map {path} has PIL mode {img.mode!r}; expected a single-channel PNG"
+        )
     values = np.asarray(img).astype(np.float32) / np.float32(scale)
     resized = np.asarray(_resize(Image.fromarray(values), size, _BILINEAR))
     return np.clip(resized, 0.0, 1.0)
@@ -535,7 +570,9 @@ def _decode_views(
         view = views[i]
         x[i] = read_rgb(view.rgb, size)
         if seg is not None:
-            seg[i] = read_segmentation(view.label(root, "segmentation"), size, params.segmentation_classes)
+            seg[i] = read_segmentation(
+                view.label(root, "segmentation"), size, params.segmentation_classes
+            )
         if depth is not None:
             depth[i, 0] = read_depth(view.label(root, "depth"), size)
         if keys is not None:
@@ -555,7 +592,12 @@ def _decode_views(
 
 
 def _load_taskonomy_split(
-    root: Path, views: list[_View], y: np.ndarray, size: int | None, seed: int, params: TaskonomyParams
+    root: Path,
+    views: list[_View],
+    y: np.ndarray,
+    size: int | None,
+    seed: int,
+    params: TaskonomyParams,
 ) -> Split:
     # Same rule as harness.data.subset, so a pre-decode subset equals the one the core would draw.
     if size is None or size >= len(views):
@@ -563,10 +605,17 @@ def _load_taskonomy_split(
         return Split(x, torch.as_tensor(y, dtype=torch.int64), None, targets)
     chosen = stratified_indices(y, size, seed)
     x, targets = _decode_views(root, [views[i] for i in chosen], y[chosen], params)
-    return Split(x, torch.as_tensor(y[chosen], dtype=torch.int64), torch.as_tensor(chosen, dtype=torch.int64), targets)
+    return Split(
+        x,
+        torch.as_tensor(y[chosen], dtype=torch.int64),
+        torch.as_tensor(chosen, dtype=torch.int64),
+        targets,
+    )
 
 
-def _split_buildings(buildings: list[str], test_buildings: list[str] | None, rgb: Path) -> tuple[list[str], list[str]]:
+def _split_buildings(
+    buildings: list[str], test_buildings: list[str] | None, rgb: Path
+) -> tuple[list[str], list[str]]:
     """Hold whole buildings out, so test views never share a room with training views."""
     if test_buildings is None:
         if len(buildings) < 2:
@@ -585,7 +634,9 @@ def _split_buildings(buildings: list[str], test_buildings: list[str] | None, rgb
         test = [b for b in buildings if b in test_buildings]
     train = [b for b in buildings if b not in test]
     if not train:
-        raise DataError(f"every building under {rgb} is a test building; leave at least one for training")
+        raise DataError(
+            f"every building under {rgb} is a test building; leave at least one for training"
+        )
     return train, test
 
 
@@ -601,7 +652,9 @@ def load_taskonomy(params: TaskonomyParams, context: BuildContext | None = None)
     train_size, test_size, seed = sub.train, sub.test, sub.seed
     views = _list_views(root, params.max_per_building)
     _check_labels(root, views, list(dict.fromkeys([*params.domains, "scene"])))
-    train_buildings, test_buildings = _split_buildings(list(views), params.test_buildings, root / "rgb")
+    train_buildings, test_buildings = _split_buildings(
+        list(views), params.test_buildings, root / "rgb"
+    )
     train_views = [v for b in train_buildings for v in views[b]]
     test_views = [v for b in test_buildings for v in views[b]]
 
@@ -616,7 +669,9 @@ def load_taskonomy(params: TaskonomyParams, context: BuildContext | None = None)
     y = np.searchsorted(present, raw).astype(np.int64)
     scene_names = [f"scene-{int(c)}" for c in present]
 
-    train = _load_taskonomy_split(root, train_views, y[: len(train_views)], train_size, seed, params)
+    train = _load_taskonomy_split(
+        root, train_views, y[: len(train_views)], train_size, seed, params
+    )
     test = _load_taskonomy_split(root, test_views, y[len(train_views) :], test_size, seed, params)
     metadata: dict[str, Any] = {
         "root": str(root),
@@ -631,7 +686,9 @@ def load_taskonomy(params: TaskonomyParams, context: BuildContext | None = None)
     }
     if "segmentation" in params.domains:
         metadata["segmentation_classes"] = params.segmentation_classes
-        metadata["segmentation_class_names"] = [f"class-{i}" for i in range(params.segmentation_classes)]
+        metadata["segmentation_class_names"] = [
+            f"class-{i}" for i in range(params.segmentation_classes)
+        ]
     if "depth" in params.domains:
         metadata["depth_units"] = "metres"
     if "keypoints" in params.domains:

@@ -46,7 +46,9 @@ class Classification(TaskHead):
 def harness_register_task_heads() -> list[TaskHeadRecord]:
     return [
         TaskHeadRecord(
-            name="classification", factory=Classification, params=NoParams,
+            name="classification",
+            factory=Classification,
+            params=NoParams,
             description="linear head, cross-entropy (hard or soft labels), accuracy (higher is better)",
         )
     ]

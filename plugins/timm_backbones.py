@@ -55,7 +55,7 @@ class TimmParams(Params):
     kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="arguments passed to timm.create_model (e.g. drop_path_rate, channels, depth); "
-                    "num_classes is the harness's, pretrained must stay false",
+        "num_classes is the harness's, pretrained must stay false",
     )
     small_input: Literal["auto"] | bool = Field(
         default="auto",
@@ -65,7 +65,9 @@ class TimmParams(Params):
 
 class CifarResNetParams(Params):
     width: int = Field(
-        default=64, gt=0, le=512,
+        default=64,
+        gt=0,
+        le=512,
         description="channels of the stem and first stage, doubled per stage (64 in the paper)",
     )
 
@@ -74,15 +76,22 @@ class VitParams(Params):
     embed_dim: int = Field(default=512, gt=0, le=4096, description="token width (512 in the paper)")
     depth: int = Field(default=6, ge=1, le=48, description="transformer blocks (6 in the paper)")
     num_heads: int = Field(default=8, ge=1, le=64, description="attention heads (8 in the paper)")
-    patch_size: int = Field(default=4, ge=1, le=64, description="side of a square patch (4 in the paper)")
+    patch_size: int = Field(
+        default=4, ge=1, le=64, description="side of a square patch (4 in the paper)"
+    )
     mlp_ratio: float = Field(
-        default=4.0, gt=0, le=16, description="MLP hidden width over token width (timm's default; the paper gives none)",
+        default=4.0,
+        gt=0,
+        le=16,
+        description="MLP hidden width over token width (timm's default; the paper gives none)",
     )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> VitParams:
         if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+            raise ValueError(
+                f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
+            )
         return self
 
 
@@ -131,14 +140,17 @@ class TimmBackbone(Backbone):
                 features = self.model.forward_features(x)
                 pooled = self.model.forward_head(features, pre_logits=True)
                 if pooled.ndim != 2:
-                    raise TypeError(f"{self.label} pools to shape {tuple(pooled.shape)}, not [batch, features]")
+                    raise TypeError(
+                        f"{self.label} pools to shape {tuple(pooled.shape)}, not [batch, features]"
+                    )
                 if features.ndim == 3:
                     self.layout = "NLC"
                     self.grid = _token_grid(features.shape[1] - self.prefix_tokens, shape[1:])
                 self.num_features = int(pooled.shape[-1])
                 fmap = self._map(features)
                 self.has_feature_map = (
-                    fmap is not None and fmap.shape[1] == self.num_features
+                    fmap is not None
+                    and fmap.shape[1] == self.num_features
                     and torch.allclose(self._pool_map(fmap), pooled, rtol=1e-4, atol=1e-5)
                 )
         except (RuntimeError, AssertionError, ValueError) as exc:
@@ -154,7 +166,7 @@ class TimmBackbone(Backbone):
         if features.ndim == 4:
             return features if self.layout == "NCHW" else features.permute(0, 3, 1, 2)
         if features.ndim == 3 and self.grid is not None:
-            tokens = features[:, self.prefix_tokens:]
+            tokens = features[:, self.prefix_tokens :]
             return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self.grid)
         return None
 
@@ -191,12 +203,19 @@ def _token_grid(tokens: int, size: tuple[int, int]) -> tuple[int, int] | None:
     if tokens <= 0 or (height * width) % tokens:
         return None
     stride = math.isqrt((height * width) // tokens)
-    if stride == 0 or height % stride or width % stride or (height // stride) * (width // stride) != tokens:
+    if (
+        stride == 0
+        or height % stride
+        or width % stride
+        or (height // stride) * (width // stride) != tokens
+    ):
         return None
     return height // stride, width // stride
 
 
-def _kaiming_conv(c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Conv2d:
+def _kaiming_conv(
+    c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0
+) -> nn.Conv2d:
     """A bias-free convolution initialised as timm initialises ResNet convolutions."""
     conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False)
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
@@ -211,7 +230,9 @@ def cifar_stem(model: nn.Module, name: str) -> None:
     elif isinstance(stem, nn.Sequential) and isinstance(stem[0], nn.Conv2d):
         stem[0].stride = (1, 1)  # a deep stem: only its first 3×3 convolution is strided
     else:
-        raise ValueError(f"{name}: no CIFAR form for a stem of type {type(stem).__name__}; set small_input: false")
+        raise ValueError(
+            f"{name}: no CIFAR form for a stem of type {type(stem).__name__}; set small_input: false"
+        )
     if not isinstance(model.maxpool, (nn.MaxPool2d, nn.Identity)):
         raise ValueError(
             f"{name}: no CIFAR form for a stem pooling of type {type(model.maxpool).__name__} "
@@ -233,12 +254,19 @@ def set_stem_width(model: nn.Module, width: int) -> None:
     model.conv1 = _kaiming_conv(model.conv1.in_channels, width, 3, 1, 1)
     model.bn1 = nn.BatchNorm2d(width)
     old = first.conv1
-    first.conv1 = _kaiming_conv(width, old.out_channels, old.kernel_size[0], old.stride[0], old.padding[0])
-    first.downsample = nn.Sequential(_kaiming_conv(width, out, 1), nn.BatchNorm2d(out)) if width != out else None
+    first.conv1 = _kaiming_conv(
+        width, old.out_channels, old.kernel_size[0], old.stride[0], old.padding[0]
+    )
+    first.downsample = (
+        nn.Sequential(_kaiming_conv(width, out, 1), nn.BatchNorm2d(out)) if width != out else None
+    )
 
 
 def create_timm_model(
-    name: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], small_input: Literal["auto"] | bool,
+    name: str,
+    kwargs: dict[str, Any],
+    input_shape: tuple[int, ...],
+    small_input: Literal["auto"] | bool,
 ) -> nn.Module:
     """timm.create_model, headless, for this input, adapted to small images where asked."""
     import timm
@@ -255,17 +283,27 @@ def create_timm_model(
         )
     for key in (*_WEIGHT_ARGS, *_HEAD_ARGS):
         if key in args:
-            why = "loading weights is not supported" if key in _WEIGHT_ARGS else "the harness's task head replaces timm's"
+            why = (
+                "loading weights is not supported"
+                if key in _WEIGHT_ARGS
+                else "the harness's task head replaces timm's"
+            )
             raise ValueError(f"{label}: kwargs.{key} is not allowed ({why})")
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        hint = ("did you mean " + " or ".join(repr(c) for c in close) + "?") if close else "no close name"
+        hint = (
+            ("did you mean " + " or ".join(repr(c) for c in close) + "?")
+            if close
+            else "no close name"
+        )
         raise ValueError(
             f"unknown timm model {name!r} (timm {timm.__version__}): {hint} "
             "(timm.list_models('*pattern*') lists the names)"
         )
     if args.setdefault("in_chans", channels) != channels:
-        raise ValueError(f"{label}: kwargs.in_chans is {args['in_chans']} but the inputs have {channels} channels")
+        raise ValueError(
+            f"{label}: kwargs.in_chans is {args['in_chans']} but the inputs have {channels} channels"
+        )
     small = max(height, width) <= SMALL_INPUT_SIDE if small_input == "auto" else small_input
     vit = is_model_in_modules(name, ["vision_transformer"])
     if vit:
@@ -304,7 +342,9 @@ def build_timm(params: TimmParams, context: BuildContext) -> TimmBackbone:
     return TimmBackbone(model, f"timm:{variant}", input_shape)
 
 
-def _cifar_resnet(arch: str, name: str, params: CifarResNetParams, input_shape: tuple[int, ...]) -> TimmBackbone:
+def _cifar_resnet(
+    arch: str, name: str, params: CifarResNetParams, input_shape: tuple[int, ...]
+) -> TimmBackbone:
     image_shape(name, input_shape)
     stage_widths = tuple(params.width * 2**i for i in range(4))
     # the CIFAR reference models start every batch norm at weight 1; timm's default zero-starts the
@@ -341,9 +381,17 @@ def small_vit(params: VitParams, context: BuildContext) -> TimmBackbone:
     channels, height, width = shape = image_shape("vit", input_shape)
     check_patches("vit", params.patch_size, shape)
     model = VisionTransformer(
-        img_size=(height, width), patch_size=params.patch_size, in_chans=channels, num_classes=0,
-        global_pool="avg", class_token=False, fc_norm=False, embed_dim=params.embed_dim, depth=params.depth,
-        num_heads=params.num_heads, mlp_ratio=params.mlp_ratio,
+        img_size=(height, width),
+        patch_size=params.patch_size,
+        in_chans=channels,
+        num_classes=0,
+        global_pool="avg",
+        class_token=False,
+        fc_norm=False,
+        embed_dim=params.embed_dim,
+        depth=params.depth,
+        num_heads=params.num_heads,
+        mlp_ratio=params.mlp_ratio,
     )
     return TimmBackbone(model, "vit", input_shape)
 
@@ -352,22 +400,31 @@ def small_vit(params: VitParams, context: BuildContext) -> TimmBackbone:
 def harness_register_backbones() -> list[BackboneRecord]:
     return [
         BackboneRecord(
-            name="timm", factory=build_timm, params=TimmParams, family=True,
+            name="timm",
+            factory=build_timm,
+            params=TimmParams,
+            family=True,
             description="any timm model as timm:<model> (headless, no pretrained weights); CIFAR-form "
-                        "ResNet stems and patch-4 ViTs for inputs up to 64×64",
+            "ResNet stems and patch-4 ViTs for inputs up to 64×64",
         ),
         BackboneRecord(
-            name="resnet50", factory=cifar_resnet50, params=CifarResNetParams,
+            name="resnet50",
+            factory=cifar_resnet50,
+            params=CifarResNetParams,
             description="ResNet-50, CIFAR form (3×3 stride-1 stem, no max-pool), from timm; "
-                        "54 scored layers with its head",
+            "54 scored layers with its head",
         ),
         BackboneRecord(
-            name="senet18", factory=cifar_senet18, params=CifarResNetParams,
+            name="senet18",
+            factory=cifar_senet18,
+            params=CifarResNetParams,
             description="SENet-18 (SE-ResNet-18), CIFAR form, from timm; 37 scored layers with its head",
         ),
         BackboneRecord(
-            name="vit", factory=small_vit, params=VitParams,
+            name="vit",
+            factory=small_vit,
+            params=VitParams,
             description="ViT for 32×32 (patch 4, width 512, depth 6, 8 heads), patch-token mean pooling, "
-                        "from timm; 26 scored layers with its head (patch embedding, 4 per block, head)",
+            "from timm; 26 scored layers with its head (patch embedding, 4 per block, head)",
         ),
     ]

@@ -17,7 +17,11 @@ def tiny_spec(name: str = "tiny", **overrides) -> dict:
         "sal": {"iterations": 3, "probe_size": 64, "probe_batch_size": 32},
         "poisons": [
             {"name": "random-noise", "label": "noise-sample", "params": {"epsilon": 0.1}},
-            {"name": "random-noise", "label": "noise-class", "params": {"epsilon": 0.1, "mode": "class-wise"}},
+            {
+                "name": "random-noise",
+                "label": "noise-class",
+                "params": {"epsilon": 0.1, "mode": "class-wise"},
+            },
         ],
     }
     for key, value in overrides.items():
@@ -67,7 +71,13 @@ def linear_spec() -> dict:
         backbone={"name": "linear"},
         training={"epochs": 2, "batch_size": 50, "optimizer": {"name": "sgd", "lr": 0.1}},
         sal={"iterations": 2, "probe_size": 64, "probe_batch_size": 32},
-        poisons=[{"name": "random-noise", "label": "noise-class", "params": {"epsilon": 0.1, "mode": "class-wise"}}],
+        poisons=[
+            {
+                "name": "random-noise",
+                "label": "noise-class",
+                "params": {"epsilon": 0.1, "mode": "class-wise"},
+            }
+        ],
         seeds=[0, 1],
     )
 

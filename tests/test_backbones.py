@@ -19,8 +19,10 @@ def build(name: str, shape: tuple[int, ...], **params) -> TaskModel:
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-@pytest.mark.parametrize(("name", "params"), [("small-cnn", {}), ("linear", {}), ("resnet18", {"width": 8}),
-                                              ("small-unet", {"width": 4})])
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("small-cnn", {}), ("linear", {}), ("resnet18", {"width": 8}), ("small-unet", {"width": 4})],
+)
 def test_backbone_trains_a_step(name, params, shape):
     torch.manual_seed(0)
     model = build(name, shape, **params)
@@ -46,7 +48,10 @@ def test_image_backbones_refuse_feature_vectors():
         build("small-cnn", (12,))
 
 
-@pytest.mark.parametrize(("name", "params"), [("small-cnn", {}), ("resnet18", {"width": 8}), ("small-unet", {"width": 4})])
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("small-cnn", {}), ("resnet18", {"width": 8}), ("small-unet", {"width": 4})],
+)
 def test_convolutional_backbones_give_a_map_whose_pool_is_their_output(name, params):
     backbone = build(name, (3, 32, 32), **params).backbone
     x = torch.rand(2, 3, 32, 32)

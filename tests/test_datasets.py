@@ -24,7 +24,9 @@ def build(name: str, subset: dict | None = None, **params: object) -> DataBundle
     """Look a data set up by name and build it, as the core does from a spec."""
     record = {r.name: r for r in datasets.harness_register_datasets()}[name]
     validated = record.params(**params)
-    return record.factory(validated, BuildContext(subset=None if subset is None else Subset(**subset)))
+    return record.factory(
+        validated, BuildContext(subset=None if subset is None else Subset(**subset))
+    )
 
 
 def test_every_record_is_usable() -> None:
@@ -113,7 +115,18 @@ def fake_cifar10(root: Path, per_batch: int = 3) -> Path:
                 "filenames": [f"{name}_{i}.png" for i in range(per_batch)],
             },
         )
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     _pickle(folder / "batches.meta", {"label_names": names, "num_cases_per_batch": per_batch})
     return folder
 
@@ -135,7 +148,10 @@ def fake_cifar100(root: Path) -> Path:
         )
     _pickle(
         folder / "meta",
-        {"fine_label_names": [f"fine{i}" for i in range(100)], "coarse_label_names": [f"c{i}" for i in range(20)]},
+        {
+            "fine_label_names": [f"fine{i}" for i in range(100)],
+            "coarse_label_names": [f"c{i}" for i in range(20)],
+        },
     )
     return folder
 

@@ -42,14 +42,19 @@ def in_unit_range(x: Tensor) -> bool:
 
 
 def total_variation(x: Tensor) -> float:
-    return float((x[..., 1:, :] - x[..., :-1, :]).abs().sum() + (x[..., :, 1:] - x[..., :, :-1]).abs().sum())
+    return float(
+        (x[..., 1:, :] - x[..., :-1, :]).abs().sum() + (x[..., :, 1:] - x[..., :, :-1]).abs().sum()
+    )
 
 
 def context(generator: torch.Generator, epoch: int = 1) -> StepContext:
     return StepContext(
-        epoch=epoch, generator=generator, loss=F.cross_entropy,
+        epoch=epoch,
+        generator=generator,
+        loss=F.cross_entropy,
         per_sample_loss=lambda out, t: F.cross_entropy(out, t, reduction="none"),
-        value_range=(0.0, 1.0), augment=lambda x, g: x,
+        value_range=(0.0, 1.0),
+        augment=lambda x, g: x,
     )
 
 
@@ -74,7 +79,11 @@ def test_every_defence_is_registered_with_its_paper_and_original_defaults():
     assert (at.epsilon, at.step_size, at.steps, at.random_start) == (8 / 255, 2 / 255, 10, True)
     assert defence("mixup").params.alpha == defence("cutmix").params.alpha == 1.0
     assert defence("ueraser").k == 5
-    assert [defence("ueraser", variant=v).max_epochs for v in ("lite", "standard", "max")] == [0, 50, 300]
+    assert [defence("ueraser", variant=v).max_epochs for v in ("lite", "standard", "max")] == [
+        0,
+        50,
+        300,
+    ]
 
 
 def test_harness_plugins_lists_each_defence_with_its_paper_and_deviations(capsys):
@@ -82,7 +91,7 @@ def test_harness_plugins_lists_each_defence_with_its_paper_and_deviations(capsys
 
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    listing = out[out.index("defences:"):]
+    listing = out[out.index("defences:") :]
     for name in ALL:
         assert f"  {name} " in listing
     assert "follows: Qin, Gao" in listing and "differs: TrivialAugment is torchvision's" in listing
@@ -122,7 +131,9 @@ def test_bit_depth_reduction_leaves_at_most_two_to_the_bits_levels(bits):
     y = defence("bdr", bits=bits).transform_images(torch.rand(8, 3, 32, 32, generator=gen()), gen())
     levels = torch.unique(y)
     assert len(levels) <= 2**bits
-    assert torch.allclose(levels * 255, (levels * 255).round())  # PIL posterize levels: multiples of 2^(8-bits)
+    assert torch.allclose(
+        levels * 255, (levels * 255).round()
+    )  # PIL posterize levels: multiples of 2^(8-bits)
 
 
 def test_blur_smooths_and_its_original_default_is_almost_the_identity():
@@ -175,7 +186,11 @@ def test_mixup_mixes_pairs_of_images_and_their_labels_into_soft_targets_summing_
 
 def test_cutmix_label_weights_are_the_pixel_shares_of_the_two_images():
     b = 8
-    x = (torch.arange(b, dtype=torch.float32) / b)[:, None, None, None].expand(b, 3, 32, 32).contiguous()
+    x = (
+        (torch.arange(b, dtype=torch.float32) / b)[:, None, None, None]
+        .expand(b, 3, 32, 32)
+        .contiguous()
+    )
     y = torch.arange(b)
     mixed, soft = defence("cutmix").transform_batch(x, y, 10, gen(1))
     assert torch.allclose(soft.sum(dim=1), torch.ones(b))
@@ -287,8 +302,13 @@ def _train(name: str, params: dict, epochs: range, state: dict | None) -> dict:
     train = Split(smooth_images(48, 1, 8, seed=5), torch.arange(48) % 10)
     recipe = TrainingSpec(epochs=2, batch_size=16, augmentation=["crop", "flip"])
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(256, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(256, 10),
+    )
     optimizer = make_optimizer(model, recipe.optimizer)
     generator = gen(11)
     if state is not None:
@@ -297,15 +317,35 @@ def _train(name: str, params: dict, epochs: range, state: dict | None) -> dict:
         generator.set_state(state["generator"])
     d = defence(name, **params)  # a fresh instance, as after a restart
     for epoch in epochs:
-        train_epoch(model, train, Classification(), d, recipe, optimizer, generator, torch.device("cpu"),
-                    epoch, 10, (0.0, 1.0))
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
+        train_epoch(
+            model,
+            train,
+            Classification(),
+            d,
+            recipe,
+            optimizer,
+            generator,
+            torch.device("cpu"),
+            epoch,
+            10,
+            (0.0, 1.0),
+        )
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+    }
 
 
-@pytest.mark.parametrize("name,params", [
-    ("cutout", {}), ("mixup", {}),
-    ("adversarial-training", {"steps": 2}), ("ueraser", {"k": 2}),
-])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("cutout", {}),
+        ("mixup", {}),
+        ("adversarial-training", {"steps": 2}),
+        ("ueraser", {"k": 2}),
+    ],
+)
 def test_training_resumed_from_a_checkpoint_is_bit_identical(name, params):
     """What the runner checkpoints (model, optimiser, generator) is all a defence's state."""
     straight = _train(name, params, range(1, 3), None)
@@ -324,19 +364,29 @@ def test_image_batch_and_step_defences_run_inside_a_real_training_loop(tmp_path)
 
     from harness.cli import main
 
-    spec = write_spec(tmp_path / "defended.yaml", {
-        "name": "defended",
-        "data": {"name": "digits", "subset": {"train": 200, "test": 100}},
-        "backbone": {"name": "small-cnn", "params": {"width": 4, "blocks": 1}},
-        "training": {"epochs": 2, "batch_size": 50, "optimizer": {"name": "sgd", "lr": 0.05}},
-        "sal": {"iterations": 2, "probe_size": 64, "probe_batch_size": 32},
-        "poisons": [{"name": "random-noise", "label": "noise", "params": {"epsilon": 0.1}}],
-        "defences": ["none", "jpeg", "mixup", {"name": "adversarial-training", "params": {"steps": 2}}],
-    })
+    spec = write_spec(
+        tmp_path / "defended.yaml",
+        {
+            "name": "defended",
+            "data": {"name": "digits", "subset": {"train": 200, "test": 100}},
+            "backbone": {"name": "small-cnn", "params": {"width": 4, "blocks": 1}},
+            "training": {"epochs": 2, "batch_size": 50, "optimizer": {"name": "sgd", "lr": 0.05}},
+            "sal": {"iterations": 2, "probe_size": 64, "probe_batch_size": 32},
+            "poisons": [{"name": "random-noise", "label": "noise", "params": {"epsilon": 0.1}}],
+            "defences": [
+                "none",
+                "jpeg",
+                "mixup",
+                {"name": "adversarial-training", "params": {"steps": 2}},
+            ],
+        },
+    )
     assert main(["eval", str(spec), "--output", str(tmp_path / "runs"), "--quiet"]) == 0
     entries = {e.arm_id: e for e in read_entries(tmp_path / "runs" / "defended")}
     defences = ("jpeg", "mixup", "adversarial-training")
-    assert set(entries) == {f"{p}__{d}__s0" for p in ("clean", "noise") for d in ("none", *defences)}
+    assert set(entries) == {
+        f"{p}__{d}__s0" for p in ("clean", "noise") for d in ("none", *defences)
+    }
     for d in defences:
         for p in ("clean", "noise"):
             r = entries[f"{p}__{d}__s0"].results
@@ -347,5 +397,7 @@ def test_image_batch_and_step_defences_run_inside_a_real_training_loop(tmp_path)
             # the defence changed training: same seed and data, a different training loss
             assert r.final_train_loss != entries[f"{p}__none__s0"].results.final_train_loss
         clean = entries[f"clean__{d}__s0"].results
-        assert clean.ud_undefended == pytest.approx(1.0)  # the undefended clean arm is the reference
+        assert clean.ud_undefended == pytest.approx(
+            1.0
+        )  # the undefended clean arm is the reference
         assert clean.beta == entries["clean__none__s0"].results.beta  # β still from the clean arm

@@ -68,7 +68,9 @@ def fake_bundle(**metadata) -> DataBundle:
     meta = {"segmentation_classes": CLASSES, "keypoints": K, "scene_classes": SCENES}
     meta.update(metadata)
     meta = {k: v for k, v in meta.items() if v is not None}
-    return DataBundle("fake-multitask", fake_split(6, g), fake_split(4, g), classes=["scene"], metadata=meta)
+    return DataBundle(
+        "fake-multitask", fake_split(6, g), fake_split(4, g), classes=["scene"], metadata=meta
+    )
 
 
 def registered(name: str, **params):
@@ -221,7 +223,13 @@ def test_keypoint_bce_head_outputs_logits_and_its_l1_metric_compares_probabiliti
 
 @pytest.mark.parametrize(
     "head",
-    [Segmentation(), Depth(), Keypoints(), Keypoints(KeypointParams(metric="l1")), SceneClassification()],
+    [
+        Segmentation(),
+        Depth(),
+        Keypoints(),
+        Keypoints(KeypointParams(metric="l1")),
+        SceneClassification(),
+    ],
     ids=lambda h: f"{type(h).__name__}-{h.metric_name}",
 )
 def test_a_metric_over_two_batches_equals_the_metric_over_one_batch_of_both(head):
@@ -286,8 +294,12 @@ def test_scene_classification_is_a_linear_head_on_pooled_features():
 
 def test_a_dense_head_on_a_registered_backbone_predicts_at_input_resolution():
     data = fake_bundle()
-    backbone = get_components().build("backbone", "small-cnn", {"width": 4, "blocks": 2},
-                                      BuildContext(input_shape=data.input_shape))
+    backbone = get_components().build(
+        "backbone",
+        "small-cnn",
+        {"width": 4, "blocks": 2},
+        BuildContext(input_shape=data.input_shape),
+    )
     head = registered("segmentation", hidden=8)
     model = TaskModel(backbone, head.build(backbone.num_features, data), features=head.features)
     with torch.no_grad():
@@ -312,8 +324,11 @@ def test_losses_are_float32_under_autocast():
 
 @pytest.mark.parametrize(
     ("name", "key"),
-    [("segmentation", "segmentation_classes"), ("keypoints", "keypoints"),
-     ("scene-classification", "scene_classes")],
+    [
+        ("segmentation", "segmentation_classes"),
+        ("keypoints", "keypoints"),
+        ("scene-classification", "scene_classes"),
+    ],
 )
 def test_building_without_the_metadata_a_head_needs_says_what_is_missing(name, key):
     data = fake_bundle(**{key: None})
@@ -330,9 +345,13 @@ def test_bad_metadata_values_are_refused():
 
 def test_dense_heads_refuse_data_that_are_not_images():
     data = fake_bundle()
-    flat = DataBundle("tabular", Split(torch.rand(4, 10), torch.zeros(4, dtype=torch.int64)),
-                      Split(torch.rand(2, 10), torch.zeros(2, dtype=torch.int64)), ["a"],
-                      metadata=data.metadata)
+    flat = DataBundle(
+        "tabular",
+        Split(torch.rand(4, 10), torch.zeros(4, dtype=torch.int64)),
+        Split(torch.rand(2, 10), torch.zeros(2, dtype=torch.int64)),
+        ["a"],
+        metadata=data.metadata,
+    )
     with pytest.raises(ValueError, match="'depth'.*images"):
         Depth().build(8, flat)
 

@@ -32,9 +32,20 @@ def multitask_spec(name: str = "mt", **overrides) -> dict:
         "training": {"epochs": 2, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05}},
         "sal": {"iterations": 1, "probe_size": 32, "probe_batch_size": 32},
         "poisons": [
-            {"name": "em", "label": "em-all", "crafting_task": "all",
-             "params": {"max_rounds": 1, "train_steps": 2, "steps": 2,
-                        "surrogate": {"backbone": "small-cnn", "backbone_params": {"width": 4, "blocks": 2}}}},
+            {
+                "name": "em",
+                "label": "em-all",
+                "crafting_task": "all",
+                "params": {
+                    "max_rounds": 1,
+                    "train_steps": 2,
+                    "steps": 2,
+                    "surrogate": {
+                        "backbone": "small-cnn",
+                        "backbone_params": {"width": 4, "blocks": 2},
+                    },
+                },
+            },
         ],
     }
     spec.update(overrides)
@@ -68,8 +79,11 @@ def test_run_file_holds_sal_per_task_over_the_backbone_layers(multitask_run: Pat
 
 def test_one_entry_per_task_with_its_own_ud_metric_and_similarity(multitask_run: Path):
     entries = {e.entry_id: e for e in read_entries(multitask_run)}
-    assert set(entries) == {f"{arm}__{task}" for arm in ("clean__none__s0", "em-all__none__s0")
-                            for task in ("shape", "segmentation", "depth")}
+    assert set(entries) == {
+        f"{arm}__{task}"
+        for arm in ("clean__none__s0", "em-all__none__s0")
+        for task in ("shape", "segmentation", "depth")
+    }
     seg = entries["em-all__none__s0__segmentation"]
     assert seg.evaluated_task == "segmentation" and seg.crafting_task == "all"
     assert seg.results.test_metric.name == "miou" and seg.results.test_metric.higher_is_better
@@ -80,7 +94,11 @@ def test_one_entry_per_task_with_its_own_ud_metric_and_similarity(multitask_run:
     assert entries["clean__none__s0__shape"].results.ud == pytest.approx(1.0)
     # entries of different tasks never share a track, so the leaderboard never ranks them together
     assert len({e.track.id for e in entries.values()}) == 3
-    assert seg.track.tasks is not None and [t["label"] for t in seg.track.tasks] == ["shape", "segmentation", "depth"]
+    assert seg.track.tasks is not None and [t["label"] for t in seg.track.tasks] == [
+        "shape",
+        "segmentation",
+        "depth",
+    ]
     # and they are recomputed from the run file alone
     assert {e.entry_id: e for e in compute_entries(multitask_run)} == entries
 
@@ -99,26 +117,41 @@ def test_cross_task_poison_is_crafted_on_one_task_and_evaluated_on_another(tmp_p
     from conftest import write_spec
 
     spec = multitask_spec(
-        "cross", tasks=[], task="classification",
+        "cross",
+        tasks=[],
+        task="classification",
         training={"epochs": 1, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05}},
-        poisons=[{**multitask_spec()["poisons"][0], "label": "em-seg", "crafting_task": "segmentation"}],
+        poisons=[
+            {**multitask_spec()["poisons"][0], "label": "em-seg", "crafting_task": "segmentation"}
+        ],
     )
     del spec["tasks"]
     path = write_spec(tmp_path / "cross.yaml", spec)
     assert main(["eval", str(path), "--output", str(tmp_path / "runs"), "--quiet"]) == 0
-    entry = next(e for e in read_entries(tmp_path / "runs" / "cross") if e.arm_id == "em-seg__none__s0")
+    entry = next(
+        e for e in read_entries(tmp_path / "runs" / "cross") if e.arm_id == "em-seg__none__s0"
+    )
     assert entry.crafting_task == "segmentation" and entry.evaluated_task == "classification"
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"training": {"epochs": 1, "batch_size": 32, "augmentation": ["flip"]}},
-         "augmentation: crop and flip move the pixels but not the dense targets"),
-        ({"backbone": "lenet5", "data": {"name": "shapes-multitask", "params": {"train": 64, "test": 32}}},
-         "gives no feature map, which the dense task"),
-        ({"poisons": [{"name": "ops", "crafting_task": "segmentation"}]},
-         "poison 'ops' does not declare `task_aware`"),
+        (
+            {"training": {"epochs": 1, "batch_size": 32, "augmentation": ["flip"]}},
+            "augmentation: crop and flip move the pixels but not the dense targets",
+        ),
+        (
+            {
+                "backbone": "lenet5",
+                "data": {"name": "shapes-multitask", "params": {"train": 64, "test": 32}},
+            },
+            "gives no feature map, which the dense task",
+        ),
+        (
+            {"poisons": [{"name": "ops", "crafting_task": "segmentation"}]},
+            "poison 'ops' does not declare `task_aware`",
+        ),
         ({"defences": ["mixup"]}, "defence 'mixup' mixes images and class labels"),
         ({"data": {"name": "digits"}}, "needs the target 'segmentation'"),
     ],
@@ -127,7 +160,9 @@ def test_refused_before_anything_is_written(tmp_path: Path, overrides: dict, mes
     from conftest import write_spec
 
     path = write_spec(tmp_path / "bad.yaml", multitask_spec("bad", **overrides))
-    runner = Runner(load_spec(path, get_components()), get_components(), output_root=tmp_path / "runs")
+    runner = Runner(
+        load_spec(path, get_components()), get_components(), output_root=tmp_path / "runs"
+    )
     with pytest.raises(SpecError, match=message) as err:
         runner.prepare()
     assert str(path) in str(err.value)  # the error names the file (and line)
@@ -152,10 +187,14 @@ def test_report_draws_the_multitask_figures(multitask_run: Path):
     assert [t.get_text() for t in panels[0].get_yticklabels()] == ["shape", "segmentation", "depth"]
     assert panels[0].texts[0].get_text() == "1.00"  # a task is fully similar to itself
     proportion = figs["task_learnable_proportion"]
-    lines = [ax for ax in proportion.axes if ax.get_label().startswith("proportion:")][0].get_lines()
+    lines = [ax for ax in proportion.axes if ax.get_label().startswith("proportion:")][
+        0
+    ].get_lines()
     assert [line.get_label() for line in lines] == ["shape", "segmentation", "depth"]
     assert all(0.0 <= v <= 1.0 for line in lines for v in line.get_ydata())
-    metric_panels = [ax.get_label() for ax in figs["task_metrics"].axes if ax.get_label().startswith("metric:")]
+    metric_panels = [
+        ax.get_label() for ax in figs["task_metrics"].axes if ax.get_label().startswith("metric:")
+    ]
     assert metric_panels == ["metric:shape", "metric:segmentation", "metric:depth"]
 
 
@@ -163,13 +202,24 @@ def test_a_killed_multitask_run_with_a_damaged_file_resumes_to_the_same_entries(
     from conftest import write_spec
     from test_resume import VOLATILE, finish, harness_eval, kill_when
 
-    spec = write_spec(tmp_path / "mtr.yaml", multitask_spec(
-        "mtr", poisons=[], training={"epochs": 3, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05}}))
+    spec = write_spec(
+        tmp_path / "mtr.yaml",
+        multitask_spec(
+            "mtr",
+            poisons=[],
+            training={"epochs": 3, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05}},
+        ),
+    )
     finish(spec, tmp_path / "reference")
     run = tmp_path / "runs" / "mtr"
-    kill_when(harness_eval(spec, tmp_path / "runs"), lambda: (run / "checkpoints" / "clean__none__s0.pt").exists())
+    kill_when(
+        harness_eval(spec, tmp_path / "runs"),
+        lambda: (run / "checkpoints" / "clean__none__s0.pt").exists(),
+    )
     data = (run / "run.h5").read_bytes()
-    (run / "run.h5").write_bytes(data[: len(data) // 3])  # what a kill inside an HDF5 write can leave
+    (run / "run.h5").write_bytes(
+        data[: len(data) // 3]
+    )  # what a kill inside an HDF5 write can leave
     finish(spec, tmp_path / "runs")
 
     def comparable(folder: Path) -> dict[str, dict]:
@@ -194,4 +244,7 @@ def test_a_multitask_run_passes_submission_checks(multitask_run: Path, tmp_path:
 
     written, _ = submit(multitask_run, tmp_path / "board")
     assert len(written) == 6  # two arms, three tasks each
-    assert "of multi-task [shape, segmentation, depth]" in (tmp_path / "board" / "leaderboard.md").read_text()
+    assert (
+        "of multi-task [shape, segmentation, depth]"
+        in (tmp_path / "board" / "leaderboard.md").read_text()
+    )

@@ -23,7 +23,9 @@ def build(name: str, subset: dict | None = None, **params: object) -> DataBundle
     """Look a data set up by name in the plugin registry and build it, as the core does."""
     record = get_components().get("dataset", name).record
     validated = record.params(**params)
-    return record.factory(validated, BuildContext(subset=None if subset is None else Subset(**subset)))
+    return record.factory(
+        validated, BuildContext(subset=None if subset is None else Subset(**subset))
+    )
 
 
 def test_both_data_sets_are_registered_and_usable() -> None:
@@ -63,7 +65,11 @@ def test_shapes_targets_follow_the_conventions(shapes: DataBundle) -> None:
     train = shapes.train
     assert shapes.classes == list(multitask_data.SHAPES)
     assert shapes.value_range == (0.0, 1.0) and shapes.input_shape == (3, s, s)
-    assert train.x.dtype == torch.float32 and float(train.x.min()) >= 0.0 and float(train.x.max()) <= 1.0
+    assert (
+        train.x.dtype == torch.float32
+        and float(train.x.min()) >= 0.0
+        and float(train.x.max()) <= 1.0
+    )
     assert train.y.dtype == torch.int64 and train.y.shape == (n,)
     assert torch.bincount(train.y).tolist() == [12] * 5  # balanced: chance is exactly 1/5
     t = train.targets
@@ -126,7 +132,11 @@ def test_shapes_rejects_sizes_outside_16_to_64() -> None:
 
 # ------------------------------------------------------------------------------ taskonomy
 
-BUILDINGS = {"allensville": [(0, 0), (0, 1), (1, 0)], "beechwood": [(2, 0), (3, 1)], "coffeen": [(5, 2), (7, 0)]}
+BUILDINGS = {
+    "allensville": [(0, 0), (0, 1), (1, 0)],
+    "beechwood": [(2, 0), (3, 1)],
+    "coffeen": [(5, 2), (7, 0)],
+}
 SCENE_OF = {"allensville": 3, "beechwood": 7, "coffeen": 3}  # argmax of each view's scores
 SIDE = 16
 
@@ -140,7 +150,9 @@ def _write_view(root: Path, building: str, point: int, view: int, scene: int) ->
         folder_path.mkdir(parents=True, exist_ok=True)
         return folder_path / f"{stem}{name}"
 
-    Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(path("rgb", "rgb.png"))
+    Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(
+        path("rgb", "rgb.png")
+    )
     seg = np.full((SIDE, SIDE), 2, dtype=np.uint8)
     seg[:, SIDE // 2 :] = 20  # not one of the 18 classes: ignored
     Image.fromarray(seg).save(path("segment_semantic", "segmentsemantic.png"))
@@ -197,22 +209,32 @@ def test_taskonomy_loads_every_domain_in_the_conventions(taskonomy_root: Path) -
     assert bundle.metadata["depth_units"] == "metres"
     keys = t["keypoints"]
     assert keys.shape == (5, 1, SIDE, SIDE) and keys.dtype == torch.float32
-    assert float(keys[0, 0, 4, 5]) == 1.0 and float(keys[0, 0, 10, 10]) == pytest.approx(0.5, abs=1e-4)
+    assert float(keys[0, 0, 4, 5]) == 1.0 and float(keys[0, 0, 10, 10]) == pytest.approx(
+        0.5, abs=1e-4
+    )
     assert float(keys.sum()) == pytest.approx(5 * (1 + 32768 / 65535), rel=1e-5)
     assert bundle.metadata["keypoints"] == 1
 
 
 def test_taskonomy_resizes_and_keeps_only_the_domains_asked_for(taskonomy_root: Path) -> None:
     bundle = build(
-        "taskonomy", root=str(taskonomy_root), size=8, domains=["depth", "keypoints", "segmentation"],
-        test_buildings=["allensville"], max_per_building=1,
+        "taskonomy",
+        root=str(taskonomy_root),
+        size=8,
+        domains=["depth", "keypoints", "segmentation"],
+        test_buildings=["allensville"],
+        max_per_building=1,
     )
     assert bundle.metadata["test_buildings"] == ["allensville"]
     assert len(bundle.train) == 2 and len(bundle.test) == 1
     assert bundle.input_shape == (3, 8, 8)
     t = bundle.train.targets
     assert set(t) == {"depth", "keypoints", "segmentation"} and "scene_classes" in bundle.metadata
-    assert t["depth"].shape == t["keypoints"].shape == (2, 1, 8, 8) and t["segmentation"].shape == (2, 8, 8)
+    assert t["depth"].shape == t["keypoints"].shape == (2, 1, 8, 8) and t["segmentation"].shape == (
+        2,
+        8,
+        8,
+    )
     # nearest resampling never blends an invalid pixel into a valid one, nor two class ids
     assert set(t["depth"].unique().tolist()) <= {0.0, 0.5, 2.0}
     assert set(t["segmentation"].unique().tolist()) == {2, 255}
@@ -227,9 +249,13 @@ def test_taskonomy_decodes_only_the_subset_it_is_asked_for(taskonomy_root: Path)
     train_stems += [("beechwood", p, v) for p, v in BUILDINGS["beechwood"]]
     skipped = next(i for i in range(5) if i not in chosen)
     building, point, view = train_stems[skipped]
-    (taskonomy_root / "rgb" / building / f"point_{point}_view_{view}_domain_rgb.png").write_bytes(b"not a png")
+    (taskonomy_root / "rgb" / building / f"point_{point}_view_{view}_domain_rgb.png").write_bytes(
+        b"not a png"
+    )
 
-    bundle = build("taskonomy", subset={"train": 2, "test": None, "seed": 0}, root=str(taskonomy_root), size=8)
+    bundle = build(
+        "taskonomy", subset={"train": 2, "test": None, "seed": 0}, root=str(taskonomy_root), size=8
+    )
     assert bundle.train.indices.tolist() == chosen.tolist()
     assert bundle.train.y.tolist() == y[chosen].tolist()
     assert len(bundle.test) == 2 and bundle.test.indices is None
@@ -245,14 +271,24 @@ def test_taskonomy_names_a_missing_domain_folder(taskonomy_root: Path) -> None:
     for path in sorted(missing.rglob("*"), reverse=True):
         path.rmdir()
     missing.rmdir()
-    with pytest.raises(DataError, match=f"{re.escape(str(missing))} does not exist.*expected layout"):
+    with pytest.raises(
+        DataError, match=f"{re.escape(str(missing))} does not exist.*expected layout"
+    ):
         build("taskonomy", root=str(taskonomy_root))
     # a domain left out of `domains` is not needed
-    assert "keypoints" not in build("taskonomy", root=str(taskonomy_root), domains=["depth"]).train.targets
+    assert (
+        "keypoints"
+        not in build("taskonomy", root=str(taskonomy_root), domains=["depth"]).train.targets
+    )
 
 
 def test_taskonomy_names_a_missing_label_file(taskonomy_root: Path) -> None:
-    missing = taskonomy_root / "depth_euclidean" / "beechwood" / "point_3_view_1_domain_depth_euclidean.png"
+    missing = (
+        taskonomy_root
+        / "depth_euclidean"
+        / "beechwood"
+        / "point_3_view_1_domain_depth_euclidean.png"
+    )
     missing.unlink()
     with pytest.raises(DataError, match=re.escape(str(missing))):
         build("taskonomy", root=str(taskonomy_root))

@@ -77,8 +77,11 @@ def site(tmp_path: Path) -> Path:
     """A site folder holding harness-example-poison 0.1.0, installed as a wheel would be."""
     site = tmp_path / "site"
     site.mkdir()
-    shutil.copytree(EXAMPLE / "harness_example_poison", site / "harness_example_poison",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        EXAMPLE / "harness_example_poison",
+        site / "harness_example_poison",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     install(site, "harness-example-poison", "0.1.0", {"example": "harness_example_poison"})
     return site
 
@@ -102,7 +105,11 @@ def harness(*args: str, site: Path, cwd: Path) -> subprocess.CompletedProcess[st
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "harness.cli", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=600,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -124,8 +131,9 @@ def test_installed_plugin_runs_from_a_spec(site: Path, tmp_path: Path) -> None:
     spec = tmp_path / "stripes.yaml"
     spec.write_text(TINY_SPEC, encoding="utf-8")
 
-    result = harness("eval", str(spec), "--output", str(tmp_path / "runs"), "--quiet",
-                     site=site, cwd=tmp_path)
+    result = harness(
+        "eval", str(spec), "--output", str(tmp_path / "runs"), "--quiet", site=site, cwd=tmp_path
+    )
 
     assert result.returncode == 0, result.stderr
     entries = tmp_path / "runs" / "stripes" / "entries"
@@ -246,9 +254,13 @@ def test_the_example_package_registers_in_process_and_keeps_the_poison_contract(
     x = torch.rand(30, 1, 8, 8, generator=g)
     y = torch.arange(30) % 3
     data = DataBundle("toy", Split(x, y), Split(x[:6], y[:6]), classes=["a", "b", "c"])
-    ctx = PoisonContext(seed=0, device=torch.device("cpu"), data=data,
-                        build_model=lambda name, params: torch.nn.Identity(),
-                        task_loss=torch.nn.functional.cross_entropy)
+    ctx = PoisonContext(
+        seed=0,
+        device=torch.device("cpu"),
+        data=data,
+        build_model=lambda name, params: torch.nn.Identity(),
+        task_loss=torch.nn.functional.cross_entropy,
+    )
     poisoned = generator.generate(data, ctx)
 
     assert poisoned.shape == x.shape
@@ -288,13 +300,24 @@ def test_an_unknown_name_suggests_the_closest_one() -> None:
         (ReturnsNotAList(), "returned PoisonRecord, not a list"),
         (ReturnsWrongRecordType(), "returned a DatasetRecord, expected PoisonRecord"),
         (BadRecordName(), "name 'My Poison' must be lower-case"),
-        (UnknownHook(), "unknown hook harness_register_poison: did you mean 'harness_register_poisons'"),
+        (
+            UnknownHook(),
+            "unknown hook harness_register_poison: did you mean 'harness_register_poisons'",
+        ),
         (UnknownSpecname(), "unknown hook harness_register_poison: did you mean"),
     ],
-    ids=["hook-raises", "not-a-list", "wrong-record-type", "bad-name", "unknown-hook",
-         "unknown-specname"],
+    ids=[
+        "hook-raises",
+        "not-a-list",
+        "wrong-record-type",
+        "bad-name",
+        "unknown-hook",
+        "unknown-specname",
+    ],
 )
-def test_a_broken_plugin_is_reported_and_the_good_ones_still_load(plugin: object, reason: str) -> None:
+def test_a_broken_plugin_is_reported_and_the_good_ones_still_load(
+    plugin: object, reason: str
+) -> None:
     with pytest.warns(PluginWarning, match="plugin broken"):
         components = load(("good", GoodPlugin()), ("broken", plugin))
 
@@ -313,7 +336,9 @@ def test_strict_loading_turns_a_broken_plugin_into_an_error() -> None:
 # --- 3. a distribution that fails to import ------------------------------------------------------
 
 
-def test_a_plugin_that_fails_to_import_is_listed_as_broken(broken_site: Path, tmp_path: Path) -> None:
+def test_a_plugin_that_fails_to_import_is_listed_as_broken(
+    broken_site: Path, tmp_path: Path
+) -> None:
     result = harness("plugins", site=broken_site, cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr

@@ -44,10 +44,17 @@ def test_a_second_run_reads_the_poison_from_the_cache(tmp_path):
 def test_changing_the_poison_parameters_or_seed_misses_the_cache(tmp_path):
     base = tiny_spec("b")
     poisoned(write_spec(tmp_path / "b.yaml", base), tmp_path / "r1", tmp_path / "cache")
-    other_eps = {**base, "poisons": [{"name": "random-noise", "label": "noise-sample", "params": {"epsilon": 0.2}}]}
-    _, stages = poisoned(write_spec(tmp_path / "c.yaml", other_eps), tmp_path / "r2", tmp_path / "cache")
+    other_eps = {
+        **base,
+        "poisons": [{"name": "random-noise", "label": "noise-sample", "params": {"epsilon": 0.2}}],
+    }
+    _, stages = poisoned(
+        write_spec(tmp_path / "c.yaml", other_eps), tmp_path / "r2", tmp_path / "cache"
+    )
     assert any("generating poison" in s for s in stages)
-    _, stages = poisoned(write_spec(tmp_path / "d.yaml", {**base, "seeds": [1]}), tmp_path / "r3", tmp_path / "cache")
+    _, stages = poisoned(
+        write_spec(tmp_path / "d.yaml", {**base, "seeds": [1]}), tmp_path / "r3", tmp_path / "cache"
+    )
     assert any("generating poison" in s for s in stages)
 
 
@@ -59,7 +66,9 @@ def test_an_interrupted_generation_leaves_no_cache_entry(tmp_path, monkeypatch):
 
     monkeypatch.setattr(noise.RandomNoise, "generate", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        poisoned(write_spec(tmp_path / "e.yaml", tiny_spec("e")), tmp_path / "r", tmp_path / "cache")
+        poisoned(
+            write_spec(tmp_path / "e.yaml", tiny_spec("e")), tmp_path / "r", tmp_path / "cache"
+        )
     assert not list((tmp_path / "cache").rglob("*.pt"))
 
 

@@ -48,12 +48,16 @@ def context(data: DataBundle, seed: int = 0) -> PoisonContext:
     )
 
 
-def rgb_bundle(classes: int = 10, per_class: int = 6, shape=(3, 32, 32), seed: int = 0) -> DataBundle:
+def rgb_bundle(
+    classes: int = 10, per_class: int = 6, shape=(3, 32, 32), seed: int = 0
+) -> DataBundle:
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(classes).repeat_interleave(per_class)
     # quantised like decoded images, so PNG round trips are exact
     x = torch.randint(0, 256, (len(y), *shape), generator=g).float() / 255
-    return DataBundle("synthetic", Split(x, y), Split(x[:classes], y[:classes]), [str(i) for i in range(classes)])
+    return DataBundle(
+        "synthetic", Split(x, y), Split(x[:classes], y[:classes]), [str(i) for i in range(classes)]
+    )
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -91,7 +95,9 @@ def test_records_are_complete() -> None:
     for name in (*METHODS, "from-files"):
         rec = record(name)
         assert rec.problems() == []
-        assert rec.paper and rec.deviations and all(isinstance(d, str) and d for d in rec.deviations)
+        assert (
+            rec.paper and rec.deviations and all(isinstance(d, str) and d for d in rec.deviations)
+        )
         with pytest.raises(ValidationError):
             rec.params(not_a_param=1, **({"path": "x"} if name == "from-files" else {}))
 
@@ -128,7 +134,9 @@ def changed_positions(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (out != x).any(dim=1)
 
 
-def test_ops_sets_one_pixel_per_class_with_distinct_pairs(rgb: DataBundle, digits: DataBundle) -> None:
+def test_ops_sets_one_pixel_per_class_with_distinct_pairs(
+    rgb: DataBundle, digits: DataBundle
+) -> None:
     for data in (rgb, digits):
         ops = build("ops")
         chosen = ops.choose(data, context(data))
@@ -185,7 +193,9 @@ def test_lsp_norm_patches_and_points(rgb: DataBundle, digits: DataBundle) -> Non
         want = norm if norm is not None else math.sqrt((6 / 255) ** 2 * c * h * w)
         if data is rgb and norm is None:
             assert want == pytest.approx(default) and abs(default - 1.304) < 1e-3
-        assert torch.allclose(delta.flatten(1).norm(dim=1), torch.full((len(delta),), want), atol=1e-4)
+        assert torch.allclose(
+            delta.flatten(1).norm(dim=1), torch.full((len(delta),), want), atol=1e-4
+        )
         out = lsp.generate(data, context(data))
         assert torch.equal(out, (data.train.x + delta).clamp(0, 1))
         # constant within each patch of the 4×4 grid
@@ -245,7 +255,9 @@ def test_ar_norm_noise_and_separability(rgb: DataBundle, digits: DataBundle) -> 
         delta = ar.perturbations(data, ctx)
         c, h, w = data.input_shape
         want = norm if norm is not None else math.sqrt(c * h * w / 3072)  # 1.0 on 3×32×32
-        assert torch.allclose(delta.flatten(1).norm(dim=1), torch.full((len(delta),), want), atol=1e-4)
+        assert torch.allclose(
+            delta.flatten(1).norm(dim=1), torch.full((len(delta),), want), atol=1e-4
+        )
         assert torch.equal(ar.generate(data, ctx), (data.train.x + delta).clamp(0, 1))
         y = data.train.y
         same = delta[y == 0]
@@ -253,7 +265,9 @@ def test_ar_norm_noise_and_separability(rgb: DataBundle, digits: DataBundle) -> 
         # every image is an exact realisation of its class's process: that class's residual
         # filter maps it to ~0 and every other class's filter does not
         f = residual_filters(ar.filters(data, ctx))
-        residual = torch.stack([F.conv2d(delta, f[k][None]).abs().flatten(1).sum(1) for k in range(len(f))], dim=1)
+        residual = torch.stack(
+            [F.conv2d(delta, f[k][None]).abs().flatten(1).sum(1) for k in range(len(f))], dim=1
+        )
         own = residual[torch.arange(len(y)), y]
         assert float(own.max()) < 1e-4
         assert torch.equal(residual.argmin(dim=1), y)
@@ -262,7 +276,9 @@ def test_ar_norm_noise_and_separability(rgb: DataBundle, digits: DataBundle) -> 
 
 def test_ar_linf_variant(rgb: DataBundle) -> None:
     delta = build("ar", norm_type="linf", **FAST_AR).perturbations(rgb, context(rgb))
-    assert torch.allclose(delta.flatten(1).abs().amax(dim=1), torch.full((len(delta),), 8 / 255), atol=1e-6)
+    assert torch.allclose(
+        delta.flatten(1).abs().amax(dim=1), torch.full((len(delta),), 8 / 255), atol=1e-6
+    )
 
 
 # ------------------------------------------------------------------------------------- CUDA
@@ -284,8 +300,12 @@ def test_cuda_convolves_with_one_kernel_per_class(rgb: DataBundle) -> None:
     assert torch.allclose(out.flatten(1).amax(dim=1), torch.ones(len(out)))
     # channels share the kernel: an image with equal channels keeps them equal
     grey = rgb_bundle(classes=2, per_class=2, shape=(1, 32, 32))
-    grey = DataBundle("grey", Split(grey.train.x.expand(-1, 3, -1, -1).contiguous(), grey.train.y),
-                      grey.test, grey.classes)
+    grey = DataBundle(
+        "grey",
+        Split(grey.train.x.expand(-1, 3, -1, -1).contiguous(), grey.train.y),
+        grey.test,
+        grey.classes,
+    )
     out = build("cuda").generate(grey, context(grey))
     assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
 
@@ -293,7 +313,9 @@ def test_cuda_convolves_with_one_kernel_per_class(rgb: DataBundle) -> None:
 def test_cuda_helper_matches_grouped_conv() -> None:
     x = torch.rand(4, 3, 7, 9)
     k = torch.rand(4, 5, 5)
-    ref = torch.stack([F.conv2d(x[i : i + 1], k[i].expand(3, 1, 5, 5), padding=2, groups=3)[0] for i in range(4)])
+    ref = torch.stack(
+        [F.conv2d(x[i : i + 1], k[i].expand(3, 1, 5, 5), padding=2, groups=3)[0] for i in range(4)]
+    )
     assert torch.allclose(class_conv(x, k), ref, atol=1e-5)
     with pytest.raises(ValidationError):
         record("cuda").params(kernel_size=4)
@@ -306,8 +328,10 @@ def full_and_subset(shape=(3, 32, 32)) -> tuple[DataBundle, DataBundle, torch.Te
     full = rgb_bundle(classes=4, per_class=5, shape=shape, seed=7)
     idx = torch.tensor([1, 4, 6, 11, 13, 18])
     sub = DataBundle(
-        "synthetic", Split(full.train.x[idx].clone(), full.train.y[idx].clone(), idx),
-        full.test, full.classes,
+        "synthetic",
+        Split(full.train.x[idx].clone(), full.train.y[idx].clone(), idx),
+        full.test,
+        full.classes,
     )
     return full, sub, idx
 
@@ -393,22 +417,34 @@ def test_tensor_images_need_an_explicit_mode_unless_unambiguous(tmp_path: Path) 
     torch.save(images, tmp_path / "images.pt")
     with pytest.raises(DataError, match="tensor_mode"):
         from_files(sub, path=str(tmp_path / "images.pt"))
-    assert torch.equal(from_files(sub, path=str(tmp_path / "images.pt"), tensor_mode="images"), images[idx])
+    assert torch.equal(
+        from_files(sub, path=str(tmp_path / "images.pt"), tensor_mode="images"), images[idx]
+    )
     torch.save((images * 255).round().to(torch.uint8), tmp_path / "images-u8.pt")
-    assert torch.equal(from_files(sub, path=str(tmp_path / "images-u8.pt"), epsilon=8 / 255), images[idx])
+    assert torch.equal(
+        from_files(sub, path=str(tmp_path / "images-u8.pt"), epsilon=8 / 255), images[idx]
+    )
     # with as many images as classes, "auto" cannot tell sample-wise from class-wise
     both = rgb_bundle(classes=6, per_class=1)
     torch.save(torch.full((6, 3, 32, 32), -0.01), tmp_path / "six.pt")
     with pytest.raises(DataError, match="both the number of training images and of classes"):
         from_files(both, path=str(tmp_path / "six.pt"))
-    assert from_files(both, path=str(tmp_path / "six.pt"), tensor_mode="class-wise").shape == (6, 3, 32, 32)
+    assert from_files(both, path=str(tmp_path / "six.pt"), tensor_mode="class-wise").shape == (
+        6,
+        3,
+        32,
+        32,
+    )
 
 
 def test_tensor_errors_name_the_file(tmp_path: Path) -> None:
     full, sub, _ = full_and_subset()
     bad = tmp_path / "bad.pt"
     torch.save(torch.zeros(7, 3, 32, 32) - 0.01, bad)
-    with pytest.raises(DataError, match=r"bad\.pt holds a tensor of shape \[7, 3, 32, 32\]; expected \[6, 3, 32, 32\]"):
+    with pytest.raises(
+        DataError,
+        match=r"bad\.pt holds a tensor of shape \[7, 3, 32, 32\]; expected \[6, 3, 32, 32\]",
+    ):
         from_files(sub, path=str(bad))
     torch.save(torch.zeros(20, 32, 32, 3) - 0.01, bad)
     with pytest.raises(DataError, match="channel-last"):
@@ -416,7 +452,9 @@ def test_tensor_errors_name_the_file(tmp_path: Path) -> None:
     nan = torch.zeros(20, 3, 32, 32) - 0.01
     nan[13, 0, 0, 0] = float("nan")
     torch.save(nan, bad)
-    with pytest.raises(DataError, match=r"bad\.pt holds 1 NaN or infinite values \(first in row 13\)"):
+    with pytest.raises(
+        DataError, match=r"bad\.pt holds 1 NaN or infinite values \(first in row 13\)"
+    ):
         from_files(sub, path=str(bad))
     torch.save(torch.full((20, 3, 32, 32), -10 / 255), bad)
     with pytest.raises(DataError, match=r"bad\.pt \(row 1\): perturbation L∞ .* exceeds epsilon"):

@@ -28,16 +28,36 @@ from harness_plugins.tasks import Classification
 
 TINY = {"backbone": "small-cnn", "backbone_params": {"width": 4, "blocks": 2}, "batch_size": 64}
 # TAP's check needs a surrogate that has learnt something (eval-mode accuracy ≈ 0.85 on digits)
-TRAINED = {"backbone": "small-cnn", "backbone_params": {"width": 8, "blocks": 2}, "batch_size": 32, "lr": 0.05}
+TRAINED = {
+    "backbone": "small-cnn",
+    "backbone_params": {"width": 8, "blocks": 2},
+    "batch_size": 32,
+    "lr": 0.05,
+}
 
 # name -> (poison class, its params at a budget the tests can afford)
 CASES: dict[str, tuple[type[Poison], Any]] = {
     "em-sample": (em.ErrorMinimizingNoise, em.EMParams(max_rounds=2, steps=5, surrogate=TINY)),
-    "em-class": (em.ErrorMinimizingNoise, em.EMParams(mode="class-wise", max_rounds=3, class_subset=0.5, surrogate=TINY)),
-    "rem": (rem.RobustErrorMinimizingNoise, rem.REMParams(train_steps=4, steps=2, attack_steps=2, eot_samples=2, surrogate=TINY)),
-    "tap": (tap.TargetedAdversarialPoison, tap.TAPParams(epochs=20, steps=20, restarts=2, surrogate=TRAINED)),
-    "hypo": (hypo.HypocriticalPerturbation, hypo.HypoParams(epochs=20, steps=10, surrogate=TRAINED)),
-    "dc": (dc.DeepConfuse, dc.DCParams(rounds=1, classifier_epochs=1, generator_width=4, classifier=TINY)),
+    "em-class": (
+        em.ErrorMinimizingNoise,
+        em.EMParams(mode="class-wise", max_rounds=3, class_subset=0.5, surrogate=TINY),
+    ),
+    "rem": (
+        rem.RobustErrorMinimizingNoise,
+        rem.REMParams(train_steps=4, steps=2, attack_steps=2, eot_samples=2, surrogate=TINY),
+    ),
+    "tap": (
+        tap.TargetedAdversarialPoison,
+        tap.TAPParams(epochs=20, steps=20, restarts=2, surrogate=TRAINED),
+    ),
+    "hypo": (
+        hypo.HypocriticalPerturbation,
+        hypo.HypoParams(epochs=20, steps=10, surrogate=TRAINED),
+    ),
+    "dc": (
+        dc.DeepConfuse,
+        dc.DCParams(rounds=1, classifier_epochs=1, generator_width=4, classifier=TINY),
+    ),
 }
 EPSILON = {name: params.epsilon for name, (_, params) in CASES.items()}
 
@@ -58,12 +78,20 @@ def make_context(data: DataBundle, seed: int = 0) -> PoisonContext:
     task = Classification()
 
     def build_model(name: str, params: dict[str, Any]) -> TaskModel:
-        backbone = components.build("backbone", name, params, BuildContext(input_shape=data.input_shape))
+        backbone = components.build(
+            "backbone", name, params, BuildContext(input_shape=data.input_shape)
+        )
         return TaskModel(backbone, task.build(backbone.num_features, data))
 
     reports: list[tuple[str, float]] = []
-    ctx = PoisonContext(seed=seed, device=torch.device("cpu"), data=data, build_model=build_model,
-                        task_loss=task.loss, progress=lambda message, fraction: reports.append((message, fraction)))
+    ctx = PoisonContext(
+        seed=seed,
+        device=torch.device("cpu"),
+        data=data,
+        build_model=build_model,
+        task_loss=task.loss,
+        progress=lambda message, fraction: reports.append((message, fraction)),
+    )
     ctx.reports = reports  # type: ignore[attr-defined]
     return ctx
 
@@ -98,11 +126,17 @@ def generated(digits) -> Callable[[str, int], tuple[Poison, torch.Tensor, Poison
 def test_output_is_bounded_in_range_and_shaped_like_the_inputs(name, digits, generated):
     clean_x, clean_y = digits.train.x.clone(), digits.train.y.clone()
     _, out, _ = generated(name)
-    assert out.shape == digits.train.x.shape and out.dtype == torch.float32 and out.device.type == "cpu"
+    assert (
+        out.shape == digits.train.x.shape
+        and out.dtype == torch.float32
+        and out.device.type == "cpu"
+    )
     assert (out - digits.train.x).abs().max() <= EPSILON[name] + 1e-6
     assert out.min() >= 0.0 and out.max() <= 1.0
     assert (out != digits.train.x).any(), "the poison changed nothing"
-    assert torch.equal(digits.train.x, clean_x) and torch.equal(digits.train.y, clean_y)  # inputs untouched
+    assert torch.equal(digits.train.x, clean_x) and torch.equal(
+        digits.train.y, clean_y
+    )  # inputs untouched
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -180,7 +214,9 @@ def test_em_minimises_the_task_loss_it_is_given(digits):
         return base(outputs, targets)
 
     ctx.task_loss = counted
-    em.ErrorMinimizingNoise(em.EMParams(max_rounds=1, steps=1, train_steps=1, surrogate=TINY)).generate(digits, ctx)
+    em.ErrorMinimizingNoise(
+        em.EMParams(max_rounds=1, steps=1, train_steps=1, surrogate=TINY)
+    ).generate(digits, ctx)
     assert len(calls) >= 1 + 4  # one training batch, one PGD step per batch of 64
 
 
@@ -201,7 +237,8 @@ def test_tap_untargeted_variant_raises_the_true_label_loss(digits):
     out = poison.generate(digits, make_context(digits))
     with torch.no_grad():
         assert F.cross_entropy(poison.model(out), digits.train.y) > F.cross_entropy(
-            poison.model(digits.train.x), digits.train.y)
+            poison.model(digits.train.x), digits.train.y
+        )
 
 
 def test_hypo_makes_its_crafting_model_more_confident(digits, generated):
@@ -231,17 +268,43 @@ def rgb() -> DataBundle:
     g = torch.Generator().manual_seed(5)
     x = torch.rand((12, 3, 32, 32), generator=g)
     y = torch.arange(12) % 3
-    return DataBundle(name="rgb", train=Split(x, y), test=Split(x[:3].clone(), y[:3].clone()), classes=["a", "b", "c"])
+    return DataBundle(
+        name="rgb",
+        train=Split(x, y),
+        test=Split(x[:3].clone(), y[:3].clone()),
+        classes=["a", "b", "c"],
+    )
 
 
 RGB_CASES: dict[str, tuple[type[Poison], Any]] = {
-    "em": (em.ErrorMinimizingNoise, em.EMParams(max_rounds=1, steps=2, train_steps=1,
-                                                 surrogate={"backbone_params": {"width": 2}, "batch_size": 8})),
-    "em-class": (em.ErrorMinimizingNoise, em.EMParams(mode="class-wise", max_rounds=1, train_steps=1, class_subset=0.5, surrogate=TINY)),
-    "rem": (rem.RobustErrorMinimizingNoise, rem.REMParams(train_steps=1, steps=1, attack_steps=1, eot_samples=1, surrogate=TINY)),
-    "tap": (tap.TargetedAdversarialPoison, tap.TAPParams(epochs=1, steps=2, restarts=1, surrogate=TINY)),
+    "em": (
+        em.ErrorMinimizingNoise,
+        em.EMParams(
+            max_rounds=1,
+            steps=2,
+            train_steps=1,
+            surrogate={"backbone_params": {"width": 2}, "batch_size": 8},
+        ),
+    ),
+    "em-class": (
+        em.ErrorMinimizingNoise,
+        em.EMParams(
+            mode="class-wise", max_rounds=1, train_steps=1, class_subset=0.5, surrogate=TINY
+        ),
+    ),
+    "rem": (
+        rem.RobustErrorMinimizingNoise,
+        rem.REMParams(train_steps=1, steps=1, attack_steps=1, eot_samples=1, surrogate=TINY),
+    ),
+    "tap": (
+        tap.TargetedAdversarialPoison,
+        tap.TAPParams(epochs=1, steps=2, restarts=1, surrogate=TINY),
+    ),
     "hypo": (hypo.HypocriticalPerturbation, hypo.HypoParams(epochs=1, steps=2, surrogate=TINY)),
-    "dc": (dc.DeepConfuse, dc.DCParams(rounds=1, classifier_epochs=1, generator_width=2, classifier=TINY)),
+    "dc": (
+        dc.DeepConfuse,
+        dc.DCParams(rounds=1, classifier_epochs=1, generator_width=2, classifier=TINY),
+    ),
 }
 
 
@@ -275,7 +338,9 @@ def test_augmentation_is_per_sample_and_differentiable():
     out.square().sum().backward()
     assert delta.grad is not None and delta.grad.abs().sum() > 0
     # different samples got different crops/flips: the same image repeated is not mapped identically
-    same = Augment(padding=2, flip=True)(x[:1].repeat(16, 1, 1, 1), torch.Generator().manual_seed(0))
+    same = Augment(padding=2, flip=True)(
+        x[:1].repeat(16, 1, 1, 1), torch.Generator().manual_seed(0)
+    )
     assert len({tuple(s.flatten().tolist()) for s in same}) > 1
 
 
@@ -284,8 +349,18 @@ def test_sign_pgd_moves_pixels_at_the_range_boundary():
     x = torch.zeros(4, 1, 8, 8)
     y = torch.tensor([0, 1, 0, 1])
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
-    delta = sign_pgd(model, x, y, torch.zeros_like(x), loss_fn=F.cross_entropy, epsilon=0.1, step_size=0.05,
-                     steps=3, value_range=(0.0, 1.0), descend=True)
+    delta = sign_pgd(
+        model,
+        x,
+        y,
+        torch.zeros_like(x),
+        loss_fn=F.cross_entropy,
+        epsilon=0.1,
+        step_size=0.05,
+        steps=3,
+        value_range=(0.0, 1.0),
+        descend=True,
+    )
     assert (delta > 0).any() and delta.min() >= 0 and delta.max() <= 0.1 + 1e-7
 
 
@@ -300,7 +375,9 @@ def test_records_cite_the_paper_and_list_their_deviations(name):
     (record,) = MODULES[name].harness_register_poisons()
     assert record.name == name and not record.problems()
     assert record.paper and record.description
-    assert record.deviations and all(isinstance(d, str) and d.endswith(".") for d in record.deviations)
+    assert record.deviations and all(
+        isinstance(d, str) and d.endswith(".") for d in record.deviations
+    )
     with pytest.raises(ValueError):
         record.params.model_validate({"no_such_field": 1})
 
@@ -308,18 +385,44 @@ def test_records_cite_the_paper_and_list_their_deviations(name):
 def test_defaults_are_the_original_papers():
     e = em.EMParams()
     assert (e.epsilon, e.step_size, e.train_steps, e.class_subset) == (8 / 255, 0.8 / 255, 10, 0.2)
-    assert (e.surrogate.backbone, e.surrogate.batch_size, e.surrogate.grad_clip) == ("resnet18", 512, 5.0)
+    assert (e.surrogate.backbone, e.surrogate.batch_size, e.surrogate.grad_clip) == (
+        "resnet18",
+        512,
+        5.0,
+    )
     assert (e.surrogate.lr, e.surrogate.momentum, e.surrogate.weight_decay) == (0.1, 0.9, 5e-4)
     r = rem.REMParams()
     assert (r.epsilon, r.step_size, r.steps, r.random_start) == (8 / 255, 1.6 / 255, 10, True)
-    assert (r.attack_epsilon, r.attack_step_size, r.attack_steps, r.eot_samples) == (4 / 255, 0.8 / 255, 10, 5)
-    assert (r.train_steps, r.lr_decay, r.lr_decay_every, r.surrogate.batch_size) == (5000, 0.1, 2000, 128)
+    assert (r.attack_epsilon, r.attack_step_size, r.attack_steps, r.eot_samples) == (
+        4 / 255,
+        0.8 / 255,
+        10,
+        5,
+    )
+    assert (r.train_steps, r.lr_decay, r.lr_decay_every, r.surrogate.batch_size) == (
+        5000,
+        0.1,
+        2000,
+        128,
+    )
     t = tap.TAPParams()
-    assert (t.targeted, t.epsilon, t.steps, t.step_size, t.restarts, t.epochs) == (True, 8 / 255, 250, None, 8, 40)
+    assert (t.targeted, t.epsilon, t.steps, t.step_size, t.restarts, t.epochs) == (
+        True,
+        8 / 255,
+        250,
+        None,
+        8,
+        40,
+    )
     h = hypo.HypoParams()
     assert (h.epsilon, h.step_size, h.steps) == (8 / 255, 0.8 / 255, 100)
     d = dc.DCParams()
-    assert (d.epsilon, d.generator_lr, d.classifier.lr, d.classifier.batch_size) == (0.032, 1e-4, 0.01, 256)
+    assert (d.epsilon, d.generator_lr, d.classifier.lr, d.classifier.batch_size) == (
+        0.032,
+        1e-4,
+        0.01,
+        256,
+    )
 
 
 def test_overriding_one_surrogate_field_keeps_the_methods_other_defaults():

@@ -22,7 +22,10 @@ CANDIDATES = [
     REPO.parent / "shared" / "data" / "cifar10-jpg.tar.xz",  # CI: shared/ beside the clone
     Path("/work/shared/data/cifar10-jpg.tar.xz"),
 ]
-ARCHIVE = next((Path(c) for c in CANDIDATES if c and Path(c).exists()), REPO.parent / "shared" / "data" / "cifar10-jpg.tar.xz")
+ARCHIVE = next(
+    (Path(c) for c in CANDIDATES if c and Path(c).exists()),
+    REPO.parent / "shared" / "data" / "cifar10-jpg.tar.xz",
+)
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 pytestmark = pytest.mark.realdata
@@ -40,8 +43,10 @@ def test_cifar10_folder_loads_as_the_real_data_set(cifar10_folder):
     from harness.api import BuildContext, Subset
     from harness_plugins.datasets import ImageFolderParams, load_image_folder
 
-    data = load_image_folder(ImageFolderParams(root=str(cifar10_folder)),
-                             BuildContext(subset=Subset(train=500, test=100, seed=0)))
+    data = load_image_folder(
+        ImageFolderParams(root=str(cifar10_folder)),
+        BuildContext(subset=Subset(train=500, test=100, seed=0)),
+    )
     assert data.classes == CLASSES
     assert data.input_shape == (3, 32, 32)
     assert len(data.train) == 500 and len(data.test) == 100
@@ -51,15 +56,21 @@ def test_cifar10_folder_loads_as_the_real_data_set(cifar10_folder):
 
 
 def test_a_cifar10_spec_runs_end_to_end_at_smoke_scale(cifar10_folder, tmp_path):
-    spec = write_spec(tmp_path / "cifar-smoke.yaml", {
-        "name": "cifar-smoke",
-        "data": {"name": "image-folder", "params": {"root": str(cifar10_folder)},
-                 "subset": {"train": 400, "test": 200}},
-        "backbone": {"name": "small-cnn", "params": {"width": 8, "blocks": 2}},
-        "training": {"epochs": 2, "batch_size": 100, "augmentation": ["crop", "flip"]},
-        "sal": {"iterations": 2, "probe_size": 64, "probe_batch_size": 64},
-        "poisons": [{"name": "random-noise", "params": {"mode": "class-wise"}}],
-    })
+    spec = write_spec(
+        tmp_path / "cifar-smoke.yaml",
+        {
+            "name": "cifar-smoke",
+            "data": {
+                "name": "image-folder",
+                "params": {"root": str(cifar10_folder)},
+                "subset": {"train": 400, "test": 200},
+            },
+            "backbone": {"name": "small-cnn", "params": {"width": 8, "blocks": 2}},
+            "training": {"epochs": 2, "batch_size": 100, "augmentation": ["crop", "flip"]},
+            "sal": {"iterations": 2, "probe_size": 64, "probe_batch_size": 64},
+            "poisons": [{"name": "random-noise", "params": {"mode": "class-wise"}}],
+        },
+    )
     assert main(["eval", str(spec), "--output", str(tmp_path / "runs"), "--quiet"]) == 0
     entries = {e.arm_id: e for e in read_entries(tmp_path / "runs" / "cifar-smoke")}
     assert set(entries) == {"clean__none__s0", "random-noise__none__s0"}

@@ -25,8 +25,21 @@ def comparable(run: Path) -> dict[str, dict]:
 
 def harness_eval(spec: Path, output: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", "eval", str(spec), "--output", str(output),
-                             "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "eval",
+            str(spec),
+            "--output",
+            str(output),
+            "--quiet",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
@@ -52,7 +65,9 @@ def finish(spec: Path, output: Path) -> None:
 @pytest.fixture(scope="module")
 def spec_and_reference(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("resume")
-    spec = write_spec(root / "resume.yaml", tiny_spec("resume", training={"epochs": 4, "batch_size": 50}))
+    spec = write_spec(
+        root / "resume.yaml", tiny_spec("resume", training={"epochs": 4, "batch_size": 50})
+    )
     finish(spec, root / "reference")
     return spec, root / "reference" / "resume"
 
@@ -62,9 +77,14 @@ def test_killed_twice_mid_run_resumes_to_the_same_entries(spec_and_reference, tm
     out = tmp_path / "runs"
     run = out / "resume"
     # first kill: the clean arm has finished at least one epoch but not all of them
-    kill_when(harness_eval(spec, out), lambda: (run / "checkpoints" / "clean__none__s0.pt").exists())
+    kill_when(
+        harness_eval(spec, out), lambda: (run / "checkpoints" / "clean__none__s0.pt").exists()
+    )
     # second kill: inside the second arm
-    kill_when(harness_eval(spec, out), lambda: (run / "checkpoints" / "noise-sample__none__s0.pt").exists())
+    kill_when(
+        harness_eval(spec, out),
+        lambda: (run / "checkpoints" / "noise-sample__none__s0.pt").exists(),
+    )
     finish(spec, out)
     assert comparable(run) == comparable(reference)
     with h5py.File(run / "run.h5") as a, h5py.File(reference / "run.h5") as b:
@@ -72,13 +92,20 @@ def test_killed_twice_mid_run_resumes_to_the_same_entries(spec_and_reference, tm
             np.testing.assert_array_equal(a["arms"][arm]["sal"][()], b["arms"][arm]["sal"][()])
 
 
-def test_a_run_file_damaged_by_a_kill_mid_write_is_rebuilt_from_checkpoints(spec_and_reference, tmp_path):
+def test_a_run_file_damaged_by_a_kill_mid_write_is_rebuilt_from_checkpoints(
+    spec_and_reference, tmp_path
+):
     spec, reference = spec_and_reference
     out = tmp_path / "runs"
     run = out / "resume"
-    kill_when(harness_eval(spec, out), lambda: (run / "checkpoints" / "noise-sample__none__s0.pt").exists())
+    kill_when(
+        harness_eval(spec, out),
+        lambda: (run / "checkpoints" / "noise-sample__none__s0.pt").exists(),
+    )
     data = (run / "run.h5").read_bytes()
-    (run / "run.h5").write_bytes(data[: len(data) // 3])  # what a kill inside an HDF5 write can leave
+    (run / "run.h5").write_bytes(
+        data[: len(data) // 3]
+    )  # what a kill inside an HDF5 write can leave
     finish(spec, out)
     assert comparable(run) == comparable(reference)
 
@@ -100,7 +127,10 @@ def test_a_run_file_that_opens_but_cannot_be_read_back_is_rebuilt(spec_and_refer
     spec, reference = spec_and_reference
     out = tmp_path / "runs"
     run = out / "resume"
-    kill_when(harness_eval(spec, out), lambda: (run / "checkpoints" / "noise-sample__none__s0.pt").exists())
+    kill_when(
+        harness_eval(spec, out),
+        lambda: (run / "checkpoints" / "noise-sample__none__s0.pt").exists(),
+    )
     shrink_end_of_allocation(run / "run.h5", 2000)
     store = RunStore(run / "run.h5")
     assert store.readable() and not store.intact()  # the header is fine; the data is not

@@ -52,7 +52,15 @@ def test_hdf5_layout(finished_run):
         for name in ("sal", "sal_ascent_loss", "sal_descent_loss"):
             assert arm[name].shape == (3, 3)  # epochs × layers
             assert arm[name].maxshape == (None, 3)  # resizable along epochs: streamed
-        for name in ("train_loss", "test_loss", "test_metric", "sal_base_loss", "lr", "train_seconds", "sal_seconds"):
+        for name in (
+            "train_loss",
+            "test_loss",
+            "test_metric",
+            "sal_base_loss",
+            "lr",
+            "train_seconds",
+            "sal_seconds",
+        ):
             assert arm["metrics"][name].shape == (3,)
         assert arm.attrs["last_complete_epoch"] == 3 and bool(arm.attrs["complete"])
         config = json.loads(arm.attrs["config"])
@@ -70,11 +78,15 @@ def test_entries_are_valid_and_carry_what_a_leaderboard_needs(finished_run):
     assert noisy.poison.name == "random-noise" and noisy.poison.distribution == "harness"
     assert noisy.results.beta == clean.results.beta  # β always comes from the clean arm
     assert noisy.results.ud == pytest.approx(noisy.results.lp / clean.results.lp)
-    assert 0 <= noisy.results.test_metric.final <= 1 and noisy.results.test_metric.name == "accuracy"
+    assert (
+        0 <= noisy.results.test_metric.final <= 1 and noisy.results.test_metric.name == "accuracy"
+    )
     assert noisy.track.id == clean.track.id
     assert noisy.hdf5.path == "run.h5" and len(noisy.hdf5.sha256) == 64
     raw = json.loads((run / "entries" / "noise-class__none__s0.json").read_text())
-    assert raw["schema_version"] == 1 and isinstance(raw["results"]["ud"], float)  # numbers as numbers
+    assert raw["schema_version"] == 1 and isinstance(
+        raw["results"]["ud"], float
+    )  # numbers as numbers
     Entry.model_validate(raw)
 
 
@@ -97,7 +109,9 @@ def test_a_changed_spec_is_refused_unless_fresh_is_asked(finished_run, tmp_path)
     from conftest import tiny_spec, write_spec
 
     _, run = finished_run
-    changed = write_spec(tmp_path / "tiny.yaml", tiny_spec(training={"epochs": 2, "batch_size": 50}))
+    changed = write_spec(
+        tmp_path / "tiny.yaml", tiny_spec(training={"epochs": 2, "batch_size": 50})
+    )
     runner = Runner(load_spec(changed, get_components()), get_components(), output_root=run.parent)
     with pytest.raises(RunStateError, match="different spec"):
         runner.prepare()

@@ -54,7 +54,9 @@ def test_table_1_unlearnable_distances(method, lp, ud):
     assert round(s.ud, 3) == pytest.approx(ud), method
 
 
-@pytest.mark.parametrize(("defence", "lp", "ud"), [("JPEG", 2.48, 0.747), ("adversarial training", 7.14, 2.151)])
+@pytest.mark.parametrize(
+    ("defence", "lp", "ud"), [("JPEG", 2.48, 0.747), ("adversarial training", 7.14, 2.151)]
+)
 def test_table_2_defended_clean_arms_are_scored_against_the_undefended_clean_arm(defence, lp, ud):
     s = score(sal_with_learnable_layers(counts_with_mean(lp)), CLEAN)
     assert round(s.ud, 3) == pytest.approx(ud), defence

@@ -76,7 +76,9 @@ def test_the_quickstart_spec_is_valid(capsys: pytest.CaptureFixture[str]) -> Non
     assert out.startswith(f"{QUICKSTART}: valid (spec hash ")
 
 
-def test_the_minimal_spec_used_below_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_minimal_spec_used_below_is_valid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc, _, err = validate(write(tmp_path, VALID), capsys)
     assert rc == 0, err
 
@@ -85,7 +87,17 @@ def test_schema_is_json_listing_every_top_level_field(capsys: pytest.CaptureFixt
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
 
-    expected = {"name", "data", "backbone", "training", "sal", "poisons", "defences", "seeds", "output"}
+    expected = {
+        "name",
+        "data",
+        "backbone",
+        "training",
+        "sal",
+        "poisons",
+        "defences",
+        "seeds",
+        "output",
+    }
     assert expected <= set(schema["properties"])
     assert schema["additionalProperties"] is False  # an editor flags a misspelt top-level key
     assert {"name", "data", "backbone", "training"} <= set(schema["required"])
@@ -109,7 +121,10 @@ def test_misspelt_nested_field_is_unknown_and_the_real_one_missing(
 
     problems = errors(spec, capsys)
 
-    assert f"{spec}:5:3: training.epoch: unknown field (not part of the spec; check the spelling)" in problems
+    assert (
+        f"{spec}:5:3: training.epoch: unknown field (not part of the spec; check the spelling)"
+        in problems
+    )
     assert f"{spec}:5:3: training.epochs: required field is missing" in problems
     assert len(problems) == 2
 
@@ -126,15 +141,27 @@ def test_wrong_type(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("text", "where", "expected"),
     [
-        (VALID.replace("epochs: 1", "epochs: 0"),
-         "5:11: training.epochs", "Input should be greater than 0 (got 0)"),
-        (VALID + "sal:\n  epsilon: -1\n",
-         "8:12: sal.epsilon", "Input should be greater than 0 (got -1)"),
+        (
+            VALID.replace("epochs: 1", "epochs: 0"),
+            "5:11: training.epochs",
+            "Input should be greater than 0 (got 0)",
+        ),
+        (
+            VALID + "sal:\n  epsilon: -1\n",
+            "8:12: sal.epsilon",
+            "Input should be greater than 0 (got -1)",
+        ),
         # a plugin's own parameters are checked against its Params model, with the same positions
-        (VALID + POISON + "    params:\n      epsilon: 2\n",
-         "10:16: poisons.0.params.epsilon", "Input should be less than or equal to 1 (got 2)"),
-        (VALID + POISON + "    params: {epsilon: 2}\n",
-         "9:23: poisons.0.params.epsilon", "Input should be less than or equal to 1 (got 2)"),
+        (
+            VALID + POISON + "    params:\n      epsilon: 2\n",
+            "10:16: poisons.0.params.epsilon",
+            "Input should be less than or equal to 1 (got 2)",
+        ),
+        (
+            VALID + POISON + "    params: {epsilon: 2}\n",
+            "9:23: poisons.0.params.epsilon",
+            "Input should be less than or equal to 1 (got 2)",
+        ),
     ],
     ids=["epochs-0", "sal-epsilon-negative", "poison-param-block", "poison-param-flow"],
 )
@@ -159,16 +186,26 @@ def test_unknown_parameter_of_a_plugin(tmp_path: Path, capsys: pytest.CaptureFix
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (VALID.replace("small-cnn", "small-cn"),
-         "3:11: backbone.name: unknown backbone 'small-cn': did you mean 'small-cnn' or 'small-unet'?"),
-        (VALID.replace("digits", "digit"),
-         "2:7: data.name: unknown dataset 'digit': did you mean 'digits'?"),
-        (VALID + "task: clasification\n",
-         "7:7: task.name: unknown task 'clasification': did you mean 'classification' or 'scene-classification'?"),
-        (VALID + "poisons: [random-nois]\n",
-         "7:11: poisons.0.name: unknown poison 'random-nois': did you mean 'random-noise'?"),
-        (VALID + "defences: [none, nne]\n",
-         "7:18: defences.1.name: unknown defence 'nne': did you mean 'none'?"),
+        (
+            VALID.replace("small-cnn", "small-cn"),
+            "3:11: backbone.name: unknown backbone 'small-cn': did you mean 'small-cnn' or 'small-unet'?",
+        ),
+        (
+            VALID.replace("digits", "digit"),
+            "2:7: data.name: unknown dataset 'digit': did you mean 'digits'?",
+        ),
+        (
+            VALID + "task: clasification\n",
+            "7:7: task.name: unknown task 'clasification': did you mean 'classification' or 'scene-classification'?",
+        ),
+        (
+            VALID + "poisons: [random-nois]\n",
+            "7:11: poisons.0.name: unknown poison 'random-nois': did you mean 'random-noise'?",
+        ),
+        (
+            VALID + "defences: [none, nne]\n",
+            "7:18: defences.1.name: unknown defence 'nne': did you mean 'none'?",
+        ),
     ],
     ids=["backbone", "data", "task", "poison", "defence"],
 )
@@ -185,10 +222,14 @@ def test_unknown_component_name_suggests_the_closest(
 def test_bad_indentation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = write(tmp_path, VALID.replace("  device: cpu", "   device: cpu"))
 
-    assert errors(spec, capsys) == [f"{spec}:6:10: malformed YAML: mapping values are not allowed here"]
+    assert errors(spec, capsys) == [
+        f"{spec}:6:10: malformed YAML: mapping values are not allowed here"
+    ]
 
 
-def test_unclosed_bracket_names_where_it_was_opened(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unclosed_bracket_names_where_it_was_opened(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = write(tmp_path, VALID + "seeds: [0, 1\n")
 
     [problem] = errors(spec, capsys)
@@ -230,8 +271,10 @@ def test_a_list_is_not_a_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 @pytest.mark.parametrize(
     ("value", "tag"),
     [
-        ("!!python/object/apply:os.system ['touch {pwned}']",
-         "tag:yaml.org,2002:python/object/apply:os.system"),
+        (
+            "!!python/object/apply:os.system ['touch {pwned}']",
+            "tag:yaml.org,2002:python/object/apply:os.system",
+        ),
         ("!!python/name:os.system", "tag:yaml.org,2002:python/name:os.system"),
         ("!foo bar", "!foo"),
     ],
@@ -263,13 +306,17 @@ def test_a_tag_on_a_key_is_refused_too(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_alias_bombs_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcdef", "bcdefg", strict=True)
+        f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n"
+        for a, b in zip("abcdef", "bcdefg", strict=True)
     )
     spec = write(tmp_path, VALID + bomb)
 
     [problem] = errors(spec, capsys)
 
-    assert problem == f"{spec}: the document is too large (over 100000 values, or aliases expand too far)"
+    assert (
+        problem
+        == f"{spec}: the document is too large (over 100000 values, or aliases expand too far)"
+    )
 
 
 # --- nothing in a spec can write outside the run's output folder --------------------------------
@@ -281,26 +328,58 @@ def test_alias_bombs_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[s
         (VALID.replace("name: tiny", "name: ../evil"), "1:7: name", "must be a plain name"),
         (VALID.replace("name: tiny", "name: /abs"), "1:7: name", "must be a plain name"),
         (VALID.replace("name: tiny", "name: '..'"), "1:7: name", "must be a plain name"),
-        (VALID + "output: ../outside\n", "7:9: output",
-         "must be a relative path inside the working folder, without '..'"),
-        (VALID + "output: runs/../../outside\n", "7:9: output",
-         "must be a relative path inside the working folder, without '..'"),
-        (VALID + "output: {abs}\n", "7:9: output",
-         "must be a relative path inside the working folder, without '..'"),
-        (VALID + "output: /tmp/x\n", "7:9: output",
-         "must be a relative path inside the working folder, without '..'"),
-        (VALID + "output: 'C:\\outside'\n", "7:9: output",
-         "must be a relative path inside the working folder, without '..'"),
+        (
+            VALID + "output: ../outside\n",
+            "7:9: output",
+            "must be a relative path inside the working folder, without '..'",
+        ),
+        (
+            VALID + "output: runs/../../outside\n",
+            "7:9: output",
+            "must be a relative path inside the working folder, without '..'",
+        ),
+        (
+            VALID + "output: {abs}\n",
+            "7:9: output",
+            "must be a relative path inside the working folder, without '..'",
+        ),
+        (
+            VALID + "output: /tmp/x\n",
+            "7:9: output",
+            "must be a relative path inside the working folder, without '..'",
+        ),
+        (
+            VALID + "output: 'C:\\outside'\n",
+            "7:9: output",
+            "must be a relative path inside the working folder, without '..'",
+        ),
         (VALID + POISON + "    label: ../x\n", "9:12: poisons.0.label", "must be a plain name"),
-        (VALID + "defences:\n  - name: none\n    label: a/b\n", "9:12: defences.0.label",
-         "must be a plain name"),
+        (
+            VALID + "defences:\n  - name: none\n    label: a/b\n",
+            "9:12: defences.0.label",
+            "must be a plain name",
+        ),
     ],
-    ids=["name-dotdot", "name-absolute", "name-is-dotdot", "output-dotdot", "output-inner-dotdot",
-         "output-absolute", "output-tmp", "output-windows-drive", "poison-label", "defence-label"],
+    ids=[
+        "name-dotdot",
+        "name-absolute",
+        "name-is-dotdot",
+        "output-dotdot",
+        "output-inner-dotdot",
+        "output-absolute",
+        "output-tmp",
+        "output-windows-drive",
+        "poison-label",
+        "defence-label",
+    ],
 )
 def test_names_and_folders_cannot_escape_the_output_folder(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-    text: str, where: str, expected: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    text: str,
+    where: str,
+    expected: str,
 ) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -316,14 +395,18 @@ def test_names_and_folders_cannot_escape_the_output_folder(
 
 
 def test_poison_labels_must_be_distinct(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = write(tmp_path, VALID + """\
+    spec = write(
+        tmp_path,
+        VALID
+        + """\
 poisons:
   - name: random-noise
     label: noise
   - name: random-noise
     label: noise
     params: {mode: class-wise}
-""")
+""",
+    )
 
     assert errors(spec, capsys) == [
         f"{spec}:11:12: poisons.1.label: the label 'noise' is already used by poisons.0; "
@@ -331,15 +414,21 @@ poisons:
     ]
 
 
-def test_the_same_poison_twice_needs_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_same_poison_twice_needs_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = write(tmp_path, VALID + "poisons: [random-noise, random-noise]\n")
 
     [problem] = errors(spec, capsys)
 
-    assert problem.startswith(f"{spec}:7:25: poisons.1.label: the label 'random-noise' is already used")
+    assert problem.startswith(
+        f"{spec}:7:25: poisons.1.label: the label 'random-noise' is already used"
+    )
 
 
-def test_clean_is_a_reserved_poison_label(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_clean_is_a_reserved_poison_label(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = write(tmp_path, VALID + POISON + "    label: clean\n")
 
     assert errors(spec, capsys) == [
@@ -348,22 +437,30 @@ def test_clean_is_a_reserved_poison_label(tmp_path: Path, capsys: pytest.Capture
     ]
 
 
-def test_none_is_a_reserved_defence_label(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_none_is_a_reserved_defence_label(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # `none` names the undefended arms; another defence labelled so would overwrite their files
     spec = write(tmp_path, VALID + "defences:\n  - name: some-defence\n    label: none\n")
 
     problems = errors(spec, capsys)
 
-    assert problems[0] == (f"{spec}:9:12: defences.0.label: the label 'none' is reserved for the "
-                           "undefended arms; choose another `label`")
+    assert problems[0] == (
+        f"{spec}:9:12: defences.0.label: the label 'none' is reserved for the "
+        "undefended arms; choose another `label`"
+    )
     assert problems[1].startswith(f"{spec}:8:11: defences.0.name: unknown defence 'some-defence'")
 
 
 # --- every problem at once -------------------------------------------------------------------------
 
 
-def test_every_problem_is_reported_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = write(tmp_path, """\
+def test_every_problem_is_reported_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = write(
+        tmp_path,
+        """\
 name: ../evil
 data: digits
 backbone: small-cn
@@ -374,7 +471,8 @@ poisons:
   - name: random-noise
     params: {eps: 0.1}
 colour: red
-""")
+""",
+    )
 
     problems = errors(spec, capsys)
 
@@ -403,8 +501,15 @@ colour: red
         VALID + "seeds: [0, 1\n",
         "",
     ],
-    ids=["unknown-field", "out-of-range", "unknown-backbone", "unknown-param", "duplicate-label",
-         "malformed", "empty"],
+    ids=[
+        "unknown-field",
+        "out-of-range",
+        "unknown-backbone",
+        "unknown-param",
+        "duplicate-label",
+        "malformed",
+        "empty",
+    ],
 )
 def test_eval_of_a_bad_spec_fails_before_writing_anything(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
@@ -423,14 +528,19 @@ def test_eval_with_a_missing_data_set_names_the_path_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     nope = tmp_path / "nope"
-    spec = write(tmp_path, VALID.replace("data: digits", f"data:\n  name: cifar10\n  params: {{root: {nope}}}"))
+    spec = write(
+        tmp_path,
+        VALID.replace("data: digits", f"data:\n  name: cifar10\n  params: {{root: {nope}}}"),
+    )
     runs = tmp_path / "runs"
 
     rc = main(["eval", str(spec), "--output", str(runs), "--quiet"])
 
     err = capsys.readouterr().err
     assert rc == 2
-    assert err.startswith(f"error: {spec}:3:3: data set 'cifar10': CIFAR-10 not found: expected {nope}")
+    assert err.startswith(
+        f"error: {spec}:3:3: data set 'cifar10': CIFAR-10 not found: expected {nope}"
+    )
     assert not runs.exists()
 
     # the same through the API: a DataError, raised by prepare() before the run folder exists
@@ -440,7 +550,9 @@ def test_eval_with_a_missing_data_set_names_the_path_and_writes_nothing(
     assert not runs.exists()
 
 
-def test_a_label_with_a_double_underscore_is_refused_because_it_would_make_arm_ids_ambiguous(tmp_path, capsys):
+def test_a_label_with_a_double_underscore_is_refused_because_it_would_make_arm_ids_ambiguous(
+    tmp_path, capsys
+):
     from conftest import tiny_spec, write_spec
 
     spec = tiny_spec(poisons=[{"name": "random-noise", "label": "x__none"}])

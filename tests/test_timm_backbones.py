@@ -22,7 +22,10 @@ SHAPES = {"32x32 rgb": (3, 32, 32), "8x8 rgb": (3, 8, 8), "28x28 gray": (1, 28, 
 #: tiny versions, as a spec would write them; timm's zero start of each block's last batch norm is
 #: switched off so that every scored layer moves at the first step
 TINY = {
-    "timm:resnet18": {"small_input": True, "kwargs": {"channels": [8, 16, 32, 64], "zero_init_last": False}},
+    "timm:resnet18": {
+        "small_input": True,
+        "kwargs": {"channels": [8, 16, 32, 64], "zero_init_last": False},
+    },
     "resnet50": {"width": 8},
     "senet18": {"width": 8},
     "vit": {"embed_dim": 32, "depth": 2, "num_heads": 2},
@@ -112,14 +115,18 @@ def test_the_registry_answers_timm_names_through_the_family():
 
 
 def test_pretrained_weights_are_refused():
-    with pytest.raises(ValueError, match="pretrained weights are refused.*local weights is not supported"):
+    with pytest.raises(
+        ValueError, match="pretrained weights are refused.*local weights is not supported"
+    ):
         build("timm:resnet18", (3, 32, 32), kwargs={"pretrained": True})
     with pytest.raises(ValueError, match="checkpoint_path is not allowed"):
         build("timm:resnet18", (3, 32, 32), kwargs={"checkpoint_path": "weights.pth"})
 
 
 def test_unknown_model_suggests_close_names():
-    with pytest.raises(ValueError, match=r"unknown timm model 'resnet17'.*did you mean.*'resnet18'"):
+    with pytest.raises(
+        ValueError, match=r"unknown timm model 'resnet17'.*did you mean.*'resnet18'"
+    ):
         build("timm:resnet17", (3, 32, 32))
 
 
@@ -136,12 +143,16 @@ def test_parameters_are_checked():
 
 @pytest.mark.parametrize("name", TINY)
 def test_feature_vectors_are_refused(name):
-    with pytest.raises(ValueError, match=rf"{name} needs image inputs \[C, H, W\], got shape \(12,\)"):
+    with pytest.raises(
+        ValueError, match=rf"{name} needs image inputs \[C, H, W\], got shape \(12,\)"
+    ):
         build(name, (12,), **TINY[name])
 
 
 def test_images_that_patches_do_not_tile_are_refused():
-    with pytest.raises(ValueError, match=r"vit cannot take inputs of shape \(3, 30, 30\).*4×4 patches"):
+    with pytest.raises(
+        ValueError, match=r"vit cannot take inputs of shape \(3, 30, 30\).*4×4 patches"
+    ):
         build("vit", (3, 30, 30), **TINY["vit"])
     tiny_vit = {"embed_dim": 32, "depth": 1, "num_heads": 2}
     with pytest.raises(ValueError, match=r"timm:vit_tiny_patch16_224 cannot take .*\(3, 30, 30\)"):
@@ -150,14 +161,17 @@ def test_images_that_patches_do_not_tile_are_refused():
 
 def test_inputs_too_small_for_a_model_are_refused_when_it_is_built():
     # ConvNeXt downsamples by 32 with 2×2 convolutions and has no small-input form
-    with pytest.raises(ValueError, match=r"timm:convnext_atto cannot take inputs of shape \(3, 8, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"timm:convnext_atto cannot take inputs of shape \(3, 8, 8\)"
+    ):
         build("timm:convnext_atto", (3, 8, 8))
 
 
 def test_class_token_pooling_leaves_no_feature_map():
     # the class token is not in the map, so dense heads are refused; pooled heads still work
     backbone = build(
-        "timm:vit_tiny_patch16_224", (3, 32, 32),
+        "timm:vit_tiny_patch16_224",
+        (3, 32, 32),
         kwargs={"global_pool": "token", "embed_dim": 32, "depth": 1, "num_heads": 2},
     )
     assert not backbone.has_feature_map

@@ -32,8 +32,10 @@ def require_images(x: Tensor, who: str) -> None:
 
 def require_hard_labels(targets: Tensor, who: str) -> None:
     if targets.dim() != 1 or targets.is_floating_point():
-        raise ValueError(f"defence {who!r} needs hard integer labels [B]; got {tuple(targets.shape)} "
-                         f"of {targets.dtype}")
+        raise ValueError(
+            f"defence {who!r} needs hard integer labels [B]; got {tuple(targets.shape)} "
+            f"of {targets.dtype}"
+        )
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -55,7 +57,9 @@ def draw_seed(generator: torch.Generator) -> int:
 
 
 @contextlib.contextmanager
-def global_rng_from(generator: torch.Generator, device: torch.device | None = None) -> Iterator[None]:
+def global_rng_from(
+    generator: torch.Generator, device: torch.device | None = None
+) -> Iterator[None]:
     """Run a block whose library calls use the global RNG as if they drew from `generator`.
 
     The CPU RNG is always forked and seeded; the CUDA RNG of `device` as well when it is a CUDA

@@ -19,7 +19,9 @@ from harness.api import (
 
 
 class AdversarialTrainingParams(Params):
-    epsilon: float = Field(default=8 / 255, gt=0, description="L∞ radius, in the data's units (8/255)")
+    epsilon: float = Field(
+        default=8 / 255, gt=0, description="L∞ radius, in the data's units (8/255)"
+    )
     step_size: float = Field(default=2 / 255, gt=0, description="sign-gradient step (2/255)")
     steps: int = Field(default=10, ge=1, description="PGD iterations (10)")
     random_start: bool = Field(default=True, description="start from a uniform point of the ε-ball")
@@ -45,7 +47,6 @@ class AdversarialTraining(Defence):
     the same on every device.
     """
 
-
     def perturb(self, model: nn.Module, x: Tensor, targets: Tensor, ctx: StepContext) -> Tensor:
         """PGD examples within ε of `x` (L∞) and within `ctx.value_range`, the model in eval mode."""
         p = self.params
@@ -56,13 +57,25 @@ class AdversarialTraining(Defence):
         was_training = model.training
         model.eval()
         try:
-            delta = sign_pgd(model, x0, targets, start, loss_fn=ctx.loss, epsilon=p.epsilon, step_size=p.step_size,
-                             steps=p.steps, value_range=ctx.value_range, descend=False)
+            delta = sign_pgd(
+                model,
+                x0,
+                targets,
+                start,
+                loss_fn=ctx.loss,
+                epsilon=p.epsilon,
+                step_size=p.step_size,
+                steps=p.steps,
+                value_range=ctx.value_range,
+                descend=False,
+            )
         finally:
             model.train(was_training)
         return clamp_to_range(x0 + delta, ctx.value_range)
 
-    def training_loss(self, model: nn.Module, x: Tensor, targets: Tensor, ctx: StepContext) -> Tensor:
+    def training_loss(
+        self, model: nn.Module, x: Tensor, targets: Tensor, ctx: StepContext
+    ) -> Tensor:
         return ctx.loss(model(self.perturb(model, x, targets, ctx)), targets)
 
 
@@ -70,7 +83,9 @@ class AdversarialTraining(Defence):
 def harness_register_defences() -> list[DefenceRecord]:
     return [
         DefenceRecord(
-            name="adversarial-training", factory=AdversarialTraining, params=AdversarialTrainingParams,
+            name="adversarial-training",
+            factory=AdversarialTraining,
+            params=AdversarialTrainingParams,
             description="train on L∞ PGD examples of the current model (ε 8/255, 10 steps of 2/255, random start)",
             paper="Madry, Makelov, Schmidt, Tsipras & Vladu 2018, 'Towards Deep Learning Models Resistant to Adversarial Attacks' (ICLR)",
             deviations=(

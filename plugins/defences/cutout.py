@@ -15,7 +15,8 @@ REFERENCE_LENGTH = 16  # px on 32×32 images
 
 class CutoutParams(Params):
     length: int | None = Field(
-        default=None, ge=2,
+        default=None,
+        ge=2,
         description="side of the square in px; null: 16 px scaled to the image, round(16·min(H, W)/32), at least 2",
     )
 
@@ -39,9 +40,10 @@ class Cutout(Defence):
     generator only (two integers per image).
     """
 
-
     def length_for(self, height: int, width: int) -> int:
-        return self.params.length if self.params.length is not None else scaled_length(height, width)
+        return (
+            self.params.length if self.params.length is not None else scaled_length(height, width)
+        )
 
     def transform_batch(
         self, x: Tensor, targets: Tensor, num_classes: int, generator: torch.Generator
@@ -64,7 +66,9 @@ class Cutout(Defence):
 def harness_register_defences() -> list[DefenceRecord]:
     return [
         DefenceRecord(
-            name="cutout", factory=Cutout, params=CutoutParams,
+            name="cutout",
+            factory=Cutout,
+            params=CutoutParams,
             description="zero one random square per image after crop/flip (16 px on 32×32, scaled with the image)",
             paper="DeVries & Taylor 2017, 'Improved Regularization of Convolutional Neural Networks with Cutout'",
             deviations=(

@@ -25,14 +25,18 @@ from harness.api import Defence, DefenceRecord, Params, hookimpl
 
 from ._common import global_rng_from, require_hard_labels, require_images
 
-LIBRARY = ("torchvision's pairing: each sample is mixed with its predecessor in the shuffled batch "
-           "rather than with a random permutation of the batch (the same in distribution), with one λ "
-           "per batch and on every batch; the ISS/UE benchmark code instead mixes at dataset level, "
-           "with probability 0.5, up to twice per sample.")
+LIBRARY = (
+    "torchvision's pairing: each sample is mixed with its predecessor in the shuffled batch "
+    "rather than with a random permutation of the batch (the same in distribution), with one λ "
+    "per batch and on every batch; the ISS/UE benchmark code instead mixes at dataset level, "
+    "with probability 0.5, up to twice per sample."
+)
 
 
 class MixParams(Params):
-    alpha: float = Field(default=1.0, gt=0, description="λ ~ Beta(α, α) (torchvision's default 1.0)")
+    alpha: float = Field(
+        default=1.0, gt=0, description="λ ~ Beta(α, α) (torchvision's default 1.0)"
+    )
 
 
 class MixUp(Defence):
@@ -40,7 +44,6 @@ class MixUp(Defence):
 
     Works on any input shape: non-image inputs (feature vectors) are mixed by the same rule.
     """
-
 
     def transform_batch(
         self, x: Tensor, targets: Tensor, num_classes: int, generator: torch.Generator
@@ -61,7 +64,6 @@ class CutMix(Defence):
     clipped box, so the label weights are the exact pixel shares. Images only.
     """
 
-
     def transform_batch(
         self, x: Tensor, targets: Tensor, num_classes: int, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
@@ -76,16 +78,22 @@ class CutMix(Defence):
 def harness_register_defences() -> list[DefenceRecord]:
     return [
         DefenceRecord(
-            name="mixup", factory=MixUp, params=MixParams,
+            name="mixup",
+            factory=MixUp,
+            params=MixParams,
             description="MixUp of each training batch after crop/flip, soft labels (torchvision defaults, α 1)",
             paper="Zhang, Cisse, Dauphin & Lopez-Paz 2018, 'mixup: Beyond Empirical Risk Minimization' (ICLR)",
             deviations=(LIBRARY,),
         ),
         DefenceRecord(
-            name="cutmix", factory=CutMix, params=MixParams,
+            name="cutmix",
+            factory=CutMix,
+            params=MixParams,
             description="CutMix of each training batch after crop/flip, soft labels (torchvision defaults, α 1)",
-            paper=("Yun, Han, Oh, Chun, Choe & Yoo 2019, 'CutMix: Regularization Strategy to Train Strong "
-                   "Classifiers with Localizable Features' (ICCV)"),
+            paper=(
+                "Yun, Han, Oh, Chun, Choe & Yoo 2019, 'CutMix: Regularization Strategy to Train Strong "
+                "Classifiers with Localizable Features' (ICCV)"
+            ),
             deviations=(LIBRARY,),
         ),
     ]

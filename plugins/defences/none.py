@@ -9,12 +9,13 @@ class NoDefence(Defence):
     """`Defence()` unchanged: every hook point leaves training as the spec gives it."""
 
 
-
 @hookimpl
 def harness_register_defences() -> list[DefenceRecord]:
     return [
         DefenceRecord(
-            name="none", factory=NoDefence, params=NoParams,
+            name="none",
+            factory=NoDefence,
+            params=NoParams,
             description="no defence: the training recipe as the spec gives it",
         )
     ]

@@ -26,10 +26,14 @@ from harness.api import Defence, DefenceRecord, NoParams, Params, hookimpl
 
 from ._common import from_uint8, require_images, to_uint8
 
-ISS = ("Liu, Zhao & Larson 2023, 'Image Shortcut Squeezing: Countering Perturbative "
-       "Availability Poisons with Compression' (ICML)")
-ROUNDING = ("The harness's poisons are float images, so they are rounded to the nearest 8-bit level "
-            "before the 8-bit operation; the original's poisons were already saved as 8-bit images.")
+ISS = (
+    "Liu, Zhao & Larson 2023, 'Image Shortcut Squeezing: Countering Perturbative "
+    "Availability Poisons with Compression' (ICML)"
+)
+ROUNDING = (
+    "The harness's poisons are float images, so they are rounded to the nearest 8-bit level "
+    "before the 8-bit operation; the original's poisons were already saved as 8-bit images."
+)
 
 
 class JPEGParams(Params):
@@ -43,15 +47,19 @@ class JPEG(Defence):
     L∞-bounded poisons. Compression of a 1-channel image is plain grayscale JPEG.
     """
 
-
     def transform_images(self, x: Tensor, generator: torch.Generator) -> Tensor:
         require_images(x, "jpeg")
         if x.shape[1] not in (1, 3):
-            raise ValueError(f"defence 'jpeg' needs 1- or 3-channel images; got {x.shape[1]} channels")
+            raise ValueError(
+                f"defence 'jpeg' needs 1- or 3-channel images; got {x.shape[1]} channels"
+            )
         with warnings.catch_warnings():
             # torchvision 0.29 announces the move of its codecs to TorchCodec; the call still works
-            warnings.filterwarnings("ignore", message=".*encoding capabilities of TorchVision.*",
-                                    category=DeprecationWarning)
+            warnings.filterwarnings(
+                "ignore",
+                message=".*encoding capabilities of TorchVision.*",
+                category=DeprecationWarning,
+            )
             compressed = TF.jpeg(to_uint8(x).cpu(), quality=self.params.quality)
         return from_uint8(compressed, x)
 
@@ -63,13 +71,14 @@ class Grayscale(Defence):
     against L2-bounded and colour-based poisons. A 1-channel image is already gray: unchanged.
     """
 
-
     def transform_images(self, x: Tensor, generator: torch.Generator) -> Tensor:
         require_images(x, "grayscale")
         if x.shape[1] == 1:
             return x
         if x.shape[1] != 3:
-            raise ValueError(f"defence 'grayscale' needs 1- or 3-channel images; got {x.shape[1]} channels")
+            raise ValueError(
+                f"defence 'grayscale' needs 1- or 3-channel images; got {x.shape[1]} channels"
+            )
         return TF.rgb_to_grayscale(x, num_output_channels=3).clamp(0, 1)
 
 
@@ -84,15 +93,18 @@ class BitDepthReduction(Defence):
     a quarter of the range mostly vanish; ISS found it effective against low-L0 poisons.
     """
 
-
     def transform_images(self, x: Tensor, generator: torch.Generator) -> Tensor:
         require_images(x, "bdr")
         return from_uint8(TF.posterize(to_uint8(x), bits=self.params.bits), x)
 
 
 class BlurParams(Params):
-    kernel_size: int = Field(default=3, ge=1, description="side of the square Gaussian kernel (odd)")
-    sigma: float = Field(default=0.1, gt=0, description="standard deviation of the Gaussian, in pixels")
+    kernel_size: int = Field(
+        default=3, ge=1, description="side of the square Gaussian kernel (odd)"
+    )
+    sigma: float = Field(
+        default=0.1, gt=0, description="standard deviation of the Gaussian, in pixels"
+    )
 
     @field_validator("kernel_size")
     @classmethod
@@ -110,12 +122,13 @@ class GaussianBlur(Defence):
     rounding. It is kept as the original's setting; raise `sigma` (say 1.0) for a real low-pass.
     """
 
-
     def transform_images(self, x: Tensor, generator: torch.Generator) -> Tensor:
         require_images(x, "blur")
         k, s = self.params.kernel_size, self.params.sigma
         if k > min(x.shape[-2:]):
-            raise ValueError(f"defence 'blur': kernel_size {k} is larger than the {tuple(x.shape[-2:])} images")
+            raise ValueError(
+                f"defence 'blur': kernel_size {k} is larger than the {tuple(x.shape[-2:])} images"
+            )
         return TF.gaussian_blur(x, kernel_size=[k, k], sigma=[s, s]).clamp(0, 1)
 
 
@@ -123,28 +136,42 @@ class GaussianBlur(Defence):
 def harness_register_defences() -> list[DefenceRecord]:
     return [
         DefenceRecord(
-            name="jpeg", factory=JPEG, params=JPEGParams,
+            name="jpeg",
+            factory=JPEG,
+            params=JPEGParams,
             description="JPEG-compress each training image before crop/flip (ISS; quality 10)",
-            paper=ISS, deviations=(ROUNDING,),
+            paper=ISS,
+            deviations=(ROUNDING,),
         ),
         DefenceRecord(
-            name="grayscale", factory=Grayscale, params=NoParams,
+            name="grayscale",
+            factory=Grayscale,
+            params=NoParams,
             description="grayscale each training image before crop/flip, replicated to 3 channels (ISS)",
             paper=ISS,
-            deviations=("The luma is computed in floating point and not rounded to 8 bits as PIL's "
-                        "Grayscale is.",),
+            deviations=(
+                "The luma is computed in floating point and not rounded to 8 bits as PIL's "
+                "Grayscale is.",
+            ),
         ),
         DefenceRecord(
-            name="bdr", factory=BitDepthReduction, params=BitDepthParams,
+            name="bdr",
+            factory=BitDepthReduction,
+            params=BitDepthParams,
             description="bit-depth reduction (posterize) of each training image before crop/flip (ISS; 2 bits)",
-            paper=ISS, deviations=(ROUNDING,),
+            paper=ISS,
+            deviations=(ROUNDING,),
         ),
         DefenceRecord(
-            name="blur", factory=GaussianBlur, params=BlurParams,
+            name="blur",
+            factory=GaussianBlur,
+            params=BlurParams,
             description="Gaussian blur of each training image before crop/flip (kernel 3, σ 0.1)",
             paper="Gaussian-filter baseline of " + ISS + " (GaussianBlur(3, sigma=0.1))",
-            deviations=("Blurs the float images and does not round back to 8 bits; at the default "
-                        "σ 0.1 the original is exactly the identity on 8-bit images, here it changes "
-                        "pixels by about 1e-22.",),
+            deviations=(
+                "Blurs the float images and does not round back to 8 bits; at the default "
+                "σ 0.1 the original is exactly the identity on 8-bit images, here it changes "
+                "pixels by about 1e-22.",
+            ),
         ),
     ]

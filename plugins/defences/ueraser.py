@@ -34,16 +34,20 @@ class UEraserParams(Params):
     variant: Literal["lite", "standard", "max"] = Field(
         default="max",
         description="how long the max-over-copies loss lasts: lite 0, standard 50, max 300 epochs "
-                    "(max is the variant the SAL paper's Table 2 reports)",
+        "(max is the variant the SAL paper's Table 2 reports)",
     )
-    k: int = Field(default=5, ge=1, description="augmented copies per image while the max loss is on")
+    k: int = Field(
+        default=5, ge=1, description="augmented copies per image while the max loss is on"
+    )
     max_epochs: int | None = Field(
-        default=None, ge=0, description="epochs with the max-over-copies loss; null: the variant's",
+        default=None,
+        ge=0,
+        description="epochs with the max-over-copies loss; null: the variant's",
     )
     per_image_trivial_augment: bool = Field(
         default=True,
         description="true: a TrivialAugment operation drawn for every image copy; false: one per copy "
-                    "batch (cheaper on a GPU, closer to the authors' kornia call)",
+        "batch (cheaper on a GPU, closer to the authors' kornia call)",
     )
 
 
@@ -61,9 +65,12 @@ class UEraser(Defence):
     def __init__(self, params: UEraserParams, context: BuildContext | None = None) -> None:
         super().__init__(params, context)
         self.k = params.k
-        self.max_epochs = params.max_epochs if params.max_epochs is not None else VARIANT_EPOCHS[params.variant]
+        self.max_epochs = (
+            params.max_epochs if params.max_epochs is not None else VARIANT_EPOCHS[params.variant]
+        )
         self.plasma_brightness = K.RandomPlasmaBrightness(
-            roughness=(0.3, 0.7), intensity=(0.5, 1.0), same_on_batch=False, p=0.5, keepdim=True)
+            roughness=(0.3, 0.7), intensity=(0.5, 1.0), same_on_batch=False, p=0.5, keepdim=True
+        )
         self.plasma_contrast = K.RandomPlasmaContrast(roughness=(0.3, 0.7), p=0.5, keepdim=True)
         self.channel_shuffle = K.RandomChannelShuffle(same_on_batch=False, p=0.5, keepdim=True)
         self.trivial_augment = v2.TrivialAugmentWide()
@@ -88,7 +95,9 @@ class UEraser(Defence):
                 u8 = torch.cat([self.trivial_augment(chunk) for chunk in u8.split(x.shape[0])])
         return from_uint8(u8, x)
 
-    def training_loss(self, model: nn.Module, x: Tensor, targets: Tensor, ctx: StepContext) -> Tensor:
+    def training_loss(
+        self, model: nn.Module, x: Tensor, targets: Tensor, ctx: StepContext
+    ) -> Tensor:
         if not self.max_loss_on(ctx.epoch):
             return ctx.loss(model(self.augmented_copies(x, 1, ctx.generator)), targets)
         b = x.shape[0]
@@ -103,11 +112,15 @@ class UEraser(Defence):
 def harness_register_defences() -> list[DefenceRecord]:
     return [
         DefenceRecord(
-            name="ueraser", factory=UEraser, params=UEraserParams,
+            name="ueraser",
+            factory=UEraser,
+            params=UEraserParams,
             description="per-sample max loss over K=5 adversarially augmented copies for max_epochs "
-                        "epochs (lite 0, standard 50, max 300), then one augmented copy",
-            paper=("Qin, Gao, Zhao, Ye & Xu 2023, 'Learning the Unlearnable: Adversarial Augmentations "
-                   "Suppress Unlearnable Example Attacks' (arXiv 2303.15127; ICCV 2023 AROW workshop)"),
+            "epochs (lite 0, standard 50, max 300), then one augmented copy",
+            paper=(
+                "Qin, Gao, Zhao, Ye & Xu 2023, 'Learning the Unlearnable: Adversarial Augmentations "
+                "Suppress Unlearnable Example Attacks' (arXiv 2303.15127; ICCV 2023 AROW workshop)"
+            ),
             deviations=(
                 "TrivialAugment is torchvision's TrivialAugmentWide on 8-bit images, one operation per "
                 "image copy by default; the authors used kornia's TrivialAugment, which draws one "

@@ -47,7 +47,6 @@ class SurrogateParams(Params):
     overriding one field (say the backbone) keeps the method's other defaults.
     """
 
-
     backbone: str = Field(default="resnet18", description="registered backbone of the surrogate")
     backbone_params: dict[str, Any] = Field(default_factory=dict, description="its parameters")
     lr: float = Field(default=0.1, gt=0, description="SGD learning rate")
@@ -62,7 +61,9 @@ class UnclippedSurrogateParams(SurrogateParams):
     HYPO's authors)."""
 
     batch_size: int = Field(default=128, gt=0, description="surrogate training batch size")
-    grad_clip: float | None = Field(default=None, gt=0, description="gradient-norm clip; null: none")
+    grad_clip: float | None = Field(
+        default=None, gt=0, description="gradient-norm clip; null: none"
+    )
 
 
 class AugmentParams(Params):
@@ -72,9 +73,10 @@ class AugmentParams(Params):
     `padding: null` scales the 4 px with the image (round(4·H/32), at least 1: 1 px on 8×8).
     """
 
-
     enabled: bool = Field(default=True, description="false: no augmentation at all")
-    padding: int | None = Field(default=None, ge=0, description="crop padding in px; null: 4 px scaled to the image size")
+    padding: int | None = Field(
+        default=None, ge=0, description="crop padding in px; null: 4 px scaled to the image size"
+    )
     flip: bool = Field(default=True, description="random horizontal flip with probability 0.5")
 
 
@@ -96,7 +98,9 @@ def seeded(ctx: PoisonContext, salt: int) -> Iterator[None]:
     """
     devices: list[int] = []
     if ctx.device.type == "cuda":
-        devices = [ctx.device.index if ctx.device.index is not None else torch.cuda.current_device()]
+        devices = [
+            ctx.device.index if ctx.device.index is not None else torch.cuda.current_device()
+        ]
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(derived_seed(ctx, salt))
         yield
@@ -110,16 +114,18 @@ def build_surrogate(ctx: PoisonContext, params: SurrogateParams, salt: int) -> n
 
 
 def make_sgd(model: nn.Module, params: SurrogateParams) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum,
-                           weight_decay=params.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # batches and training
 
 
-def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None,
-                  drop_last: bool = False) -> list[Tensor]:
+def batch_indices(
+    n: int, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = False
+) -> list[Tensor]:
     """One pass over `n` samples: in order without a generator, shuffled with one.
 
     `drop_last` drops the short final batch only when there is at least one full batch, so a
@@ -137,9 +143,19 @@ class BatchStream:
     so they need "the next batch" rather than whole epochs, as the originals' `next(iterator)`.
     """
 
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator | None = None,
-                 drop_last: bool = False) -> None:
-        self.n, self.batch_size, self.generator, self.drop_last = n, batch_size, generator, drop_last
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        self.n, self.batch_size, self.generator, self.drop_last = (
+            n,
+            batch_size,
+            generator,
+            drop_last,
+        )
         self._pending: list[Tensor] = []
 
     def next(self) -> Tensor:
@@ -148,8 +164,14 @@ class BatchStream:
         return self._pending.pop(0)
 
 
-def train_step(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn,
-               optimizer: torch.optim.Optimizer, grad_clip: float | None = None) -> float:
+def train_step(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    grad_clip: float | None = None,
+) -> float:
     """One SGD step in training mode; returns the batch loss."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -199,7 +221,9 @@ def train_surrogate(
 def predictions(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     """Arg-max class of every input, in eval mode."""
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+    return torch.cat(
+        [model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)]
+    )
 
 
 def classification_error(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> float:
@@ -207,7 +231,9 @@ def classification_error(model: nn.Module, x: Tensor, y: Tensor, batch_size: int
 
 
 @torch.no_grad()
-def crafting_loss(model: nn.Module, x: Tensor, targets: Tensor | dict, loss_fn: LossFn, batch_size: int) -> float:
+def crafting_loss(
+    model: nn.Module, x: Tensor, targets: Tensor | dict, loss_fn: LossFn, batch_size: int
+) -> float:
     """Mean loss of `model` (eval mode) over x, for crafting tasks that have no class error."""
     model.eval()
     total = 0.0
@@ -215,19 +241,6 @@ def crafting_loss(model: nn.Module, x: Tensor, targets: Tensor | dict, loss_fn: 
         index = torch.arange(start, min(start + batch_size, len(x)), device=x.device)
         total += float(loss_fn(model(x[index]), take_targets(targets, index))) * len(index)
     return total / max(len(x), 1)
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,8 +269,14 @@ class Augment:
         if not params.enabled:
             return None
         if not data.is_image:
-            raise ValueError(f"augmentation needs image inputs [C, H, W], got shape {data.input_shape}")
-        padding = params.padding if params.padding is not None else scaled_padding(min(data.input_shape[1:]))
+            raise ValueError(
+                f"augmentation needs image inputs [C, H, W], got shape {data.input_shape}"
+            )
+        padding = (
+            params.padding
+            if params.padding is not None
+            else scaled_padding(min(data.input_shape[1:]))
+        )
         return cls(padding, params.flip)
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:

@@ -67,9 +67,9 @@ MAX_SEARCH_ROUNDS = 200
 
 
 class ARParams(Params):
-
     norm: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="size of every perturbation; None: L2 1.0·sqrt(C·H·W/3072) (1.0 on 3×32×32), "
         "or 8/255 for norm_type linf",
     )
@@ -77,7 +77,8 @@ class ARParams(Params):
         default="l2", description="l2 (the reference) or linf (the paper's weaker variant)"
     )
     candidates: int | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="candidate processes the search picks the classes' processes from; "
         "None: max(256, 4 × classes)",
     )
@@ -169,7 +170,11 @@ def _windows(x: Tensor) -> Tensor:
 
 
 def search_processes(
-    classes: int, channels: int, side: int, candidates: int, generator: torch.Generator,
+    classes: int,
+    channels: int,
+    side: int,
+    candidates: int,
+    generator: torch.Generator,
     progress: Callable[[str, float], None] = lambda message, fraction: None,
 ) -> Tensor:
     """`classes` AR processes [classes, C, 3, 3] picked by the random search in the module doc."""
@@ -243,7 +248,9 @@ class AR(Poison):
         key = (ctx.seed, k, c, side)
         if key not in self._filters:
             candidates = self.params.candidates or max(256, 4 * k)
-            self._filters[key] = search_processes(k, c, side, candidates, ctx.generator(salt=31), ctx.progress)
+            self._filters[key] = search_processes(
+                k, c, side, candidates, ctx.generator(salt=31), ctx.progress
+            )
         return self._filters[key].clone()
 
     def perturbations(self, data: DataBundle, ctx: PoisonContext) -> Tensor:
@@ -267,7 +274,9 @@ class AR(Poison):
 def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
-            name="ar", factory=AR, params=ARParams,
+            name="ar",
+            factory=AR,
+            params=ARParams,
             description="autoregressive perturbations: fresh per-image noise from one causal AR process per class",
             paper="Sandoval-Segura, Singla, Geiping, Goldblum, Goldstein, Jacobs: Autoregressive Perturbations for Data Poisoning, NeurIPS 2022",
             deviations=(

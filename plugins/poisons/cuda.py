@@ -20,10 +20,15 @@ CHUNK = 4096
 
 
 class CUDAParams(Params):
-
     blur: float = Field(default=0.3, gt=0, description="upper end of the uniform kernel taps")
-    kernel_size: int = Field(default=3, gt=0, description="odd kernel side; 3 as the original on CIFAR")
-    peak: float = Field(default=1.0, gt=0, description="value of the one random tap (the original's center_parameter)")
+    kernel_size: int = Field(
+        default=3, gt=0, description="odd kernel side; 3 as the original on CIFAR"
+    )
+    peak: float = Field(
+        default=1.0,
+        gt=0,
+        description="value of the one random tap (the original's center_parameter)",
+    )
 
     @field_validator("kernel_size")
     @classmethod
@@ -52,7 +57,6 @@ def class_conv(x: Tensor, kernels: Tensor) -> Tensor:
 
 class CUDA(Poison):
     """Class-wise random blur, each result divided by its own maximum."""
-
 
     def kernels(self, num_classes: int, ctx: PoisonContext) -> Tensor:
         """One kernel per class [classes, k, k], shared by the channels (drawn from the seed)."""
@@ -87,7 +91,9 @@ class CUDA(Poison):
 def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
-            name="cuda", factory=CUDA, params=CUDAParams,
+            name="cuda",
+            factory=CUDA,
+            params=CUDAParams,
             description="convolution-based unlearnable data: one random blur kernel per class, no norm bound",
             paper="Sadasivan, Soltanolkotabi, Feizi: CUDA: Convolution-based Unlearnable Datasets, CVPR 2023",
             deviations=(

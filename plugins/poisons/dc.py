@@ -59,22 +59,38 @@ class DCClassifierParams(SurrogateParams):
 
     backbone: str = Field(default="small-cnn", description="registered backbone of the classifier")
     backbone_params: dict = Field(default_factory=lambda: {"width": 64, "blocks": 4})
-    lr: float = Field(default=0.01, gt=0, description="SGD learning rate (also the look-ahead step)")
-    momentum: float = Field(default=0.0, ge=0, lt=1, description="SGD momentum (none in the original)")
-    weight_decay: float = Field(default=0.0, ge=0, description="SGD weight decay (none in the original)")
+    lr: float = Field(
+        default=0.01, gt=0, description="SGD learning rate (also the look-ahead step)"
+    )
+    momentum: float = Field(
+        default=0.0, ge=0, lt=1, description="SGD momentum (none in the original)"
+    )
+    weight_decay: float = Field(
+        default=0.0, ge=0, description="SGD weight decay (none in the original)"
+    )
     batch_size: int = Field(default=256, gt=0, description="batch size of classifier and generator")
-    grad_clip: float | None = Field(default=None, gt=0, description="gradient-norm clip; null: none")
+    grad_clip: float | None = Field(
+        default=None, gt=0, description="gradient-norm clip; null: none"
+    )
 
 
 class DCParams(Params):
-
-    epsilon: float = Field(default=0.032, gt=0, le=1, description="L∞ bound: g(x) = ε·tanh(U-Net(x))")
-    rounds: int = Field(default=1000, ge=0, description="outer rounds (a fresh classifier each); very expensive")
+    epsilon: float = Field(
+        default=0.032, gt=0, le=1, description="L∞ bound: g(x) = ε·tanh(U-Net(x))"
+    )
+    rounds: int = Field(
+        default=1000, ge=0, description="outer rounds (a fresh classifier each); very expensive"
+    )
     classifier_epochs: int = Field(default=20, ge=1, description="classifier epochs per round")
-    generator_lr: float = Field(default=1e-4, gt=0, description="Adam learning rate of the generator")
-    generator_width: int = Field(default=64, ge=1, le=256, description="channels of the U-Net's first level")
-    generator_depth: int | None = Field(default=None, ge=1, le=6,
-                                        description="downsamplings; null: min(4, log2(min(H, W)) − 1)")
+    generator_lr: float = Field(
+        default=1e-4, gt=0, description="Adam learning rate of the generator"
+    )
+    generator_width: int = Field(
+        default=64, ge=1, le=256, description="channels of the U-Net's first level"
+    )
+    generator_depth: int | None = Field(
+        default=None, ge=1, le=6, description="downsamplings; null: min(4, log2(min(H, W)) − 1)"
+    )
     classifier: DCClassifierParams = Field(default_factory=DCClassifierParams)
 
 
@@ -85,8 +101,12 @@ class DCParams(Params):
 class DoubleConv(nn.Sequential):
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__(
-            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
         )
 
 
@@ -101,7 +121,9 @@ class UNet(nn.Module):
         widths = [width * min(2**i, 8) for i in range(depth + 1)]
         self.inc = DoubleConv(channels, widths[0])
         self.down = nn.ModuleList(DoubleConv(widths[i], widths[i + 1]) for i in range(depth))
-        self.up = nn.ModuleList(DoubleConv(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(depth)))
+        self.up = nn.ModuleList(
+            DoubleConv(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(depth))
+        )
         self.out = nn.Conv2d(widths[0], channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -140,7 +162,9 @@ class DeepConfuse(Poison):
         c, h, w = data.input_shape
         depth = self.params.generator_depth or default_depth(h, w)
         if min(h, w) < 2**depth:
-            raise ValueError(f"generator_depth {depth} needs images of at least {2**depth}×{2**depth}, got {h}×{w}")
+            raise ValueError(
+                f"generator_depth {depth} needs images of at least {2**depth}×{2**depth}, got {h}×{w}"
+            )
         with seeded(ctx, SALT_GEN):
             return UNet(c, self.params.generator_width, depth).to(ctx.device)
 
@@ -153,12 +177,14 @@ class DeepConfuse(Poison):
         y = data.train.y.to(ctx.device)
         with seeded(ctx, SALT_GEN + 1000):
             target = self.build_generator(data, ctx)  # g being learnt ("tgtmodel")
-            attacker = copy.deepcopy(target).eval()   # frozen copy that poisons the classifier
+            attacker = copy.deepcopy(target).eval()  # frozen copy that poisons the classifier
             for q in attacker.parameters():
                 q.requires_grad_(False)
             g_opt = torch.optim.Adam(target.parameters(), lr=p.generator_lr)
             order = ctx.generator(SALT_ORDER)
-            steps_per_round = p.classifier_epochs * len(batch_indices(len(x), p.classifier.batch_size))
+            steps_per_round = p.classifier_epochs * len(
+                batch_indices(len(x), p.classifier.batch_size)
+            )
             for rnd in range(p.rounds):
                 classifier = build_surrogate(ctx, p.classifier, SALT_CLASSIFIER + 7919 * rnd)
                 c_opt = make_sgd(classifier, p.classifier)
@@ -175,11 +201,15 @@ class DeepConfuse(Poison):
                         loss = ctx.task_loss(classifier(poisoned), yb)
                         params = list(classifier.parameters())
                         grads = torch.autograd.grad(loss, params, create_graph=True)
-                        ahead = {n: w - lr * gw for n, w, gw in zip(names, params, grads, strict=True)}
+                        ahead = {
+                            n: w - lr * gw for n, w, gw in zip(names, params, grads, strict=True)
+                        }
                         # fresh buffers, as the original's temporary network: the look-ahead's
                         # batch-norm statistics never touch the real classifier
                         buffers = {n: b.detach().clone() for n, b in classifier.named_buffers()}
-                        clean_loss = ctx.task_loss(functional_call(classifier, {**ahead, **buffers}, (xb,)), yb)
+                        clean_loss = ctx.task_loss(
+                            functional_call(classifier, {**ahead, **buffers}, (xb,)), yb
+                        )
                         g_opt.zero_grad(set_to_none=True)
                         (-clean_loss).backward()
                         g_opt.step()
@@ -189,7 +219,9 @@ class DeepConfuse(Poison):
                         c_opt.zero_grad(set_to_none=True)
                         ctx.task_loss(classifier(poisoned), yb).backward()
                         if p.classifier.grad_clip is not None:
-                            nn.utils.clip_grad_norm_(classifier.parameters(), p.classifier.grad_clip)
+                            nn.utils.clip_grad_norm_(
+                                classifier.parameters(), p.classifier.grad_clip
+                            )
                         c_opt.step()
                         step += 1
                         ctx.progress(
@@ -212,11 +244,13 @@ class DeepConfuse(Poison):
 def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
-            name="dc", factory=DeepConfuse, params=DCParams,
+            name="dc",
+            factory=DeepConfuse,
+            params=DCParams,
             description="DeepConfuse: a U-Net generator trained so that a classifier fitted to its "
-                        "output fails on clean data (one-step look-ahead, second order)",
+            "output fails on clean data (one-step look-ahead, second order)",
             paper="Feng, Cai, Zhou. Learning to Confuse: Generating Training Time Adversarial Data "
-                  "with Auto-Encoder. NeurIPS 2019",
+            "with Auto-Encoder. NeurIPS 2019",
             deviations=(
                 "The classifier defaults to small-cnn (4 blocks, 64-512 channels), the closest "
                 "registered network to the original's VGG-11.",

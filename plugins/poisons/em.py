@@ -66,25 +66,35 @@ class EMSurrogateParams(SurrogateParams):
 
 
 class EMParams(Params):
-
-    mode: Literal["sample-wise", "class-wise"] = Field(default="sample-wise", description="one δ per image or per class")
+    mode: Literal["sample-wise", "class-wise"] = Field(
+        default="sample-wise", description="one δ per image or per class"
+    )
     epsilon: float = Field(default=8 / 255, gt=0, le=1, description="L∞ bound of δ")
     step_size: float = Field(default=0.8 / 255, gt=0, description="sign-PGD step")
     steps: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="PGD steps per batch and round; null: 20 sample-wise, 1 class-wise (the original's)",
     )
     train_steps: int = Field(default=10, ge=0, description="surrogate batches on x+δ per round")
     stop_error: float | None = Field(
-        default=None, ge=0, le=1,
+        default=None,
+        ge=0,
+        le=1,
         description="stop once the surrogate's error on x+δ is at most this; null: 0.01 sample-wise, 0.1 class-wise",
     )
     max_rounds: int = Field(
-        default=1000, ge=1,
+        default=1000,
+        ge=1,
         description="safety cap on rounds (the original has none; at CIFAR scale it stops far earlier)",
     )
-    class_subset: float = Field(default=0.2, gt=0, le=1, description="class-wise: share of the training set optimised on")
-    random_start: bool = Field(default=False, description="start from U(−ε, ε) instead of zero (the original starts at zero)")
+    class_subset: float = Field(
+        default=0.2, gt=0, le=1, description="class-wise: share of the training set optimised on"
+    )
+    random_start: bool = Field(
+        default=False,
+        description="start from U(−ε, ε) instead of zero (the original starts at zero)",
+    )
     surrogate: EMSurrogateParams = Field(default_factory=EMSurrogateParams)
 
     def resolved_steps(self) -> int:
@@ -136,20 +146,43 @@ class ErrorMinimizingNoise(Poison):
         for rnd in range(p.max_rounds):
             for _ in range(p.train_steps):
                 idx = stream.next().to(ctx.device)
-                train_step(model, clamp_to_range(x[idx] + delta[idx], vr), take_targets(y, idx),
-                           ctx.task_loss, optimizer, p.surrogate.grad_clip)
+                train_step(
+                    model,
+                    clamp_to_range(x[idx] + delta[idx], vr),
+                    take_targets(y, idx),
+                    ctx.task_loss,
+                    optimizer,
+                    p.surrogate.grad_clip,
+                )
             model.eval()
             for idx in batch_indices(len(x), bs):
                 idx = idx.to(ctx.device)
-                delta[idx] = sign_pgd(model, x[idx], take_targets(y, idx), delta[idx], loss_fn=ctx.task_loss,
-                                      epsilon=p.epsilon, step_size=p.step_size, steps=steps,
-                                      value_range=vr, descend=True)
+                delta[idx] = sign_pgd(
+                    model,
+                    x[idx],
+                    take_targets(y, idx),
+                    delta[idx],
+                    loss_fn=ctx.task_loss,
+                    epsilon=p.epsilon,
+                    step_size=p.step_size,
+                    steps=steps,
+                    value_range=vr,
+                    descend=True,
+                )
             if self._stop(rnd, model, clamp_to_range(x + delta, vr), y, ctx, bs, stop):
                 break
         return clamp_to_range(x + delta, vr)
 
-    def _stop(self, rnd: int, model: torch.nn.Module, x: Tensor, y: Tensor | dict, ctx: PoisonContext,
-              bs: int, stop: float) -> bool:
+    def _stop(
+        self,
+        rnd: int,
+        model: torch.nn.Module,
+        x: Tensor,
+        y: Tensor | dict,
+        ctx: PoisonContext,
+        bs: int,
+        stop: float,
+    ) -> bool:
         """The original's stop rule: classification error on x+δ at most `stop`.
 
         A non-classification crafting task has no classification error: every round runs, and
@@ -159,11 +192,15 @@ class ErrorMinimizingNoise(Poison):
         fraction = min(0.99, (rnd + 1) / self.params.max_rounds)
         if not ctx.classification:
             loss = crafting_loss(model, x, y, ctx.task_loss, bs)
-            ctx.progress(f"round {rnd + 1}: surrogate crafting-task loss on x+δ {loss:.4f}", fraction)
+            ctx.progress(
+                f"round {rnd + 1}: surrogate crafting-task loss on x+δ {loss:.4f}", fraction
+            )
             return False
         error = classification_error(model, x, y, bs)
         self.final_error = error
-        ctx.progress(f"round {rnd + 1}: surrogate error on x+δ {error:.4f} (stop at {stop})", fraction)
+        ctx.progress(
+            f"round {rnd + 1}: surrogate error on x+δ {error:.4f} (stop at {stop})", fraction
+        )
         return error <= stop
 
     # --- class-wise ----------------------------------------------------------------------------
@@ -176,7 +213,9 @@ class ErrorMinimizingNoise(Poison):
         sub = torch.as_tensor(stratified_indices(data.train.y.numpy(), size, seed))
         x = data.train.x[sub].to(ctx.device)
         y = data.train.y[sub].to(ctx.device)  # classes: one noise per class
-        t = targets_to(take_targets(ctx.train_targets(data), sub), ctx.device)  # what the loss reads
+        t = targets_to(
+            take_targets(ctx.train_targets(data), sub), ctx.device
+        )  # what the loss reads
         model = build_surrogate(ctx, p.surrogate, SALT_INIT)
         optimizer = make_sgd(model, p.surrogate)
         bs = p.surrogate.batch_size
@@ -190,15 +229,31 @@ class ErrorMinimizingNoise(Poison):
         for rnd in range(p.max_rounds):
             for _ in range(p.train_steps):
                 idx = stream.next().to(ctx.device)
-                train_step(model, clamp_to_range(x[idx] + noise[y[idx]], vr), take_targets(t, idx),
-                           ctx.task_loss, optimizer, p.surrogate.grad_clip)
+                train_step(
+                    model,
+                    clamp_to_range(x[idx] + noise[y[idx]], vr),
+                    take_targets(t, idx),
+                    ctx.task_loss,
+                    optimizer,
+                    p.surrogate.grad_clip,
+                )
             model.eval()
             for idx in batch_indices(len(x), bs, order, drop_last=True):
                 idx = idx.to(ctx.device)
                 xb, yb = x[idx], y[idx]
-                eta = sign_pgd(model, xb, take_targets(t, idx), noise[yb], loss_fn=ctx.task_loss, epsilon=p.epsilon,
-                               step_size=p.step_size, steps=steps, value_range=vr, descend=True,
-                               project_range=False)
+                eta = sign_pgd(
+                    model,
+                    xb,
+                    take_targets(t, idx),
+                    noise[yb],
+                    loss_fn=ctx.task_loss,
+                    epsilon=p.epsilon,
+                    step_size=p.step_size,
+                    steps=steps,
+                    value_range=vr,
+                    descend=True,
+                    project_range=False,
+                )
                 for cls in torch.unique(yb).tolist():
                     noise[cls] = eta[yb == cls].mean(dim=0).clamp(-p.epsilon, p.epsilon)
             if self._stop(rnd, model, clamp_to_range(x + noise[y], vr), t, ctx, bs, stop):
@@ -212,11 +267,14 @@ class ErrorMinimizingNoise(Poison):
 def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
-            name="em", factory=ErrorMinimizingNoise, params=EMParams, task_aware=True,
+            name="em",
+            factory=ErrorMinimizingNoise,
+            params=EMParams,
+            task_aware=True,
             description="error-minimizing noise: bi-level min-min against a surrogate trained on x+δ "
-                        "(sample-wise or class-wise)",
+            "(sample-wise or class-wise)",
             paper="Huang, Ma, Erfani, Bailey, Wang. Unlearnable Examples: Making Personal Data "
-                  "Unexploitable. ICLR 2021",
+            "Unexploitable. ICLR 2021",
             deviations=(
                 "x+δ is clamped into the data's value range when the surrogate trains on it and when "
                 "the stop condition is checked; the original adds the noise unclamped there (only its "

@@ -61,8 +61,9 @@ SHOW_MISSING = 5
 
 
 class FromFilesParams(Params):
-
-    path: str = Field(description="folder of <index>.png files, or a tensor file (torch.save or .npy)")
+    path: str = Field(
+        description="folder of <index>.png files, or a tensor file (torch.save or .npy)"
+    )
     kind: Literal["auto", "png-folder", "tensor"] = Field(
         default="auto", description="auto: a folder is a png-folder, a file a tensor"
     )
@@ -92,7 +93,9 @@ def _index_files(folder: Path) -> dict[int, Path]:
     return found
 
 
-def _read_pngs(paths: Sequence[Path], channels: int, height: int, width: int, ctx: PoisonContext) -> Tensor:
+def _read_pngs(
+    paths: Sequence[Path], channels: int, height: int, width: int, ctx: PoisonContext
+) -> Tensor:
     """Decode PNGs into float32 [N, C, H, W] in [0, 1], checking each file's size and depth."""
     mode = "RGB" if channels == 3 else "L"
     out = np.empty((len(paths), channels, height, width), dtype=np.uint8)
@@ -117,11 +120,17 @@ def _read_pngs(paths: Sequence[Path], channels: int, height: int, width: int, ct
         except DataError:
             raise
         except Exception as exc:  # any decoder failure is a problem with that one file
-            raise DataError(f"cannot read {path} as an image ({type(exc).__name__}: {exc})") from exc
+            raise DataError(
+                f"cannot read {path} as an image ({type(exc).__name__}: {exc})"
+            ) from exc
         out[i] = pixels.transpose(2, 0, 1) if channels == 3 else pixels[None]
 
-    run_in_threads(len(paths), decode, chunk_size=256,  # in order: the first bad file raises
-                   on_chunk=lambda done, total: ctx.progress("reading PNG files", done / total))
+    run_in_threads(
+        len(paths),
+        decode,
+        chunk_size=256,  # in order: the first bad file raises
+        on_chunk=lambda done, total: ctx.progress("reading PNG files", done / total),
+    )
     return torch.from_numpy(out).to(torch.float32).div_(255.0)
 
 
@@ -132,8 +141,12 @@ def _load_tensor(path: Path) -> Tensor:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        how = "numpy.load(allow_pickle=False)" if path.suffix.lower() == ".npy" else (
-            "torch.load(weights_only=True), which reads tensors but never unpickles arbitrary objects"
+        how = (
+            "numpy.load(allow_pickle=False)"
+            if path.suffix.lower() == ".npy"
+            else (
+                "torch.load(weights_only=True), which reads tensors but never unpickles arbitrary objects"
+            )
         )
         raise DataError(f"cannot load {path} with {how} ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, Tensor):
@@ -152,7 +165,6 @@ class FromFiles(Poison):
 
     cacheable = False  # reading is cheap, and a cached copy would hide a change of the files
 
-
     def generate(self, data: DataBundle, ctx: PoisonContext) -> Tensor:
         if not data.is_image or tuple(data.value_range or ()) != (0.0, 1.0):
             raise DataError(
@@ -169,9 +181,13 @@ class FromFiles(Poison):
         if kind == "auto":
             kind = "png-folder" if path.is_dir() else "tensor"
         if kind == "png-folder" and not path.is_dir():
-            raise DataError(f"{path} is a file; kind 'png-folder' expects a folder of <index>.png files")
+            raise DataError(
+                f"{path} is a file; kind 'png-folder' expects a folder of <index>.png files"
+            )
         if kind == "tensor" and path.is_dir():
-            raise DataError(f"{path} is a folder; kind 'tensor' expects a file saved with torch.save")
+            raise DataError(
+                f"{path} is a folder; kind 'tensor' expects a file saved with torch.save"
+            )
         if kind == "png-folder":
             return self._from_pngs(path, data, ctx)
         return self._from_tensor(path, data, ctx)
@@ -181,12 +197,16 @@ class FromFiles(Poison):
     def _from_pngs(self, folder: Path, data: DataBundle, ctx: PoisonContext) -> Tensor:
         c, h, w = data.input_shape
         if c not in (1, 3):
-            raise DataError(f"{folder}: PNG poisons need 1- or 3-channel data, these images have {c}")
+            raise DataError(
+                f"{folder}: PNG poisons need 1- or 3-channel data, these images have {c}"
+            )
         indices = data.train.indices
         needed = indices.tolist() if indices is not None else list(range(len(data.train)))
         files = _index_files(folder)
         if not files:
-            raise DataError(f"{folder} holds no <index>.png files (the perturbed training images, named by position)")
+            raise DataError(
+                f"{folder} holds no <index>.png files (the perturbed training images, named by position)"
+            )
         missing = [i for i in needed if i not in files]
         if missing:
             shown = ", ".join(f"{i}.png" for i in missing[:SHOW_MISSING])
@@ -209,9 +229,13 @@ class FromFiles(Poison):
         n = len(data.train)
         k = data.num_classes
         indices = data.train.indices
-        accepted = [f"[{n}, {c}, {h}, {w}] (one row per training image{' of this subset' if indices is not None else ''})"]
+        accepted = [
+            f"[{n}, {c}, {h}, {w}] (one row per training image{' of this subset' if indices is not None else ''})"
+        ]
         if indices is not None:
-            accepted.append(f"[full training-set length (> {int(indices.max())}), {c}, {h}, {w}] (rows picked by position)")
+            accepted.append(
+                f"[full training-set length (> {int(indices.max())}), {c}, {h}, {w}] (rows picked by position)"
+            )
         accepted.append(f"[{k}, {c}, {h}, {w}] (class-wise perturbations)")
         expected = "expected " + " or ".join(accepted)
         shape = tuple(t.shape)
@@ -226,7 +250,9 @@ class FromFiles(Poison):
         if not (sample_ok or class_ok):
             raise DataError(f"{path} holds a tensor of shape {list(shape)}; {expected}")
         if t.dtype != torch.uint8 and not t.is_floating_point():
-            raise DataError(f"{path} holds a {t.dtype} tensor; expected floating point values or uint8 images")
+            raise DataError(
+                f"{path} holds a {t.dtype} tensor; expected floating point values or uint8 images"
+            )
         if t.is_floating_point():
             bad = ~torch.isfinite(t)
             if bool(bad.any()):
@@ -237,11 +263,17 @@ class FromFiles(Poison):
                 )
         mode = self._tensor_mode(path, t, sample_ok, class_ok, rows)
         if mode == "images" and not sample_ok:
-            raise DataError(f"{path}: images need one row per training image; shape {list(shape)}, {expected}")
+            raise DataError(
+                f"{path}: images need one row per training image; shape {list(shape)}, {expected}"
+            )
         if mode == "sample-wise" and not sample_ok:
-            raise DataError(f"{path}: a sample-wise perturbation needs one row per training image; shape {list(shape)}, {expected}")
+            raise DataError(
+                f"{path}: a sample-wise perturbation needs one row per training image; shape {list(shape)}, {expected}"
+            )
         if mode == "class-wise" and not class_ok:
-            raise DataError(f"{path}: a class-wise perturbation needs {k} rows, one per class; shape {list(shape)}")
+            raise DataError(
+                f"{path}: a class-wise perturbation needs {k} rows, one per class; shape {list(shape)}"
+            )
 
         if mode == "class-wise":
             chosen = t[data.train.y]
@@ -264,8 +296,14 @@ class FromFiles(Poison):
                 images = chosen.to(torch.float32)
                 lo, hi = float(images.min()), float(images.max())
                 if lo < -FLOAT_TOLERANCE or hi > 1 + FLOAT_TOLERANCE:
-                    hint = " (0..255 pixels? divide by 255 or save as uint8)" if hi <= 255 and lo >= 0 else ""
-                    raise DataError(f"{path}: image values lie in [{lo:.4g}, {hi:.4g}]; expected [0, 1]{hint}")
+                    hint = (
+                        " (0..255 pixels? divide by 255 or save as uint8)"
+                        if hi <= 255 and lo >= 0
+                        else ""
+                    )
+                    raise DataError(
+                        f"{path}: image values lie in [{lo:.4g}, {hi:.4g}]; expected [0, 1]{hint}"
+                    )
                 images = images.clamp(0.0, 1.0)
                 tolerance = FLOAT_TOLERANCE
             self._check_epsilon(images - data.train.x, tolerance, where)
@@ -288,7 +326,9 @@ class FromFiles(Poison):
         ctx.progress("done", 1.0)
         return (data.train.x + delta).clamp(0.0, 1.0)
 
-    def _tensor_mode(self, path: Path, t: Tensor, sample_ok: bool, class_ok: bool, rows: int) -> str:
+    def _tensor_mode(
+        self, path: Path, t: Tensor, sample_ok: bool, class_ok: bool, rows: int
+    ) -> str:
         mode = self.params.tensor_mode
         if mode != "auto":
             return mode
@@ -306,9 +346,7 @@ class FromFiles(Poison):
             "nonnegative perturbation; set tensor_mode to 'images', 'sample-wise' or 'class-wise'"
         )
 
-    def _check_epsilon(
-        self, delta: Tensor, tolerance: float, where: Callable[[int], str]
-    ) -> None:
+    def _check_epsilon(self, delta: Tensor, tolerance: float, where: Callable[[int], str]) -> None:
         """Fails on the first image whose L∞ difference exceeds epsilon (plus the tolerance)."""
         eps = self.params.epsilon
         if eps is None:
@@ -328,7 +366,9 @@ class FromFiles(Poison):
 def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
-            name="from-files", factory=FromFiles, params=FromFilesParams,
+            name="from-files",
+            factory=FromFiles,
+            params=FromFilesParams,
             description="a published poison read from a PNG folder or a saved tensor, not regenerated",
             paper="interoperability with published poisons (PNG folders <index>.png, torch.save tensors)",
             deviations=(

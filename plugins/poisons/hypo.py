@@ -45,14 +45,16 @@ SALT_INIT, SALT_TRAIN = 41, 42
 MILESTONES = (100 / 150, 125 / 150)
 
 
-
 class HypoParams(Params):
-
     epsilon: float = Field(default=8 / 255, gt=0, le=1, description="L∞ bound")
     step_size: float = Field(default=0.8 / 255, gt=0, description="sign-PGD step")
     steps: int = Field(default=100, ge=1, description="PGD steps")
-    epochs: int = Field(default=150, ge=0, description="clean training epochs of the crafting model")
-    attack_batch_size: int = Field(default=256, gt=0, description="images perturbed at once (memory only)")
+    epochs: int = Field(
+        default=150, ge=0, description="clean training epochs of the crafting model"
+    )
+    attack_batch_size: int = Field(
+        default=256, gt=0, description="images perturbed at once (memory only)"
+    )
     augment: AugmentParams = Field(default_factory=AugmentParams)
     surrogate: UnclippedSurrogateParams = Field(default_factory=UnclippedSurrogateParams)
 
@@ -72,20 +74,40 @@ class HypocriticalPerturbation(Poison):
         y = data.train.y.to(ctx.device)
         with seeded(ctx, SALT_INIT + 1000):
             model = build_surrogate(ctx, p.surrogate, SALT_INIT)
-            train_surrogate(model, x, y, ctx.task_loss, p.surrogate, epochs=p.epochs,
-                            generator=ctx.generator(SALT_TRAIN), augment=augment, milestones=MILESTONES,
-                            progress=lambda m, f: ctx.progress(m, 0.5 * f))
+            train_surrogate(
+                model,
+                x,
+                y,
+                ctx.task_loss,
+                p.surrogate,
+                epochs=p.epochs,
+                generator=ctx.generator(SALT_TRAIN),
+                augment=augment,
+                milestones=MILESTONES,
+                progress=lambda m, f: ctx.progress(m, 0.5 * f),
+            )
             model.eval()
             self.model = model
             out = torch.empty_like(x)
             batches = batch_indices(len(x), p.attack_batch_size)
             for i, idx in enumerate(batches):
                 idx = idx.to(ctx.device)
-                delta = sign_pgd(model, x[idx], y[idx], torch.zeros_like(x[idx]), loss_fn=ctx.task_loss,
-                                 epsilon=p.epsilon, step_size=p.step_size, steps=p.steps,
-                                 value_range=vr, descend=True)
+                delta = sign_pgd(
+                    model,
+                    x[idx],
+                    y[idx],
+                    torch.zeros_like(x[idx]),
+                    loss_fn=ctx.task_loss,
+                    epsilon=p.epsilon,
+                    step_size=p.step_size,
+                    steps=p.steps,
+                    value_range=vr,
+                    descend=True,
+                )
                 out[idx] = clamp_to_range(x[idx] + delta, vr)
-                ctx.progress(f"perturbing batch {i + 1}/{len(batches)}", 0.5 + 0.5 * (i + 1) / len(batches))
+                ctx.progress(
+                    f"perturbing batch {i + 1}/{len(batches)}", 0.5 + 0.5 * (i + 1) / len(batches)
+                )
         ctx.progress("done", 1.0)
         return out.detach().to("cpu", torch.float32)
 
@@ -94,10 +116,12 @@ class HypocriticalPerturbation(Poison):
 def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
-            name="hypo", factory=HypocriticalPerturbation, params=HypoParams,
+            name="hypo",
+            factory=HypocriticalPerturbation,
+            params=HypoParams,
             description="hypocritical perturbations: PGD descending the loss of a clean-trained surrogate",
             paper="Tao, Feng, Yi, Huang, Chen. Better Safe Than Sorry: Preventing Delusive Adversaries "
-                  "with Adversarial Training. NeurIPS 2021",
+            "with Adversarial Training. NeurIPS 2021",
             deviations=(
                 "The crafting model defaults to the CIFAR-form ResNet-18 of the other surrogate-based "
                 "methods; the authors craft with a VGG-16, which the harness does not register.",

@@ -38,13 +38,14 @@ PER_VALUE = 6 / 255
 
 
 class LSPParams(Params):
-
     patch_size: int | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="side of one patch in pixels; None: a 4×4 grid (8 on 32×32, as the original)",
     )
     norm: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="L2 norm of every perturbation; None: sqrt((6/255)² · C·H·W), ≈ 1.30 on 3×32×32",
     )
     class_sep: float = Field(default=10.0, gt=0, description="make_classification's class_sep")
@@ -62,7 +63,6 @@ def _require_images(data: DataBundle, method: str) -> tuple[int, int, int]:
 
 class LSP(Poison):
     """Sample-wise perturbations drawn from class-separable synthetic points, one per image."""
-
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Patches per column and per row (the last patch is cropped when sizes do not divide)."""
@@ -98,9 +98,16 @@ class LSP(Poison):
         # k · per_class samples: make_classification then gives every class exactly per_class
         # points (one cluster per class), enough for the largest class
         points, labels = make_classification(
-            n_samples=k * per_class, n_features=features, n_informative=features,
-            n_redundant=0, n_repeated=0, n_classes=k, n_clusters_per_class=1,
-            class_sep=self.params.class_sep, flip_y=0.0, random_state=seed,
+            n_samples=k * per_class,
+            n_features=features,
+            n_informative=features,
+            n_redundant=0,
+            n_repeated=0,
+            n_classes=k,
+            n_clusters_per_class=1,
+            class_sep=self.params.class_sep,
+            flip_y=0.0,
+            random_state=seed,
         )
         points_t = torch.as_tensor(points, dtype=torch.float64)
         labels_t = torch.as_tensor(labels)
@@ -130,7 +137,9 @@ class LSP(Poison):
 def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
-            name="lsp", factory=LSP, params=LSPParams,
+            name="lsp",
+            factory=LSP,
+            params=LSPParams,
             description="linear separable synthetic patches: one class-separable patch pattern per image, fixed L2 norm",
             paper="Yu, Zhang, Chen, Yin, Liu: Availability Attacks Create Shortcuts, KDD 2022",
             deviations=(

@@ -31,7 +31,6 @@ class RandomNoise(Poison):
     already degrades accuracy at 8/255 on CIFAR-10 while sample-wise noise does not.
     """
 
-
     def generate(self, data: DataBundle, ctx: PoisonContext) -> Tensor:
         x = data.train.x
         g = ctx.generator(salt=1)
@@ -48,7 +47,9 @@ class RandomNoise(Poison):
 def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
-            name="random-noise", factory=RandomNoise, params=RandomNoiseParams,
+            name="random-noise",
+            factory=RandomNoise,
+            params=RandomNoiseParams,
             description="uniform L∞ noise, sample-wise or class-wise (the baseline of every UE paper)",
             paper="baseline (e.g. Huang et al. 2021, Table 1)",
         )

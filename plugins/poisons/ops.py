@@ -29,7 +29,6 @@ class OPSParams(Params):
     """OPS has no parameters: L0 = 1 pixel, colours fixed to the corners of the value range."""
 
 
-
 def binary_colours(channels: int, low: float, high: float) -> Tensor:
     """All 2^C colours whose channels are each `low` or `high`, as a [2^C, C] tensor."""
     codes = torch.arange(2**channels)
@@ -62,14 +61,17 @@ def class_scores(x: Tensor, colours: Tensor) -> tuple[Tensor, Tensor]:
     std = var.sqrt()
     score = mean / std
     tiny = std <= 1e-6 * mean.abs().clamp_min(1.0)  # float64 cancellation leaves ~1e-8
-    score = torch.where(tiny & (mean > 1e-9), torch.tensor(float("inf"), dtype=torch.float64), score)
-    score = torch.where(tiny & (mean <= 1e-9), torch.tensor(float("-inf"), dtype=torch.float64), score)
+    score = torch.where(
+        tiny & (mean > 1e-9), torch.tensor(float("inf"), dtype=torch.float64), score
+    )
+    score = torch.where(
+        tiny & (mean <= 1e-9), torch.tensor(float("-inf"), dtype=torch.float64), score
+    )
     return score, mean
 
 
 class OPS(Poison):
     """One pixel per class, chosen per class by the OPS score, distinct (position, colour) pairs."""
-
 
     def choose(self, data: DataBundle, ctx: PoisonContext) -> dict[int, tuple[int, int, Tensor]]:
         """class → (row, column, colour [C]) for every class that has training images."""
@@ -120,7 +122,9 @@ class OPS(Poison):
 def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
-            name="ops", factory=OPS, params=OPSParams,
+            name="ops",
+            factory=OPS,
+            params=OPSParams,
             description="one-pixel shortcut: one extreme-colour pixel per class, chosen by a mean/std score",
             paper="Wu, Chen, Xie, Huang: One-Pixel Shortcut: on the Learning Preference of Deep Neural Networks, ICLR 2023",
             deviations=(

@@ -58,18 +58,30 @@ from ._surrogate import (
 SALT_INIT, SALT_ORDER, SALT_NOISE, SALT_FINAL = 21, 22, 23, 24
 
 
-
 class REMParams(Params):
-
-    epsilon: float = Field(default=8 / 255, gt=0, le=1, description="L∞ bound of the defensive noise δ")
+    epsilon: float = Field(
+        default=8 / 255, gt=0, le=1, description="L∞ bound of the defensive noise δ"
+    )
     step_size: float = Field(default=1.6 / 255, gt=0, description="sign step of δ")
     steps: int = Field(default=10, ge=1, description="PGD steps of δ")
     random_start: bool = Field(default=True, description="δ starts from U(−ε, ε)")
-    attack_epsilon: float = Field(default=4 / 255, ge=0, le=1, description="ρ_a: radius of the adversarial training attack")
+    attack_epsilon: float = Field(
+        default=4 / 255, ge=0, le=1, description="ρ_a: radius of the adversarial training attack"
+    )
     attack_step_size: float = Field(default=0.8 / 255, gt=0, description="sign step of the attack")
-    attack_steps: int = Field(default=10, ge=0, description="PGD steps of the attack (0: no adversarial step, i.e. EM with EOT)")
-    attack_random_start: bool = Field(default=True, description="the attack starts from U(−ρ_a, ρ_a)")
-    eot_samples: int = Field(default=5, ge=1, description="augmentations averaged per δ step (expectation over transformations)")
+    attack_steps: int = Field(
+        default=10,
+        ge=0,
+        description="PGD steps of the attack (0: no adversarial step, i.e. EM with EOT)",
+    )
+    attack_random_start: bool = Field(
+        default=True, description="the attack starts from U(−ρ_a, ρ_a)"
+    )
+    eot_samples: int = Field(
+        default=5,
+        ge=1,
+        description="augmentations averaged per δ step (expectation over transformations)",
+    )
     train_steps: int = Field(default=5000, ge=0, description="surrogate training steps (batches)")
     lr_decay: float = Field(default=0.1, gt=0, le=1, description="learning-rate factor ...")
     lr_decay_every: int = Field(default=2000, ge=1, description="... applied every this many steps")
@@ -77,23 +89,54 @@ class REMParams(Params):
     surrogate: UnclippedSurrogateParams = Field(default_factory=UnclippedSurrogateParams)
 
 
-def attack(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, epsilon: float, step_size: float,
-           steps: int, random_start: bool, value_range: ValueRange, generator: torch.Generator) -> Tensor:
+def attack(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: LossFn,
+    epsilon: float,
+    step_size: float,
+    steps: int,
+    random_start: bool,
+    value_range: ValueRange,
+    generator: torch.Generator,
+) -> Tensor:
     """L∞ PGD that *ascends* the loss around x (the adversarial trainer's inner maximum)."""
     if steps == 0 or epsilon == 0:
         return x.detach().clone()
-    start = uniform_start(x.shape, epsilon, generator, x.device) if random_start else torch.zeros_like(x)
-    delta = sign_pgd(model, x, y, start, loss_fn=loss_fn, epsilon=epsilon, step_size=step_size, steps=steps,
-                     value_range=value_range, descend=False)
+    start = (
+        uniform_start(x.shape, epsilon, generator, x.device)
+        if random_start
+        else torch.zeros_like(x)
+    )
+    delta = sign_pgd(
+        model,
+        x,
+        y,
+        start,
+        loss_fn=loss_fn,
+        epsilon=epsilon,
+        step_size=step_size,
+        steps=steps,
+        value_range=value_range,
+        descend=False,
+    )
     return clamp_to_range(x + delta, value_range).detach()
 
 
 class RobustErrorMinimizingNoise(Poison):
     """REM noise; see the module docstring."""
 
-
-    def defensive_noise(self, model: nn.Module, x: Tensor, y: Tensor, ctx: PoisonContext,
-                        augment: Augment | None, value_range: ValueRange, generator: torch.Generator) -> Tensor:
+    def defensive_noise(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        ctx: PoisonContext,
+        augment: Augment | None,
+        value_range: ValueRange,
+        generator: torch.Generator,
+    ) -> Tensor:
         """δ for one batch: min over δ of E_aug max_{‖ρ‖≤ρ_a} loss(aug(x + δ) + ρ)."""
         p = self.params
         model.eval()
@@ -107,9 +150,18 @@ class RobustErrorMinimizingNoise(Poison):
                 total = torch.zeros_like(x)
                 for _ in range(p.eot_samples):
                     defended = augment(z, generator) if augment is not None else z
-                    adv = attack(model, defended.detach(), y, ctx.task_loss, p.attack_epsilon,
-                                 p.attack_step_size, p.attack_steps, p.attack_random_start,
-                                 value_range, generator)
+                    adv = attack(
+                        model,
+                        defended.detach(),
+                        y,
+                        ctx.task_loss,
+                        p.attack_epsilon,
+                        p.attack_step_size,
+                        p.attack_steps,
+                        p.attack_random_start,
+                        value_range,
+                        generator,
+                    )
                     grad_adv, _ = input_gradient(model, adv, y, ctx.task_loss)
                     # Danskin: the adversarial offset is held fixed and its loss gradient is
                     # carried back through the augmentation to the defended image
@@ -128,7 +180,9 @@ class RobustErrorMinimizingNoise(Poison):
         with seeded(ctx, SALT_INIT + 1000):
             model = build_surrogate(ctx, p.surrogate, SALT_INIT)
             optimizer = make_sgd(model, p.surrogate)
-            stream = BatchStream(len(x), p.surrogate.batch_size, ctx.generator(SALT_ORDER), drop_last=True)
+            stream = BatchStream(
+                len(x), p.surrogate.batch_size, ctx.generator(SALT_ORDER), drop_last=True
+            )
             g = ctx.generator(SALT_NOISE)
             total = p.train_steps + 1
             for step in range(p.train_steps):
@@ -141,12 +195,24 @@ class RobustErrorMinimizingNoise(Poison):
                 if augment is not None:
                     defended = augment(defended, g)
                 model.eval()
-                adv = attack(model, defended, yb, ctx.task_loss, p.attack_epsilon, p.attack_step_size,
-                             p.attack_steps, p.attack_random_start, vr, g)
+                adv = attack(
+                    model,
+                    defended,
+                    yb,
+                    ctx.task_loss,
+                    p.attack_epsilon,
+                    p.attack_step_size,
+                    p.attack_steps,
+                    p.attack_random_start,
+                    vr,
+                    g,
+                )
                 loss = train_step(model, adv, yb, ctx.task_loss, optimizer, p.surrogate.grad_clip)
                 if (step + 1) % max(1, p.train_steps // 100) == 0:
-                    ctx.progress(f"surrogate step {step + 1}/{p.train_steps}, adversarial loss {loss:.3f}",
-                                 (step + 1) / total)
+                    ctx.progress(
+                        f"surrogate step {step + 1}/{p.train_steps}, adversarial loss {loss:.3f}",
+                        (step + 1) / total,
+                    )
             final = ctx.generator(SALT_FINAL)
             out = torch.empty_like(x)
             batches = batch_indices(len(x), p.surrogate.batch_size)
@@ -154,8 +220,10 @@ class RobustErrorMinimizingNoise(Poison):
                 idx = idx.to(ctx.device)
                 delta = self.defensive_noise(model, x[idx], y[idx], ctx, augment, vr, final)
                 out[idx] = clamp_to_range(x[idx] + delta, vr)
-                ctx.progress(f"final noise batch {i + 1}/{len(batches)}",
-                             (p.train_steps + (i + 1) / len(batches)) / total)
+                ctx.progress(
+                    f"final noise batch {i + 1}/{len(batches)}",
+                    (p.train_steps + (i + 1) / len(batches)) / total,
+                )
         ctx.progress("done", 1.0)
         return out.detach().to("cpu", torch.float32)
 
@@ -164,11 +232,13 @@ class RobustErrorMinimizingNoise(Poison):
 def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
-            name="rem", factory=RobustErrorMinimizingNoise, params=REMParams,
+            name="rem",
+            factory=RobustErrorMinimizingNoise,
+            params=REMParams,
             description="robust error-minimizing noise: min-min-max against an adversarially trained "
-                        "surrogate, with EOT over training augmentations",
+            "surrogate, with EOT over training augmentations",
             paper="Fu, He, Liu, Shen, Tao. Robust Unlearnable Examples: Protecting Data Against "
-                  "Adversarial Learning. ICLR 2022",
+            "Adversarial Learning. ICLR 2022",
             deviations=(
                 "δ stays in floating point; the authors' script rounds it to whole multiples of 1/255 "
                 "(int8), both for the surrogate's training batches and in the saved poison.",

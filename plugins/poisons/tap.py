@@ -51,18 +51,25 @@ SALT_INIT, SALT_TRAIN, SALT_ATTACK = 31, 32, 33
 MILESTONES = (3 / 8, 5 / 8, 7 / 8)
 
 
-
 class TAPParams(Params):
-
-    targeted: bool = Field(default=True, description="push towards (y+1) mod C (the paper's reference); "
-                                                     "false: untargeted, documented as weaker")
+    targeted: bool = Field(
+        default=True,
+        description="push towards (y+1) mod C (the paper's reference); "
+        "false: untargeted, documented as weaker",
+    )
     epsilon: float = Field(default=8 / 255, gt=0, le=1, description="L∞ bound")
     steps: int = Field(default=250, ge=1, description="PGD steps per restart")
     step_size: float | None = Field(default=None, gt=0, description="sign step; null: 0.05·ε")
-    restarts: int = Field(default=8, ge=1, description="random restarts; the lowest mean target loss is kept")
+    restarts: int = Field(
+        default=8, ge=1, description="random restarts; the lowest mean target loss is kept"
+    )
     epochs: int = Field(default=40, ge=0, description="clean training epochs of the surrogate")
-    attack_batch_size: int = Field(default=512, gt=0, description="images attacked at once (memory only)")
-    differentiable_augment: bool = Field(default=True, description="augment the perturbed batch at every PGD step")
+    attack_batch_size: int = Field(
+        default=512, gt=0, description="images attacked at once (memory only)"
+    )
+    differentiable_augment: bool = Field(
+        default=True, description="augment the perturbed batch at every PGD step"
+    )
     augment: AugmentParams = Field(default_factory=AugmentParams)
     surrogate: UnclippedSurrogateParams = Field(default_factory=UnclippedSurrogateParams)
 
@@ -90,9 +97,18 @@ class TargetedAdversarialPoison(Poison):
         target = self.targets(y, data.num_classes)
         with seeded(ctx, SALT_INIT + 1000):
             model = build_surrogate(ctx, p.surrogate, SALT_INIT)
-            train_surrogate(model, x, y, ctx.task_loss, p.surrogate, epochs=p.epochs,
-                            generator=ctx.generator(SALT_TRAIN), augment=augment, milestones=MILESTONES,
-                            progress=lambda m, f: ctx.progress(m, 0.3 * f))
+            train_surrogate(
+                model,
+                x,
+                y,
+                ctx.task_loss,
+                p.surrogate,
+                epochs=p.epochs,
+                generator=ctx.generator(SALT_TRAIN),
+                augment=augment,
+                milestones=MILESTONES,
+                progress=lambda m, f: ctx.progress(m, 0.3 * f),
+            )
             model.eval()
             self.model = model
             # targeted: descend the CE to the new label; untargeted: ascend the CE of the true one
@@ -114,14 +130,28 @@ class TargetedAdversarialPoison(Poison):
                     xb, tb = x[idx], target[idx]
                     start = (torch.randn(xb.shape, generator=g) * eps).to(ctx.device)
                     start = project_linf(start, xb, eps, vr)
-                    delta = sign_pgd(model, xb, tb, start, loss_fn=objective, epsilon=eps, step_size=step,
-                                     steps=p.steps, value_range=vr, descend=True,
-                                     augment=augment if p.differentiable_augment else None, generator=g)
+                    delta = sign_pgd(
+                        model,
+                        xb,
+                        tb,
+                        start,
+                        loss_fn=objective,
+                        epsilon=eps,
+                        step_size=step,
+                        steps=p.steps,
+                        value_range=vr,
+                        descend=True,
+                        augment=augment if p.differentiable_augment else None,
+                        generator=g,
+                    )
                     candidate[idx] = clamp_to_range(xb + delta, vr)
                     with torch.no_grad():
                         total += float(objective(model(candidate[idx]), tb)) * len(idx)
                     done = (r + (i + 1) / len(batches)) / p.restarts
-                    ctx.progress(f"restart {r + 1}/{p.restarts}, batch {i + 1}/{len(batches)}", 0.3 + 0.7 * done)
+                    ctx.progress(
+                        f"restart {r + 1}/{p.restarts}, batch {i + 1}/{len(batches)}",
+                        0.3 + 0.7 * done,
+                    )
                 mean_loss = total / len(x)
                 self.restart_losses.append(mean_loss)
                 if mean_loss < best_loss:
@@ -134,11 +164,13 @@ class TargetedAdversarialPoison(Poison):
 def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
-            name="tap", factory=TargetedAdversarialPoison, params=TAPParams,
+            name="tap",
+            factory=TargetedAdversarialPoison,
+            params=TAPParams,
             description="targeted adversarial poisoning: PGD towards class (y+1) mod C against a "
-                        "clean-trained surrogate (targeted by default)",
+            "clean-trained surrogate (targeted by default)",
             paper="Fowl, Goldblum, Chiang, Geiping, Czaja, Goldstein. Adversarial Examples Make Strong "
-                  "Poisons. NeurIPS 2021",
+            "Poisons. NeurIPS 2021",
             deviations=(
                 "The differentiable augmentation is a per-sample random crop (zero padding, 4 px at "
                 "32×32, scaled with the image) and horizontal flip; the authors' code shifts images "

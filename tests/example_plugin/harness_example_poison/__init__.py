@@ -43,7 +43,9 @@ def stripes(num_classes: int, shape: tuple[int, ...], epsilon: float, period: in
     """
     rows = shape[-2] if len(shape) >= 2 else shape[-1]
     row = torch.arange(rows, dtype=torch.float64).unsqueeze(0)  # [1, rows]
-    phase = torch.arange(num_classes, dtype=torch.float64).unsqueeze(1) / num_classes  # [classes, 1]
+    phase = (
+        torch.arange(num_classes, dtype=torch.float64).unsqueeze(1) / num_classes
+    )  # [classes, 1]
     wave = epsilon * torch.cos(2 * torch.pi * (row / period + phase))  # [classes, rows]
     if len(shape) >= 2:
         wave = wave.unsqueeze(-1)  # [classes, rows, 1]: constant along each row
@@ -55,14 +57,14 @@ def stripes(num_classes: int, shape: tuple[int, ...], epsilon: float, period: in
 class Stripes(Poison):
     """Adds the class's stripe pattern to each training input; deterministic, labels unchanged."""
 
-
     def generate(self, data: DataBundle, ctx: PoisonContext) -> Tensor:
         # The contract: same shape and order as data.train.x, labels untouched, inside
         # data.value_range. No randomness here; a random method would draw from
         # ctx.generator(salt) so that its output depends on the seed only.
         x = data.train.x
-        patterns = stripes(data.num_classes, tuple(x.shape[1:]), self.params.epsilon,
-                           self.params.period).to(dtype=x.dtype, device=x.device)
+        patterns = stripes(
+            data.num_classes, tuple(x.shape[1:]), self.params.epsilon, self.params.period
+        ).to(dtype=x.dtype, device=x.device)
         return clamp_to_range(x + patterns[data.train.y], data.value_range)
 
 
