@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from harness._version import __version__
 from harness.backbone import Backbone, FeatureKind
+from harness.context import BuildContext
 from harness.data import DataBundle, Split, Subset, stratified_indices, take_targets, targets_to
 from harness.defence import Defence, StepContext
 from harness.errors import DataError, HarnessError
@@ -46,7 +47,6 @@ from harness.pgd import (
 from harness.poison import Poison, PoisonContext, clamp_to_range
 from harness.records import (
     BackboneRecord,
-    BuildContext,
     ComponentRecord,
     DatasetRecord,
     DefenceRecord,

@@ -19,11 +19,11 @@ from torch import nn
 
 from harness.armconfig import ArmConfig, MetricInfo, TrainedTaskInfo, component_info, track_config
 from harness.backbone import backbone_layers, scored_layers
+from harness.context import BuildContext
 from harness.data import DataBundle, Subset, subset
 from harness.errors import DataError, PluginError, SpecError
 from harness.plan import Arm
 from harness.pluginmanager import Components
-from harness.records import BuildContext
 from harness.runfolder import RunFolder
 from harness.spec import ComponentRef, PoisonRef, Spec
 from harness.specfile import LoadedSpec, SpecSource

@@ -129,7 +129,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_landscape(args: argparse.Namespace) -> int:
-    from harness.landscape import LandscapeSettings, draw_landscape, parse_components
+    from harness.landscape import LandscapeSettings, parse_components
+    from harness.report import draw_landscape
 
     settings = LandscapeSettings(
         components=parse_components(args.components), grid=args.grid, samples=args.samples

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from harness.records import BuildContext
+    from harness.context import BuildContext
 
 
 @dataclass

@@ -25,11 +25,10 @@ from torch import nn
 from harness.assembly import Assembly
 from harness.data import stratified_indices, take_targets, targets_to
 from harness.errors import HarnessError
-from harness.figures import LandscapePanel, loss_landscape
+from harness.figures import LandscapePanel
 from harness.plan import Arm, plan_arms
 from harness.pluginmanager import Components
 from harness.poisoning import PoisonedInputs
-from harness.report import DPI
 from harness.runfolder import RunFolder
 
 
@@ -225,23 +224,6 @@ def compute_panels(
             "{enabled: true}` in the spec and run it"
         )
     return panels
-
-
-def draw_landscape(
-    run_dir: Path,
-    components: Components,
-    arms: list[str] | None = None,
-    settings: LandscapeSettings | None = None,
-    log=print,
-) -> Path:
-    """`RUN/figures/landscape_pc<i>-<j>.png`; returns its path."""
-    settings = settings or LandscapeSettings()
-    panels = compute_panels(run_dir, components, arms, settings, log)
-    c1, c2 = settings.components
-    path = RunFolder(run_dir).figures_dir / f"landscape_pc{c1}-{c2}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    loss_landscape(panels).savefig(path, dpi=DPI)
-    return path
 
 
 def parse_components(text: str) -> tuple[int, int]:

@@ -18,8 +18,9 @@ import pluggy
 from pydantic import BaseModel
 
 from harness import hookspecs
+from harness.context import BuildContext
 from harness.errors import ComponentError, HarnessError, PluginError
-from harness.records import RECORD_TYPES, BuildContext
+from harness.records import RECORD_TYPES
 from harness.registry import Registered, Registry, did_you_mean
 
 

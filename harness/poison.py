@@ -32,7 +32,7 @@ from torch import Tensor
 from harness.data import DataBundle
 
 if TYPE_CHECKING:
-    from harness.records import BuildContext
+    from harness.context import BuildContext
 
 
 @dataclass

@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from harness.backbone import Backbone
-from harness.data import DataBundle, Subset
+from harness.context import BuildContext
+from harness.data import DataBundle
 from harness.defence import Defence
 from harness.names import COMPONENT_NAME_RE
 from harness.poison import Poison
@@ -41,22 +42,6 @@ class Params(BaseModel):
 
 class NoParams(Params):
     """Parameters model for components that take none."""
-
-
-@dataclass(frozen=True)
-class BuildContext:
-    """What a factory receives beside its parameters; one type for every kind of component.
-
-    Each field is set only for the kinds that need it, and None otherwise.
-    """
-
-    #: family records (`timm` answering `timm:resnet18`): the part after the colon
-    variant: str | None = None
-    #: backbones: the shape of one input sample, e.g. (3, 32, 32)
-    input_shape: tuple[int, ...] | None = None
-    #: data sets: the stratified subset the spec asks for. A factory that can decode only those
-    #: samples may honour it; the harness takes the same subset of whatever comes back anyway
-    subset: Subset | None = None
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from harness import figures
+from harness import figures, landscape
 from harness.atomic import atomic_write_text
 from harness.entries import Entry, compute_entries
 from harness.errors import HarnessError, RunStateError
 from harness.names import CLEAN, UNDEFENDED, clean_arm_id
+from harness.pluginmanager import Components
 from harness.runfolder import FIGURES_DIR, RunFolder
 from harness.scoring import (
     epoch_threshold,
@@ -364,3 +365,20 @@ def build_report(run_dir: Path) -> tuple[Path, list[Path]]:
 def _has_trajectory(run: RunData) -> bool:
     store = RunFolder(run.run_dir).store()
     return any(store.trajectory_shape(a.arm_id) for a in run.arms)
+
+
+def draw_landscape(
+    run_dir: Path,
+    components: Components,
+    arms: list[str] | None = None,
+    settings: landscape.LandscapeSettings | None = None,
+    log=print,
+) -> Path:
+    """Draw `RUN/figures/landscape_pc<i>-<j>.png` from `harness.landscape`'s panels; returns its path."""
+    settings = settings or landscape.LandscapeSettings()
+    panels = landscape.compute_panels(run_dir, components, arms, settings, log)
+    c1, c2 = settings.components
+    path = RunFolder(run_dir).figures_dir / f"landscape_pc{c1}-{c2}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figures.loss_landscape(panels).savefig(path, dpi=DPI)
+    return path

@@ -17,7 +17,7 @@ from harness.backbone import FeatureKind
 from harness.data import DataBundle, Split
 
 if TYPE_CHECKING:
-    from harness.records import BuildContext
+    from harness.context import BuildContext
 
 
 class Metric(ABC):

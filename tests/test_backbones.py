@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from harness.api import BuildContext
 from harness.backbone import TaskModel, scored_layers
 from harness.pluginmanager import get_components
-from harness.records import BuildContext
 
 SHAPES = {"8x8 gray": (1, 8, 8), "32x32 rgb": (3, 32, 32)}
 

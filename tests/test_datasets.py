@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
+from harness.api import BuildContext
 from harness.archive import extract_archive
 from harness.data import DataBundle, Subset, stratified_indices
 from harness.errors import DataError
-from harness.records import BuildContext
 from harness_plugins import datasets
 
 

@@ -15,10 +15,10 @@ from pydantic import ValidationError
 from torch import Tensor
 from torch.nn import functional as F
 
+from harness.api import BuildContext
 from harness.backbone import TaskModel
 from harness.data import DataBundle, Split
 from harness.pluginmanager import get_components
-from harness.records import BuildContext
 from harness_plugins.dense_tasks import (
     ConfusionMatrixIoU,
     Depth,

@@ -12,10 +12,10 @@ from PIL import Image
 from pydantic import ValidationError
 from torch.nn import functional as F
 
+from harness.api import BuildContext
 from harness.data import DataBundle, Subset, stratified_indices
 from harness.errors import DataError
 from harness.pluginmanager import get_components
-from harness.records import BuildContext
 from harness_plugins import multitask_data
 
 

@@ -155,9 +155,6 @@ def test_installed_plugin_runs_from_a_spec(site: Path, tmp_path: Path) -> None:
 class Keep(Poison):
     """Returns the data unchanged; enough for registry tests."""
 
-    def __init__(self, params: object) -> None:
-        self.params = params
-
     def generate(self, data: DataBundle, ctx: PoisonContext) -> torch.Tensor:
         return data.train.x.clone()
 

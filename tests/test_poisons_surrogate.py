@@ -15,12 +15,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from harness.api import sign_pgd
+from harness.api import BuildContext, sign_pgd
 from harness.backbone import TaskModel
 from harness.data import DataBundle, Split, subset
 from harness.pluginmanager import get_components
 from harness.poison import Poison, PoisonContext
-from harness.records import BuildContext
 from harness_plugins.datasets import DigitsParams, load_digits_bundle
 from harness_plugins.poisons import dc, em, hypo, rem, tap
 from harness_plugins.poisons._surrogate import Augment, SurrogateParams

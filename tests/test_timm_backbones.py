@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+from harness.api import BuildContext
 from harness.backbone import Backbone, TaskModel, scored_layers
 from harness.pluginmanager import get_components
-from harness.records import BuildContext
 
 SHAPES = {"32x32 rgb": (3, 32, 32), "8x8 rgb": (3, 8, 8), "28x28 gray": (1, 28, 28)}
 

@@ -8,21 +8,24 @@ training image of class c gets the same horizontal stripe pattern added to it,
 whose phase depends on the class, so the pattern is a class-wise shortcut (like class-wise random
 noise, but with no randomness at all). The result is clamped to the data's value range.
 
-It uses only the public API: `harness.hookimpl`, `harness.PoisonRecord` and `harness.poison`.
+It imports only the plugin authors' API, `harness.api`.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from harness.api import Params, Poison, PoisonContext, PoisonRecord, clamp_to_range, hookimpl
-
-if TYPE_CHECKING:  # for the annotation only: the type of Poison.generate's `data` argument
-    from harness.data import DataBundle
+from harness.api import (
+    DataBundle,
+    Params,
+    Poison,
+    PoisonContext,
+    PoisonRecord,
+    clamp_to_range,
+    hookimpl,
+)
 
 __version__ = "0.1.0"
 
