@@ -39,8 +39,9 @@ def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def _panels(n: int, *, width: float, height: float, max_cols: int = 3,
-            sharey: bool = False) -> tuple[Figure, list[Axes]]:
+def _panels(
+    n: int, *, width: float, height: float, max_cols: int = 3, sharey: bool = False
+) -> tuple[Figure, list[Axes]]:
     """A figure with `n` panels on a grid; unused cells of the last row are removed."""
     rows, cols = _grid(n, max_cols)
     fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
@@ -55,6 +56,7 @@ def _colour(i: int, label: str) -> str:
 
 
 # --- SAL ---------------------------------------------------------------------------------------
+
 
 def sal_heatmap(panels: Sequence[tuple[str, np.ndarray]], layer_names: Sequence[str]) -> Figure:
     """SAL of every layer at every epoch, one panel per arm, one colour scale for all (Fig. 3, 11).
@@ -71,9 +73,15 @@ def sal_heatmap(panels: Sequence[tuple[str, np.ndarray]], layer_names: Sequence[
     image = None
     for ax, (label, sal) in zip(axes, panels, strict=True):
         epochs = sal.shape[0]
-        image = ax.imshow(np.asarray(sal, dtype=np.float64).T, aspect="auto", cmap=SAL_CMAP,
-                          vmin=0.0, vmax=vmax, interpolation="nearest",
-                          extent=(0.5, epochs + 0.5, n_layers - 0.5, -0.5))
+        image = ax.imshow(
+            np.asarray(sal, dtype=np.float64).T,
+            aspect="auto",
+            cmap=SAL_CMAP,
+            vmin=0.0,
+            vmax=vmax,
+            interpolation="nearest",
+            extent=(0.5, epochs + 0.5, n_layers - 0.5, -0.5),
+        )
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_label(label)
@@ -112,7 +120,9 @@ def learnable_layers(panels: Sequence[tuple[str, np.ndarray, float]]) -> Figure:
         ax.set_title(f"{label}: #LP = {counts.mean():.2f}", fontsize=10)
         ax.set_label(label)
         twin = ax.twinx()
-        twin.step(epochs, counts, where="mid", color="tab:blue", linewidth=1.2, label="learnable layers")
+        twin.step(
+            epochs, counts, where="mid", color="tab:blue", linewidth=1.2, label="learnable layers"
+        )
         twin.set_ylim(0, sal.shape[1] + 0.5)
         twin.set_ylabel("learnable layers λ(t)", color="tab:blue")
         twin.set_label(f"{label}:count")
@@ -132,8 +142,14 @@ def learnable_proportion(series: Sequence[tuple[str, np.ndarray]], n_layers: int
     ax = fig.add_subplot()
     for i, (label, counts) in enumerate(series):
         counts = np.asarray(counts, dtype=np.float64)
-        ax.plot(np.arange(1, len(counts) + 1), counts / n_layers, marker="o", markersize=3,
-                color=_colour(i, label), label=label)
+        ax.plot(
+            np.arange(1, len(counts) + 1),
+            counts / n_layers,
+            marker="o",
+            markersize=3,
+            color=_colour(i, label),
+            label=label,
+        )
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("epoch")
     ax.set_ylabel("learnable layers (fraction)")
@@ -167,7 +183,9 @@ def beta_split(panels: Sequence[tuple[str, np.ndarray, np.ndarray, float]]) -> F
         ax.set_label(label)
         ax.legend(fontsize=7)
         ax.xaxis.get_major_locator().set_params(integer=True)
-        hist.hist(sal.reshape(-1), bins=min(40, max(5, sal.size // 2)), color="tab:green", alpha=0.7)
+        hist.hist(
+            sal.reshape(-1), bins=min(40, max(5, sal.size // 2)), color="tab:green", alpha=0.7
+        )
         hist.axvline(beta, color="tab:red", linestyle="--", label=f"β = {beta:.3g}")
         hist.set_xlabel("SAL")
         hist.set_ylabel("layers × epochs")
@@ -180,7 +198,10 @@ def beta_split(panels: Sequence[tuple[str, np.ndarray, np.ndarray, float]]) -> F
 
 # --- training ----------------------------------------------------------------------------------
 
-def training_curves(series: Sequence[tuple[str, np.ndarray, np.ndarray]], metric_name: str) -> Figure:
+
+def training_curves(
+    series: Sequence[tuple[str, np.ndarray, np.ndarray]], metric_name: str
+) -> Figure:
     """Test metric and training loss per epoch, one line per arm.
 
     `series`: (arm label, test metric [epochs], training loss [epochs]).
@@ -190,9 +211,17 @@ def training_curves(series: Sequence[tuple[str, np.ndarray, np.ndarray]], metric
         fig = Figure(figsize=(5.2, 3.8), layout="constrained")
         loss_ax = fig.add_subplot()
         for i, (label, _, loss) in enumerate(series):
-            loss_ax.plot(np.arange(1, len(loss) + 1), loss, marker="o", markersize=3, color=_colour(i, label),
-                         label=label)
-        loss_ax.set(xlabel="epoch", ylabel="training loss", title="Training loss (sum of the tasks' losses)")
+            loss_ax.plot(
+                np.arange(1, len(loss) + 1),
+                loss,
+                marker="o",
+                markersize=3,
+                color=_colour(i, label),
+                label=label,
+            )
+        loss_ax.set(
+            xlabel="epoch", ylabel="training loss", title="Training loss (sum of the tasks' losses)"
+        )
         loss_ax.set_label("train_loss")
         loss_ax.xaxis.get_major_locator().set_params(integer=True)
         loss_ax.legend(fontsize=7)
@@ -201,8 +230,17 @@ def training_curves(series: Sequence[tuple[str, np.ndarray, np.ndarray]], metric
     metric_ax, loss_ax = fig.subplots(1, 2)
     for i, (label, metric, loss) in enumerate(series):
         colour = _colour(i, label)
-        metric_ax.plot(np.arange(1, len(metric) + 1), metric, marker="o", markersize=3, color=colour, label=label)
-        loss_ax.plot(np.arange(1, len(loss) + 1), loss, marker="o", markersize=3, color=colour, label=label)
+        metric_ax.plot(
+            np.arange(1, len(metric) + 1),
+            metric,
+            marker="o",
+            markersize=3,
+            color=colour,
+            label=label,
+        )
+        loss_ax.plot(
+            np.arange(1, len(loss) + 1), loss, marker="o", markersize=3, color=colour, label=label
+        )
     metric_ax.set_ylabel(f"test {metric_name}")
     metric_ax.set_title(f"Test {metric_name}")
     metric_ax.set_label("test_metric")
@@ -216,7 +254,9 @@ def training_curves(series: Sequence[tuple[str, np.ndarray, np.ndarray]], metric
     return fig
 
 
-def parameter_cdf(series: Sequence[tuple[str, np.ndarray]], source: str, quantiles: int = 1001) -> Figure:
+def parameter_cdf(
+    series: Sequence[tuple[str, np.ndarray]], source: str, quantiles: int = 1001
+) -> Figure:
     """Cumulative distribution of parameter values and magnitudes, clean against poisoned (Fig. 9).
 
     `series`: (arm label, flattened parameters). Each curve is drawn from `quantiles` evenly
@@ -244,6 +284,7 @@ def parameter_cdf(series: Sequence[tuple[str, np.ndarray]], source: str, quantil
 
 
 # --- loss landscape ----------------------------------------------------------------------------
+
 
 @dataclass
 class LandscapePanel:
@@ -286,14 +327,37 @@ def loss_landscape(panels: Sequence[LandscapePanel], levels: int = 16) -> Figure
     fig, axes = _panels(len(panels), width=4.4, height=4.0, max_cols=4)
     filled = None
     for ax, p in zip(axes, panels, strict=True):
-        filled = ax.contourf(p.xs, p.ys, p.loss, levels=bounds, cmap=LANDSCAPE_CMAP, norm=norm, extend="both")
+        filled = ax.contourf(
+            p.xs, p.ys, p.loss, levels=bounds, cmap=LANDSCAPE_CMAP, norm=norm, extend="both"
+        )
         ax.contour(p.xs, p.ys, p.loss, levels=bounds, colors="white", linewidths=0.4, alpha=0.6)
-        ax.plot(p.path[:, 0], p.path[:, 1], "-o", color="tab:red", markersize=2.5, linewidth=1.2,
-                label="trajectory")
-        ax.plot(*p.path[0], marker="s", color="white", markeredgecolor="black", markersize=7,
-                linestyle="none", label="start")
-        ax.plot(*p.path[-1], marker="*", color="gold", markeredgecolor="black", markersize=12,
-                linestyle="none", label="end")
+        ax.plot(
+            p.path[:, 0],
+            p.path[:, 1],
+            "-o",
+            color="tab:red",
+            markersize=2.5,
+            linewidth=1.2,
+            label="trajectory",
+        )
+        ax.plot(
+            *p.path[0],
+            marker="s",
+            color="white",
+            markeredgecolor="black",
+            markersize=7,
+            linestyle="none",
+            label="start",
+        )
+        ax.plot(
+            *p.path[-1],
+            marker="*",
+            color="gold",
+            markeredgecolor="black",
+            markersize=12,
+            linestyle="none",
+            label="end",
+        )
         c1, c2 = p.components
         ax.set_xlabel(f"PC{c1} ({p.explained[0]:.1%} of variance)")
         ax.set_ylabel(f"PC{c2} ({p.explained[1]:.1%} of variance)")
@@ -307,6 +371,7 @@ def loss_landscape(panels: Sequence[LandscapePanel], levels: int = 16) -> Figure
 
 
 # --- multi-task (paper Figure 4) -------------------------------------------------------------
+
 
 def task_similarity(panels: Sequence[tuple[str, list[str], np.ndarray]]) -> Figure:
     """Cosine similarity of the tasks' per-layer SAL vectors, one panel per arm (Fig. 4a).
@@ -340,7 +405,14 @@ def task_learnable_proportion(panels: Sequence[tuple[str, dict[str, np.ndarray]]
     fig, axes = _panels(len(panels), width=4.0, height=3.2, sharey=True)
     for ax, (label, series) in zip(axes, panels, strict=True):
         for i, (task, values) in enumerate(series.items()):
-            ax.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3, color=f"C{i % 10}", label=task)
+            ax.plot(
+                np.arange(1, len(values) + 1),
+                values,
+                marker="o",
+                markersize=3,
+                color=f"C{i % 10}",
+                label=task,
+            )
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -360,8 +432,14 @@ def task_metrics(series: dict[str, tuple[str, list[tuple[str, np.ndarray]]]]) ->
     fig, axes = _panels(len(series), width=3.8, height=3.0)
     for ax, (task, (metric_name, lines)) in zip(axes, series.items(), strict=True):
         for i, (label, values) in enumerate(lines):
-            ax.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3, color=_colour(i, label),
-                    label=label)
+            ax.plot(
+                np.arange(1, len(values) + 1),
+                values,
+                marker="o",
+                markersize=3,
+                color=_colour(i, label),
+                label=label,
+            )
         ax.set_title(task, fontsize=9)
         ax.set_ylabel(f"test {metric_name}")
         ax.set_xlabel("epoch")

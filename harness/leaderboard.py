@@ -40,12 +40,15 @@ class LeaderboardError(HarnessError):
 
 # --- gathering ---------------------------------------------------------------------------------
 
+
 def _entry_files(source: Path) -> list[Path]:
     if source.is_file():
         return [source]
     if not source.is_dir():
         raise LeaderboardError(f"{source}: no such file or folder")
-    if (source / RUN_FILE).exists() or (source / ENTRIES_DIR).is_dir():  # a run or a leaderboard folder
+    if (source / RUN_FILE).exists() or (
+        source / ENTRIES_DIR
+    ).is_dir():  # a run or a leaderboard folder
         return sorted((source / ENTRIES_DIR).glob("*.json"))
     return sorted(p for p in source.glob("*.json") if p.name != DATA_FILE)
 
@@ -70,6 +73,7 @@ def gather(sources: Iterable[Path]) -> list[Entry]:
 
 
 # --- aggregation -------------------------------------------------------------------------------
+
 
 def _component_key(c: ComponentInfo | None) -> str:
     if c is None:
@@ -103,15 +107,19 @@ def track_summary(entry: Entry) -> str:
     data = t.dataset.get("name", "?")
     if subset.get("train") or subset.get("test"):
         data += f" (train {subset.get('train') or 'all'}, test {subset.get('test') or 'all'})"
-    backbone = t.backbone.name + (f" {json.dumps(t.backbone.params, sort_keys=True)}" if t.backbone.params else "")
+    backbone = t.backbone.name + (
+        f" {json.dumps(t.backbone.params, sort_keys=True)}" if t.backbone.params else ""
+    )
     tr = t.training
     opt = tr.get("optimizer", {})
     recipe = f"{tr.get('epochs')} epochs, {opt.get('name')} lr {opt.get('lr')}, batch {tr.get('batch_size')}"
     if tr.get("augmentation"):
         recipe += ", " + "+".join(a.get("name", "?") for a in tr["augmentation"])
     s = t.sal
-    sal = (f"SAL {s.get('estimator')} ε {s.get('epsilon')}, {s.get('iterations')} iterations, "
-           f"probe {s.get('probe_size')}, base {s.get('base_loss')}")
+    sal = (
+        f"SAL {s.get('estimator')} ε {s.get('epsilon')}, {s.get('iterations')} iterations, "
+        f"probe {s.get('probe_size')}, base {s.get('base_loss')}"
+    )
     task = t.task.name
     if t.tasks:
         task = f"{t.task.label or t.task.name} of multi-task [{', '.join(x.get('label', x['name']) for x in t.tasks)}]"
@@ -173,11 +181,23 @@ class Row:
         lp, lp_sd = self.lp
         metric, metric_sd = self.metric
         return {
-            "track": self.track, "rank": self.rank, "poison": self.poison, "poison_detail": self.poison_detail,
-            "defence": self.defence, "defence_detail": self.defence_detail,
-            "ud": ud, "ud_sd": ud_sd, "lp": lp, "lp_sd": lp_sd, "metric": metric, "metric_sd": metric_sd,
-            "metric_name": self.metric_name, "seeds": self.seeds, "n": len(self.entries),
-            "harness": self.harness_versions, "plugins": self.plugin_versions,
+            "track": self.track,
+            "rank": self.rank,
+            "poison": self.poison,
+            "poison_detail": self.poison_detail,
+            "defence": self.defence,
+            "defence_detail": self.defence_detail,
+            "ud": ud,
+            "ud_sd": ud_sd,
+            "lp": lp,
+            "lp_sd": lp_sd,
+            "metric": metric,
+            "metric_sd": metric_sd,
+            "metric_name": self.metric_name,
+            "seeds": self.seeds,
+            "n": len(self.entries),
+            "harness": self.harness_versions,
+            "plugins": self.plugin_versions,
             "runs": sorted({e.run for e in self.entries}),
         }
 
@@ -200,25 +220,39 @@ def build(entries: list[Entry]) -> list[Track]:
     for e in sorted(entries, key=lambda e: (e.track.id, e.run, e.arm_id)):
         tid = e.track.id
         if tid not in tracks:
-            tracks[tid] = Track(tid, track_summary(e), e.track.model_dump(mode="json", exclude={"id"}), [])
+            tracks[tid] = Track(
+                tid, track_summary(e), e.track.model_dump(mode="json", exclude={"id"}), []
+            )
         key = (tid, _component_key(e.poison), e.crafting_task or "", _component_key(e.defence))
         if key not in groups:
             poison = _component_label(e.poison)
             if e.crafting_task is not None and e.crafting_task != e.evaluated_task:
                 poison += f" (crafted on {e.crafting_task})"  # cross-task: never merged with same-task rows
-            groups[key] = Row(tid, poison, _describe(e.poison),
-                              e.defence.label or e.defence.name, _describe(e.defence))
+            groups[key] = Row(
+                tid,
+                poison,
+                _describe(e.poison),
+                e.defence.label or e.defence.name,
+                _describe(e.defence),
+            )
             tracks[tid].rows.append(groups[key])
         groups[key].entries.append(e)
     for track in tracks.values():
-        track.rows.sort(key=lambda r: (r.ud[0] is None, r.ud[0] if r.ud[0] is not None else 0.0,
-                                       r.poison, r.defence))
+        track.rows.sort(
+            key=lambda r: (
+                r.ud[0] is None,
+                r.ud[0] if r.ud[0] is not None else 0.0,
+                r.poison,
+                r.defence,
+            )
+        )
         for i, row in enumerate(track.rows, start=1):
             row.rank = i if row.ud[0] is not None else None
     return sorted(tracks.values(), key=lambda t: (-sum(len(r.entries) for r in t.rows), t.id))
 
 
 # --- Markdown ----------------------------------------------------------------------------------
+
 
 def _pm(mean: float | None, sd: float | None, digits: int = 3) -> str:
     if mean is None:
@@ -233,25 +267,48 @@ def _md_cell(text: str) -> str:
 def markdown(tracks: list[Track]) -> str:
     n = sum(len(r.entries) for t in tracks for r in t.rows)
     lines = [
-        "# Leaderboard", "",
+        "# Leaderboard",
+        "",
         f"{n} entries in {len(tracks)} track(s), written by harness {harness_version()}. Ranked by the "
         "Unlearnable Distance (UD: learnable layers of the poisoned model / of the clean model; lower is "
         "closer to a true unlearnable example). Entries of different tracks are never ranked together. "
-        "Mean ± standard deviation over seeds.", "",
+        "Mean ± standard deviation over seeds.",
+        "",
     ]
     for t in tracks:
         metric = t.rows[0].metric_name if t.rows else "metric"
-        lines += [f"## Track `{t.id}`", "", t.summary, "",
-                  f"| rank | poison | defence | UD | #LP | test {metric} | seeds | harness | plugins |",
-                  "|---:|---|---|---:|---:|---:|---|---|---|"]
+        lines += [
+            f"## Track `{t.id}`",
+            "",
+            t.summary,
+            "",
+            f"| rank | poison | defence | UD | #LP | test {metric} | seeds | harness | plugins |",
+            "|---:|---|---|---:|---:|---:|---|---|---|",
+        ]
         for r in t.rows:
-            lines.append("| " + " | ".join(_md_cell(c) for c in (
-                str(r.rank) if r.rank is not None else "—", r.poison, r.defence, _pm(*r.ud), _pm(*r.lp, 2),
-                _pm(*r.metric, 4), f"{len(r.entries)}: " + ", ".join(map(str, r.seeds)),
-                ", ".join(r.harness_versions), "; ".join(r.plugin_versions),
-            )) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    _md_cell(c)
+                    for c in (
+                        str(r.rank) if r.rank is not None else "—",
+                        r.poison,
+                        r.defence,
+                        _pm(*r.ud),
+                        _pm(*r.lp, 2),
+                        _pm(*r.metric, 4),
+                        f"{len(r.entries)}: " + ", ".join(map(str, r.seeds)),
+                        ", ".join(r.harness_versions),
+                        "; ".join(r.plugin_versions),
+                    )
+                )
+                + " |"
+            )
         lines.append("")
-        details = sorted({(r.poison, r.poison_detail) for r in t.rows} | {(r.defence, r.defence_detail) for r in t.rows})
+        details = sorted(
+            {(r.poison, r.poison_detail) for r in t.rows}
+            | {(r.defence, r.defence_detail) for r in t.rows}
+        )
         lines += [f"- `{_md_cell(name)}`: {_md_cell(text)}" for name, text in details]
         lines.append("")
     return "\n".join(lines)
@@ -422,12 +479,21 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 def page_data(tracks: list[Track]) -> dict[str, Any]:
     n = sum(len(r.entries) for t in tracks for r in t.rows)
     return {
-        "about": (f"{n} entries in {len(tracks)} track(s), written by harness {harness_version()}. Ranked by "
-                  "the Unlearnable Distance (lower is closer to a true unlearnable example); entries of "
-                  "different tracks are never ranked together. Mean \u00b1 standard deviation over seeds; "
-                  "click a header to sort, hover a poison or defence for its parameters."),
-        "tracks": [{"id": t.id, "summary": t.summary, "detail": t.detail, "rows": [r.as_json() for r in t.rows]}
-                   for t in tracks],
+        "about": (
+            f"{n} entries in {len(tracks)} track(s), written by harness {harness_version()}. Ranked by "
+            "the Unlearnable Distance (lower is closer to a true unlearnable example); entries of "
+            "different tracks are never ranked together. Mean \u00b1 standard deviation over seeds; "
+            "click a header to sort, hover a poison or defence for its parameters."
+        ),
+        "tracks": [
+            {
+                "id": t.id,
+                "summary": t.summary,
+                "detail": t.detail,
+                "rows": [r.as_json() for r in t.rows],
+            }
+            for t in tracks
+        ],
     }
 
 
@@ -446,5 +512,7 @@ def write(entries: list[Entry], out: Path) -> list[Path]:
     atomic_write_text(paths[0], markdown(tracks))
     atomic_write_text(paths[1], render_html(tracks))
     ordered = sorted(entries, key=lambda e: (e.track.id, e.run, e.arm_id))
-    atomic_write_text(paths[2], json.dumps([e.model_dump(mode="json") for e in ordered], indent=1) + "\n")
+    atomic_write_text(
+        paths[2], json.dumps([e.model_dump(mode="json") for e in ordered], indent=1) + "\n"
+    )
     return paths

@@ -60,10 +60,15 @@ def drawn(run):
 
 def panels(fig) -> list:
     """The axes that show an arm (colour bars and twin axes carry no arm label)."""
-    return [ax for ax in fig.axes if ax.get_label() and ":" not in ax.get_label() and ax.get_label() != "<colorbar>"]
+    return [
+        ax
+        for ax in fig.axes
+        if ax.get_label() and ":" not in ax.get_label() and ax.get_label() != "<colorbar>"
+    ]
 
 
 # --- the trajectory in the run file --------------------------------------------------------------
+
 
 def test_traced_arms_hold_the_parameters_at_step_0_and_every_k_steps(run):
     with h5py.File(run / "run.h5", "r") as f:
@@ -74,12 +79,17 @@ def test_traced_arms_hold_the_parameters_at_step_0_and_every_k_steps(run):
                 continue
             t = g["trajectory"]
             assert t["step"][()].tolist() == STEPS
-            assert t["params"].dtype == np.float32 and t["params"].maxshape == (None, t["params"].shape[1])
+            assert t["params"].dtype == np.float32 and t["params"].maxshape == (
+                None,
+                t["params"].shape[1],
+            )
             assert t.attrs["every_steps"] == 2
     # the last snapshot (step 18 = the last step) is the trained model, in parameters() order
     runner = runner_for_run(run, get_components())
     model = runner.build_model()
-    model.load_state_dict(torch.load(run / "checkpoints" / "clean__none__s0.pt", weights_only=True)["model"])
+    model.load_state_dict(
+        torch.load(run / "checkpoints" / "clean__none__s0.pt", weights_only=True)["model"]
+    )
     final = torch.nn.utils.parameters_to_vector(model.parameters()).detach().numpy()
     with h5py.File(run / "run.h5", "r") as f:
         np.testing.assert_array_equal(f["arms/clean__none__s0/trajectory/params"][-1], final)
@@ -87,18 +97,26 @@ def test_traced_arms_hold_the_parameters_at_step_0_and_every_k_steps(run):
         assert not np.array_equal(f["arms/clean__none__s0/trajectory/params"][0], final)
 
 
-def test_a_run_interrupted_around_the_trajectory_write_resumes_to_the_same_trajectory(tmp_path, monkeypatch):
+def test_a_run_interrupted_around_the_trajectory_write_resumes_to_the_same_trajectory(
+    tmp_path, monkeypatch
+):
     """Killed after the epoch's snapshots are written but before its checkpoint, and killed after
     the checkpoint but before the epoch's row: either way the resumed trajectory is the reference's."""
     from conftest import tiny_spec, write_spec
 
     import harness.runner as runner_module
 
-    spec = write_spec(tmp_path / "t.yaml", tiny_spec(
-        "t", backbone={"name": "linear"}, poisons=[],
-        training={"epochs": 3, "batch_size": 50, "optimizer": {"name": "sgd", "lr": 0.1}},
-        sal={"iterations": 1, "probe_size": 32, "probe_batch_size": 32},
-        landscape={"enabled": True, "every_steps": 4}))
+    spec = write_spec(
+        tmp_path / "t.yaml",
+        tiny_spec(
+            "t",
+            backbone={"name": "linear"},
+            poisons=[],
+            training={"epochs": 3, "batch_size": 50, "optimizer": {"name": "sgd", "lr": 0.1}},
+            sal={"iterations": 1, "probe_size": 32, "probe_batch_size": 32},
+            landscape={"enabled": True, "every_steps": 4},
+        ),
+    )
 
     def run_into(out: Path) -> None:
         runner = Runner(load_spec(spec, get_components()), get_components(), output_root=out)
@@ -107,7 +125,9 @@ def test_a_run_interrupted_around_the_trajectory_write_resumes_to_the_same_traje
 
     def trajectory(out: Path) -> tuple[np.ndarray, np.ndarray]:
         with h5py.File(out / "t" / "run.h5", "r") as f:
-            return f["arms/clean__none__s0/trajectory/step"][()], f["arms/clean__none__s0/trajectory/params"][()]
+            return f["arms/clean__none__s0/trajectory/step"][()], f[
+                "arms/clean__none__s0/trajectory/params"
+            ][()]
 
     run_into(tmp_path / "reference")
     steps, params = trajectory(tmp_path / "reference")
@@ -149,12 +169,24 @@ def test_landscape_arms_are_checked_and_an_oversized_model_is_refused(tmp_path):
 
     from harness.errors import SpecError
 
-    bad = write_spec(tmp_path / "bad.yaml", tiny_spec("bad", landscape={"enabled": True, "arms": ["noise-smaple"]}))
-    with pytest.raises(SpecError, match=r"bad.yaml:\d+:\d+: landscape.arms.0: .*no arm 'noise-smaple'"):
+    bad = write_spec(
+        tmp_path / "bad.yaml",
+        tiny_spec("bad", landscape={"enabled": True, "arms": ["noise-smaple"]}),
+    )
+    with pytest.raises(
+        SpecError, match=r"bad.yaml:\d+:\d+: landscape.arms.0: .*no arm 'noise-smaple'"
+    ):
         load_spec(bad, get_components())
-    big = write_spec(tmp_path / "big.yaml", tiny_spec("big", landscape={"enabled": True, "max_params": 100}))
-    runner = Runner(load_spec(big, get_components()), get_components(), output_root=tmp_path / "runs")
-    with pytest.raises(SpecError, match="landscape.max_params: the model has .* trainable parameters, over the limit of 100"):
+    big = write_spec(
+        tmp_path / "big.yaml", tiny_spec("big", landscape={"enabled": True, "max_params": 100})
+    )
+    runner = Runner(
+        load_spec(big, get_components()), get_components(), output_root=tmp_path / "runs"
+    )
+    with pytest.raises(
+        SpecError,
+        match="landscape.max_params: the model has .* trainable parameters, over the limit of 100",
+    ):
         runner.prepare()
     assert not (tmp_path / "runs").exists()  # refused before anything is written
 
@@ -168,11 +200,15 @@ def test_a_disabled_landscape_leaves_the_spec_hash_of_older_specs_unchanged(tmp_
     resolved = loaded.resolved()
     older = {k: v for k, v in resolved.items() if k != "landscape"}  # as written before the section
     assert spec_hash(older) == loaded.hash
-    traced = load_spec(write_spec(tmp_path / "b.yaml", tiny_spec("a", landscape={"enabled": True})), get_components())
+    traced = load_spec(
+        write_spec(tmp_path / "b.yaml", tiny_spec("a", landscape={"enabled": True})),
+        get_components(),
+    )
     assert traced.hash != loaded.hash
 
 
 # --- SAL figures ---------------------------------------------------------------------------------
+
 
 def test_sal_heatmap_has_one_panel_per_arm_the_sal_transposed_and_one_colour_scale(drawn, sal):
     data, figs = drawn
@@ -201,13 +237,17 @@ def test_learnable_layers_mark_beta_of_the_clean_arm_and_count_the_layers_above_
         (line,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("β")]
         assert np.allclose(line.get_ydata(), beta)
         assert ax.get_ylabel() == "SAL" and ax.get_xlabel() == "epoch"
-        (twin,) = [t for t in figs["learnable_layers"].axes if t.get_label() == f"{ax.get_label()}:count"]
+        (twin,) = [
+            t for t in figs["learnable_layers"].axes if t.get_label() == f"{ax.get_label()}:count"
+        ]
         (counts,) = twin.get_lines()
         assert list(counts.get_ydata()) == entries[arm].results.learnable_per_epoch
         assert f"#LP = {entries[arm].results.lp:.2f}" in ax.get_title()
     (prop,) = figs["learnable_proportion"].axes
     for line, arm in zip(prop.get_lines(), ARMS, strict=True):
-        np.testing.assert_allclose(line.get_ydata(), np.array(entries[arm].results.learnable_per_epoch) / 3)
+        np.testing.assert_allclose(
+            line.get_ydata(), np.array(entries[arm].results.learnable_per_epoch) / 3
+        )
     assert prop.get_ylabel() == "learnable layers (fraction)"
 
 
@@ -218,10 +258,20 @@ def test_beta_split_shows_the_per_epoch_two_means_thresholds_and_beta(drawn, sal
     hist_ax = next(ax for ax in fig.axes if ax.get_label() == "clean:hist")
     beta, _ = learnable_threshold(sal["clean__none__s0"])
     (beta_t,) = [ln for ln in scatter_ax.get_lines() if ln.get_label() == "β_t (per epoch)"]
-    np.testing.assert_allclose(beta_t.get_ydata(), [epoch_threshold(r) for r in sal["clean__none__s0"]])
-    assert np.allclose([ln for ln in scatter_ax.get_lines() if ln.get_label().startswith("β =")][0].get_ydata(), beta)
-    assert np.allclose([ln for ln in hist_ax.get_lines() if ln.get_label().startswith("β =")][0].get_xdata(), beta)
-    high, low = (next(c for c in scatter_ax.collections if c.get_label() == name) for name in ("high cluster", "low cluster"))
+    np.testing.assert_allclose(
+        beta_t.get_ydata(), [epoch_threshold(r) for r in sal["clean__none__s0"]]
+    )
+    assert np.allclose(
+        [ln for ln in scatter_ax.get_lines() if ln.get_label().startswith("β =")][0].get_ydata(),
+        beta,
+    )
+    assert np.allclose(
+        [ln for ln in hist_ax.get_lines() if ln.get_label().startswith("β =")][0].get_xdata(), beta
+    )
+    high, low = (
+        next(c for c in scatter_ax.collections if c.get_label() == name)
+        for name in ("high cluster", "low cluster")
+    )
     assert len(high.get_offsets()) + len(low.get_offsets()) == sal["clean__none__s0"].size
 
 
@@ -229,11 +279,15 @@ def test_training_curves_and_parameter_cdf(drawn, run):
     data, figs = drawn
     metric_ax, loss_ax = figs["training_curves"].axes
     assert metric_ax.get_ylabel() == "test accuracy" and loss_ax.get_ylabel() == "training loss"
-    for arm, m_line, l_line in zip(data.arms, metric_ax.get_lines(), loss_ax.get_lines(), strict=True):
+    for arm, m_line, l_line in zip(
+        data.arms, metric_ax.get_lines(), loss_ax.get_lines(), strict=True
+    ):
         np.testing.assert_array_equal(m_line.get_ydata(), arm.metrics["test_metric"])
         np.testing.assert_array_equal(l_line.get_ydata(), arm.metrics["train_loss"])
     value_ax, abs_ax = figs["parameter_cdf"].axes
-    assert value_ax.get_xlabel() == "parameter value" and abs_ax.get_ylabel() == "cumulative fraction"
+    assert (
+        value_ax.get_xlabel() == "parameter value" and abs_ax.get_ylabel() == "cumulative fraction"
+    )
     state = torch.load(run / "checkpoints" / "noise-class__none__s0.pt", weights_only=True)["model"]
     weights = torch.cat([state[n].reshape(-1) for n in data.layer_names]).numpy()
     for ax in (value_ax, abs_ax):
@@ -247,6 +301,7 @@ def test_training_curves_and_parameter_cdf(drawn, run):
 
 
 # --- loss landscape ------------------------------------------------------------------------------
+
 
 def test_landscape_draws_contours_with_the_projected_trajectory_clean_beside_poisoned(run):
     settings = LandscapeSettings(grid=7, samples=128)
@@ -278,10 +333,28 @@ def test_landscape_draws_contours_with_the_projected_trajectory_clean_beside_poi
 
 
 def test_landscape_command_third_and_fourth_components_and_refusals(run, capsys):
-    assert main(["landscape", str(run), "--arms", "clean", "--components", "3,4", "--grid", "5",
-                 "--samples", "64"]) == 0
+    assert (
+        main(
+            [
+                "landscape",
+                str(run),
+                "--arms",
+                "clean",
+                "--components",
+                "3,4",
+                "--grid",
+                "5",
+                "--samples",
+                "64",
+            ]
+        )
+        == 0
+    )
     out = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    assert out == run / "figures" / "landscape_pc3-4.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (
+        out == run / "figures" / "landscape_pc3-4.png"
+        and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    )
     assert main(["landscape", str(run), "--components", "10,11"]) == 2
     assert "only components 1 to 9 carry variance" in capsys.readouterr().err
     assert main(["landscape", str(run), "--arms", "noise-class"]) == 2
@@ -290,20 +363,27 @@ def test_landscape_command_third_and_fourth_components_and_refusals(run, capsys)
 
 # --- the report page -----------------------------------------------------------------------------
 
+
 def test_report_page_embeds_every_figure_the_entries_and_the_resolved_spec(run, capsys):
     assert main(["report", str(run)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     page, paths = Path(lines[-1].removeprefix("report: ")), [Path(line) for line in lines[:-1]]
     assert page == run / "report.html"
     stems = {p.stem for p in paths}
-    assert {"sal_heatmap", "learnable_layers", "learnable_proportion", "beta_split", "training_curves",
-            "parameter_cdf"} <= stems
+    assert {
+        "sal_heatmap",
+        "learnable_layers",
+        "learnable_proportion",
+        "beta_split",
+        "training_curves",
+        "parameter_cdf",
+    } <= stems
     text = page.read_text()
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
     assert sorted(a for a, _ in images) == sorted(stems)
     for name, encoded in images:
         assert base64.b64decode(encoded) == (run / "figures" / f"{name}.png").read_bytes()
-    table = text[text.index('<table class="entries">'):text.index("</table>")]
+    table = text[text.index('<table class="entries">') : text.index("</table>")]
     for e in read_entries(run):
         assert f"<td>{e.arm_id}</td>" in table and f"<td>{e.results.ud:.3f}</td>" in table
     spec = html.unescape(re.search(r'<pre id="spec">(.*?)</pre>', text, re.S).group(1))

@@ -23,7 +23,10 @@ from harness.submit import SubmissionError, submit, verify_run
 @pytest.fixture(scope="module")
 def board(small_runs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("board")
-    assert main(["leaderboard", str(small_runs["figs"]), str(small_runs["lin"]), "--out", str(out)]) == 0
+    assert (
+        main(["leaderboard", str(small_runs["figs"]), str(small_runs["lin"]), "--out", str(out)])
+        == 0
+    )
     return out
 
 
@@ -80,39 +83,55 @@ def test_seeds_are_aggregated_as_mean_and_spread(board, small_runs):
 
 def test_an_arm_without_ud_comes_last_unranked_and_the_page_inlines_its_data(small_runs, board):
     entries = read_entries(small_runs["figs"])
-    odd = entries[0].model_copy(update={
-        "arm_id": "odd__none__s0", "poison": entries[1].poison.model_copy(update={"label": "odd", "params": {"x": 1}}),
-        "results": entries[0].results.model_copy(update={"ud": None}),
-    })
+    odd = entries[0].model_copy(
+        update={
+            "arm_id": "odd__none__s0",
+            "poison": entries[1].poison.model_copy(update={"label": "odd", "params": {"x": 1}}),
+            "results": entries[0].results.model_copy(update={"ud": None}),
+        }
+    )
     (track,) = leaderboard.build([*entries, odd])
     assert track.rows[-1].poison == "odd" and track.rows[-1].rank is None
     assert [r.rank for r in track.rows[:-1]] == [1, 2, 3]
     page = (board / "index.html").read_text()
-    block = re.search(r'<script type="application/json" id="leaderboard-data">(.*?)</script>', page, re.S).group(1)
+    block = re.search(
+        r'<script type="application/json" id="leaderboard-data">(.*?)</script>', page, re.S
+    ).group(1)
     data = json.loads(block)
-    assert {t["id"] for t in data["tracks"]} == {e.track.id for e in read_entries(small_runs["lin"])} | {entries[0].track.id}
+    assert {t["id"] for t in data["tracks"]} == {
+        e.track.id for e in read_entries(small_runs["lin"])
+    } | {entries[0].track.id}
     assert "src=" not in page.split("<script", 1)[0] and "http" not in page  # nothing fetched
     assert len(json.loads((board / "entries.json").read_text())) == 3 + 4
 
 
 def test_entry_text_cannot_break_out_of_the_page(small_runs):
     entry = read_entries(small_runs["figs"])[1]
-    evil = entry.model_copy(update={"poison": entry.poison.model_copy(update={"label": "</script><b>x</b>"})})
+    evil = entry.model_copy(
+        update={"poison": entry.poison.model_copy(update={"label": "</script><b>x</b>"})}
+    )
     page = leaderboard.render_html(leaderboard.build([evil]))
     assert page.count("</script>") == 2 and "<b>x</b>" not in page
 
 
 # --- submission ----------------------------------------------------------------------------------
 
+
 def copy_run(small_runs, tmp_path: Path) -> Path:
     return Path(shutil.copytree(small_runs["figs"], tmp_path / "figs"))
 
 
-def test_a_good_run_is_accepted_and_filed_then_resubmitting_changes_nothing(small_runs, tmp_path, capsys):
+def test_a_good_run_is_accepted_and_filed_then_resubmitting_changes_nothing(
+    small_runs, tmp_path, capsys
+):
     board = tmp_path / "lb"
     assert main(["submit", str(small_runs["figs"]), "--leaderboard", str(board)]) == 0
     names = sorted(p.name for p in (board / "entries").glob("*.json"))
-    assert names == ["figs__clean__none__s0.json", "figs__noise-class__none__s0.json", "figs__noise-sample__none__s0.json"]
+    assert names == [
+        "figs__clean__none__s0.json",
+        "figs__noise-class__none__s0.json",
+        "figs__noise-sample__none__s0.json",
+    ]
     assert (board / "leaderboard.md").exists() and (board / "index.html").exists()
     written, unchanged = submit(small_runs["figs"], board)
     assert written == [] and len(unchanged) == 3
@@ -134,7 +153,9 @@ def test_a_tampered_entry_is_refused_with_the_field(small_runs, tmp_path, capsys
     path.write_text(json.dumps(raw, indent=2))
     assert main(["submit", str(run), "--leaderboard", str(tmp_path / "lb")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: entry noise-sample__none__s0 disagrees with the one recomputed from run.h5")
+    assert err.startswith(
+        "error: entry noise-sample__none__s0 disagrees with the one recomputed from run.h5"
+    )
     assert "results.ud (stored" in err
     assert not (tmp_path / "lb").exists()
 
@@ -143,7 +164,9 @@ def test_an_incomplete_run_is_refused(small_runs, tmp_path):
     run = copy_run(small_runs, tmp_path)
     with h5py.File(run / "run.h5", "a") as f:
         f["arms/noise-class__none__s0"].attrs["complete"] = False
-    with pytest.raises(SubmissionError, match=r"incomplete: arm noise-class__none__s0 is not complete \(3 of 3"):
+    with pytest.raises(
+        SubmissionError, match=r"incomplete: arm noise-class__none__s0 is not complete \(3 of 3"
+    ):
         verify_run(run)
     with h5py.File(run / "run.h5", "a") as f:
         del f["arms/noise-class__none__s0"]

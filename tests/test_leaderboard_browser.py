@@ -15,10 +15,14 @@ from harness.entries import read_entries
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')"
+)
 if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    pytest.skip("Chromium is not installed: apt-get install chromium chromium-driver (as .ci/run does)",
-                allow_module_level=True)
+    pytest.skip(
+        "Chromium is not installed: apt-get install chromium chromium-driver (as .ci/run does)",
+        allow_module_level=True,
+    )
 
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -30,8 +34,16 @@ def browser():
     profile = tempfile.mkdtemp(prefix="harness-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
@@ -45,14 +57,20 @@ def browser():
 @pytest.fixture(scope="module")
 def page(small_runs, tmp_path_factory, browser):
     out = tmp_path_factory.mktemp("site")
-    assert main(["leaderboard", str(small_runs["figs"]), str(small_runs["lin"]), "--out", str(out)]) == 0
+    assert (
+        main(["leaderboard", str(small_runs["figs"]), str(small_runs["lin"]), "--out", str(out)])
+        == 0
+    )
     browser.get((out / "index.html").as_uri())
     return browser
 
 
 def visible_rows(section) -> list[list[str]]:
-    return [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
-            for tr in section.find_elements(By.CSS_SELECTOR, "tbody tr") if tr.is_displayed()]
+    return [
+        [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+        for tr in section.find_elements(By.CSS_SELECTOR, "tbody tr")
+        if tr.is_displayed()
+    ]
 
 
 def column(rows: list[list[str]], i: int) -> list[str]:
@@ -63,7 +81,10 @@ def test_page_loads_from_the_file_system_without_console_errors(page, small_runs
     severe = [entry for entry in page.get_log("browser") if entry["level"] == "SEVERE"]
     assert severe == []
     sections = page.find_elements(By.CSS_SELECTOR, "section.track")
-    ids = {read_entries(small_runs["figs"])[0].track.id, read_entries(small_runs["lin"])[0].track.id}
+    ids = {
+        read_entries(small_runs["figs"])[0].track.id,
+        read_entries(small_runs["lin"])[0].track.id,
+    }
     assert {s.get_attribute("data-track") for s in sections} == ids
     assert sum(len(visible_rows(s)) for s in sections) == 3 + 2
 

@@ -14,12 +14,21 @@ from harness.entries import Entry
 from harness.submit import entry_file_name
 
 FOLDER = Path(__file__).resolve().parent.parent / "leaderboard"
-CPU_SPECS = {"quickstart", "toy-linear", "cifar10-folder-cpu", "table1-cifar10-cpu", "table2-cifar10-cpu",
-             "multitask-shapes-cpu"}
+CPU_SPECS = {
+    "quickstart",
+    "toy-linear",
+    "cifar10-folder-cpu",
+    "table1-cifar10-cpu",
+    "table2-cifar10-cpu",
+    "multitask-shapes-cpu",
+}
 
 
 def entries() -> list[Entry]:
-    return [Entry.model_validate_json(p.read_text(encoding="utf-8")) for p in sorted((FOLDER / "entries").glob("*.json"))]
+    return [
+        Entry.model_validate_json(p.read_text(encoding="utf-8"))
+        for p in sorted((FOLDER / "entries").glob("*.json"))
+    ]
 
 
 def test_entry_files_are_valid_entries_named_as_submit_names_them():
@@ -39,4 +48,6 @@ def test_it_holds_the_cpu_scale_runs_of_the_specs():
 def test_its_pages_are_exactly_what_the_harness_builds_from_the_entries(tmp_path: Path):
     rebuilt = leaderboard.write(leaderboard.gather([FOLDER]), tmp_path)
     for path in rebuilt:  # leaderboard.md, index.html, entries.json
-        assert (FOLDER / path.name).read_text(encoding="utf-8") == path.read_text(encoding="utf-8"), path.name
+        assert (FOLDER / path.name).read_text(encoding="utf-8") == path.read_text(
+            encoding="utf-8"
+        ), path.name
