@@ -157,41 +157,109 @@ def multitask_figures(run: RunData) -> dict[str, Figure]:
     multi = len({a.config["seed"] for a in run.arms}) > 1
     out: dict[str, Figure] = {}
     out["task_similarity"] = figures.task_similarity(
-        [(label(a, multi), list(a.task_sal), task_similarity(a.task_sal)) for a in arms])
+        [(label(a, multi), list(a.task_sal), task_similarity(a.task_sal)) for a in arms]
+    )
     cleans = {a.config["seed"]: a for a in arms if a.arm_id == clean_arm_id(a.config["seed"])}
     scored = [a for a in arms if a.config["seed"] in cleans]
     if scored:
-        betas = {seed: {t: learnable_threshold(c.task_sal[t])[0] for t in c.task_sal} for seed, c in cleans.items()}
-        out["task_learnable_proportion"] = figures.task_learnable_proportion([
-            (label(a, multi), {t: learnable_proportion(v, betas[a.config["seed"]][t]) for t, v in a.task_sal.items()})
-            for a in scored])
+        betas = {
+            seed: {t: learnable_threshold(c.task_sal[t])[0] for t in c.task_sal}
+            for seed, c in cleans.items()
+        }
+        out["task_learnable_proportion"] = figures.task_learnable_proportion(
+            [
+                (
+                    label(a, multi),
+                    {
+                        t: learnable_proportion(v, betas[a.config["seed"]][t])
+                        for t, v in a.task_sal.items()
+                    },
+                )
+                for a in scored
+            ]
+        )
     tasks = {t["label"]: t["metric_name"] for t in arms[0].config.get("tasks", [])}
-    out["task_metrics"] = figures.task_metrics({
-        task: (metric, [(label(a, multi), a.metrics[f"test_metric.{task}"]) for a in arms])
-        for task, metric in tasks.items()})
+    out["task_metrics"] = figures.task_metrics(
+        {
+            task: (metric, [(label(a, multi), a.metrics[f"test_metric.{task}"]) for a in arms])
+            for task, metric in tasks.items()
+        },
+        styles=styles(arms, multi),
+    )
     return out
 
 
+def arm_key(arm: ArmData, multi_seed: bool) -> figures.ArmKey:
+    """How the figures tell this arm apart: its experiment (poison and defence), seed, and whether
+    it is the undefended clean arm, the only one drawn in black."""
+    cfg = arm.config
+    return figures.ArmKey(
+        label(arm, multi_seed),
+        f"{cfg['poison_key']}__{cfg['defence_key']}",
+        cfg["seed"],
+        arm.arm_id == clean_arm_id(cfg["seed"]),
+    )
+
+
+def styles(arms: list[ArmData], multi_seed: bool) -> dict[str, figures.LineStyle]:
+    return figures.arm_styles([arm_key(a, multi_seed) for a in arms])
+
+
 def build_figures(run: RunData) -> dict[str, Figure]:
-    """Every figure the run's data allow, by file stem, in the order the page shows them."""
+    """Every figure the run's data allow, by file stem, in the order the page shows them.
+
+    The SAL heat map is drawn on the paper's linear colour scale, and a second time on a log
+    scale (`sal_heatmap_log`) when the positive SAL values span a decade or more, which is when
+    the linear scale renders the small values (early epochs, layers that barely move) as one
+    white.
+    """
     multi = len({a.config["seed"] for a in run.arms}) > 1
+    look = styles(run.arms, multi)
     out: dict[str, Figure] = {}
-    out["sal_heatmap"] = figures.sal_heatmap([(label(a, multi), a.sal) for a in run.arms], run.layer_names)
+    panels = [(label(a, multi), a.sal) for a in run.arms]
+    out["sal_heatmap"] = figures.sal_heatmap(panels, run.layer_names)
+    if figures.sal_heatmap_log_useful([sal for _, sal in panels]):
+        out["sal_heatmap_log"] = figures.sal_heatmap(panels, run.layer_names, log=True)
     scored = [a for a in run.arms if a.config["seed"] in run.betas]
     if scored:
         out["learnable_layers"] = figures.learnable_layers(
-            [(label(a, multi), a.sal, run.betas[a.config["seed"]][0]) for a in scored])
+            [(label(a, multi), a.sal, run.betas[a.config["seed"]][0]) for a in scored]
+        )
         out["learnable_proportion"] = figures.learnable_proportion(
-            [(label(a, multi), learnable_counts(a.sal, run.betas[a.config["seed"]][0])) for a in scored],
-            len(run.layer_names))
-        cleans = {a.config["seed"]: a for a in run.arms if a.arm_id == clean_arm_id(a.config["seed"])}
+            [
+                (label(a, multi), learnable_counts(a.sal, run.betas[a.config["seed"]][0]))
+                for a in scored
+            ],
+            len(run.layer_names),
+            styles=look,
+        )
+        cleans = {
+            a.config["seed"]: a for a in run.arms if a.arm_id == clean_arm_id(a.config["seed"])
+        }
         out["beta_split"] = figures.beta_split(
-            [(label(cleans[s], multi), cleans[s].sal, bt, b) for s, (b, bt) in sorted(run.betas.items())])
+            [
+                (label(cleans[s], multi), cleans[s].sal, bt, b)
+                for s, (b, bt) in sorted(run.betas.items())
+            ]
+        )
     out["training_curves"] = figures.training_curves(
-        [(label(a, multi), a.metrics["test_metric"], a.metrics["train_loss"]) for a in run.arms], run.metric_name)
+        [(label(a, multi), a.metrics["test_metric"], a.metrics["train_loss"]) for a in run.arms],
+        run.metric_name,
+        styles=look,
+    )
     params = final_parameters(run)
     if params is not None:
-        out["parameter_cdf"] = figures.parameter_cdf(*params)
+        cleans = {
+            a.config["seed"]: label(a, multi)
+            for a in run.arms
+            if a.arm_id == clean_arm_id(a.config["seed"])
+        }
+        reference = {
+            label(a, multi): cleans[a.config["seed"]]
+            for a in run.arms
+            if a.config["seed"] in cleans
+        }
+        out["parameter_cdf"] = figures.parameter_cdf(*params, styles=look, reference=reference)
     else:
         run.notes.append("no checkpoints and no trajectory: no parameter distribution")
     out.update(multitask_figures(run))
@@ -200,20 +268,25 @@ def build_figures(run: RunData) -> dict[str, Figure]:
 
 CAPTIONS: dict[str, str] = {
     "sal_heatmap": "SAL of every scored layer (rows) at every epoch (columns), one panel per arm, one "
-                   "colour scale for all (paper Figures 3 and 11).",
+    "colour scale for all (paper Figures 3 and 11).",
+    "sal_heatmap_log": "The same SAL on a logarithmic colour scale, drawn because the values span a decade or "
+    "more: small values that look alike on the linear scale differ here (grey: SAL 0).",
     "learnable_layers": "Each layer's SAL per epoch against the learnable threshold β (dashed) from the clean "
-                        "arm of the same seed; the blue step line counts the learnable layers λ(t) "
-                        "(paper Figure 5).",
+    "arm of the same seed; the blue step line counts the learnable layers λ(t) "
+    "(paper Figure 5).",
     "learnable_proportion": "Proportion of learnable layers per epoch (paper Figure 13); #LP is its mean "
-                            "times the number of layers, UD the ratio of an arm's #LP to the clean arm's.",
+    "times the number of layers, UD the ratio of an arm's #LP to the clean arm's.",
     "beta_split": "2-means of the clean arm's SAL values per epoch: β_t is the mean of the two centres, "
-                  "β their mean over epochs (paper Figure 12, Equation 4).",
-    "training_curves": "Test metric and training loss per epoch.",
-    "parameter_cdf": "Cumulative distribution of parameter values and magnitudes (paper Figure 9).",
+    "β their mean over epochs (paper Figure 12, Equation 4).",
+    "training_curves": "Test metric and training loss per epoch. Each arm has its own colour, marker and line "
+    "style; black is the undefended clean arm, and the seeds of one arm share its colour.",
+    "parameter_cdf": "Cumulative distribution of parameter values and magnitudes (paper Figure 9); below, each "
+    "arm's CDF minus that of the clean arm of its seed, where curves too close to tell apart "
+    "above differ visibly.",
     "task_similarity": "Cosine similarity between the tasks' SAL vectors over the shared backbone's layers, "
-                       "mean over epochs, per arm (paper Figure 4a).",
+    "mean over epochs, per arm (paper Figure 4a).",
     "task_learnable_proportion": "Share of the backbone's layers learnable for each task per epoch, each task "
-                                 "against the β of its own clean SAL (paper Figure 4b).",
+    "against the β of its own clean SAL (paper Figure 4b).",
     "task_metrics": "Each task's test metric per epoch (multi-task arms).",
 }
 
@@ -229,11 +302,15 @@ def _entries_table(entries: list[Entry]) -> str:
         return "<p>No complete arm yet.</p>"
     header, body = table_rows(entries)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body
+    )
     betas = sorted({(e.seed, e.results.beta) for e in entries})
     beta_text = "; ".join(f"seed {s}: β = {b:.6g}" for s, b in betas)
-    return (f'<table class="entries"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
-            f"<p>Learnable threshold from the clean arm: {html.escape(beta_text)}.</p>")
+    return (
+        f'<table class="entries"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+        f"<p>Learnable threshold from the clean arm: {html.escape(beta_text)}.</p>"
+    )
 
 
 PAGE_STYLE = """
@@ -254,24 +331,39 @@ def render_html(run: RunData, pngs: dict[str, bytes], captions: dict[str, str]) 
     root = run.root
     name = html.escape(str(root.get("spec_name", run.run_dir.name)))
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>harness report: {name}</title>", '<link rel="icon" href="data:,">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>harness report: {name}</title>",
+        '<link rel="icon" href="data:,">',
         f"<style>{PAGE_STYLE}</style></head><body>",
         f"<h1>Run {name}</h1>",
-        "<p>" + " · ".join(html.escape(f"{k}: {root[k]}") for k in
-                           ("spec_hash", "harness_version", "git_revision", "created") if root.get(k)) + "</p>",
+        "<p>"
+        + " · ".join(
+            html.escape(f"{k}: {root[k]}")
+            for k in ("spec_hash", "harness_version", "git_revision", "created")
+            if root.get(k)
+        )
+        + "</p>",
     ]
     if run.notes:
-        parts.append('<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in run.notes) + "</ul>")
+        parts.append(
+            '<ul class="notes">'
+            + "".join(f"<li>{html.escape(n)}</li>" for n in run.notes)
+            + "</ul>"
+        )
     parts += ["<h2>Entries</h2>", _entries_table(run.entries), "<h2>Figures</h2>"]
     for stem, data in pngs.items():
         encoded = base64.b64encode(data).decode("ascii")
-        parts.append(f'<figure id="{html.escape(stem)}"><img alt="{html.escape(stem)}" '
-                     f'src="data:image/png;base64,{encoded}">'
-                     f"<figcaption>{html.escape(captions.get(stem, stem))}</figcaption></figure>")
-    parts += ["<h2>Resolved spec</h2>",
-              f'<pre id="spec">{html.escape(json.dumps(run.spec, indent=2, sort_keys=False))}</pre>',
-              "</body></html>"]
+        parts.append(
+            f'<figure id="{html.escape(stem)}"><img alt="{html.escape(stem)}" '
+            f'src="data:image/png;base64,{encoded}">'
+            f"<figcaption>{html.escape(captions.get(stem, stem))}</figcaption></figure>"
+        )
+    parts += [
+        "<h2>Resolved spec</h2>",
+        f'<pre id="spec">{html.escape(json.dumps(run.spec, indent=2, sort_keys=False))}</pre>',
+        "</body></html>",
+    ]
     return "\n".join(parts) + "\n"
 
 
@@ -289,12 +381,16 @@ def build_report(run_dir: Path) -> tuple[Path, list[Path]]:
     for path in sorted(out_dir.glob("landscape_*.png")):
         pngs[path.stem] = path.read_bytes()
         paths.append(path)
-        captions[path.stem] = ("Loss landscape on two principal components of the saved parameter trajectory, "
-                               "with the trajectory projected on it, arms side by side on one colour scale "
-                               "(paper Figures 1 and 10; drawn by `harness landscape`).")
+        captions[path.stem] = (
+            "Loss landscape on two principal components of the saved parameter trajectory, "
+            "with the trajectory projected on it, arms side by side on one colour scale "
+            "(paper Figures 1 and 10; drawn by `harness landscape`)."
+        )
     if not any(p.stem.startswith("landscape_") for p in paths) and _has_trajectory(run):
-        run.notes.append("the run saved parameter trajectories: `harness landscape RUN` draws the loss "
-                         "landscape, and the next report includes it")
+        run.notes.append(
+            "the run saved parameter trajectories: `harness landscape RUN` draws the loss "
+            "landscape, and the next report includes it"
+        )
     page = run.run_dir / REPORT_FILE
     atomic_write_text(page, render_html(run, pngs, captions))
     return page, paths
