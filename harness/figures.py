@@ -97,7 +97,8 @@ class LineStyle:
     def kwargs(self, *, markers: bool = True) -> dict[str, object]:
         out: dict[str, object] = {"color": self.colour, "linestyle": self.linestyle}
         if self.colour == CLEAN_COLOUR:
-            out["zorder"] = 2.5  # the reference stays visible where other arms' lines coincide with it
+            # the reference stays visible where other arms' lines coincide with it
+            out["zorder"] = 2.5
         if markers:
             out |= {"marker": self.marker, "markersize": 3.5}
         return out
@@ -491,7 +492,14 @@ def parameter_cdf(
         )
         for label, ref in pairs:
             diff = _ecdf(sorted_values[label][k], at) - _ecdf(sorted_values[ref][k], at)
-            diff_ax.plot(at, diff, label=label, linewidth=1.0, **look[label].kwargs(), markevery=_every(at.size))
+            diff_ax.plot(
+                at,
+                diff,
+                label=label,
+                linewidth=1.0,
+                **look[label].kwargs(),
+                markevery=_every(at.size),
+            )
         diff_ax.set_ylabel("F(arm) − F(its clean arm)")
         diff_ax.set_title("difference from the clean arm (zero line)", fontsize=9)
         diff_ax.set_label(f"{name}:difference")

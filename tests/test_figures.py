@@ -424,7 +424,8 @@ def test_sal_heatmap_log_scale_spans_the_positive_values_and_greys_out_zero():
         assert (image.norm.vmin, image.norm.vmax) == (0.0002, 3.0)  # one scale for both arms
     np.testing.assert_array_equal(np.asarray(images[0].get_array()), sal.T)
     drawn = images[0].to_rgba(images[0].get_array())  # the colours of the cells, layers × epochs
-    assert to_hex(drawn[0, 0]) == "#bdbdbd"  # zero has no place on a log scale: grey, unlike any value
+    # zero has no place on a log scale: grey, unlike any value
+    assert to_hex(drawn[0, 0]) == "#bdbdbd"
     assert "#bdbdbd" not in {to_hex(c) for c in drawn.reshape(-1, 4)[1:]}
     colourbar = next(ax for ax in fig.axes if ax.get_label() == "<colorbar>")
     assert colourbar.get_ylabel() == "SAL (log scale; grey: 0)"
