@@ -203,24 +203,29 @@ class Row:
 
 
 @dataclass
-class Track:
+class TrackBoard:
+    """The leaderboard of one track: its rows, ranked.
+
+    (`harness.entries.Track` is the track as an entry records it; this is its page.)
+    """
+
     id: str
     summary: str
     detail: dict[str, Any]
     rows: list[Row]
 
 
-def build(entries: list[Entry]) -> list[Track]:
+def build(entries: list[Entry]) -> list[TrackBoard]:
     """Tracks (most entries first, then by id), each with its rows ranked by mean UD.
 
     Rows without a UD (the clean arm had no learnable layer) come last, unranked.
     """
-    tracks: dict[str, Track] = {}
+    tracks: dict[str, TrackBoard] = {}
     groups: dict[tuple[str, str, str], Row] = {}
     for e in sorted(entries, key=lambda e: (e.track.id, e.run, e.arm_id)):
         tid = e.track.id
         if tid not in tracks:
-            tracks[tid] = Track(
+            tracks[tid] = TrackBoard(
                 tid, track_summary(e), e.track.model_dump(mode="json", exclude={"id"}), []
             )
         key = (tid, _component_key(e.poison), e.crafting_task or "", _component_key(e.defence))
@@ -264,7 +269,7 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(tracks: list[Track]) -> str:
+def markdown(tracks: list[TrackBoard]) -> str:
     n = sum(len(r.entries) for t in tracks for r in t.rows)
     lines = [
         "# Leaderboard",
@@ -476,7 +481,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 """
 
 
-def page_data(tracks: list[Track]) -> dict[str, Any]:
+def page_data(tracks: list[TrackBoard]) -> dict[str, Any]:
     n = sum(len(r.entries) for t in tracks for r in t.rows)
     return {
         "about": (
@@ -497,7 +502,7 @@ def page_data(tracks: list[Track]) -> dict[str, Any]:
     }
 
 
-def render_html(tracks: list[Track]) -> str:
+def render_html(tracks: list[TrackBoard]) -> str:
     """The page, data inlined; `</` is escaped so no entry text can close the script block."""
     data = json.dumps(page_data(tracks), sort_keys=True, allow_nan=False).replace("</", "<\\/")
     return PAGE.replace("__DATA__", data)
