@@ -10,6 +10,18 @@ Two outputs: `leaderboard.md` for the repository, and a static `index.html` with
 inlined as a JSON block and plain JavaScript for sorting and filtering, so the page works opened
 straight from the file system, with no server and nothing fetched. Entries come from third
 parties: the page writes every value as text (`textContent`), never as markup.
+
+The page build is robust against what third parties put in a leaderboard folder:
+
+- a file in `entries/` that is not a valid entry (or holds a non-finite number, which no JSON
+  reader outside Python accepts) is reported with a warning naming it and skipped;
+- each (track, experiment, seed) is counted once. When several runs hold the same arm and seed
+  (a second submission of an experiment under another run name), the entry of the run whose
+  name sorts first is counted and the others are listed under the track as not counted, and
+  reported: a repeat is never averaged in as another seed. To replace a result, remove the old
+  entry file (or resubmit the same run name with `harness submit --replace`);
+- experiments that share a label but differ in parameters or plugin versions are separate rows,
+  and their names carry what differs, e.g. `noise (epsilon=0.1)` and `noise (epsilon=0.2)`.
 """
 
 from __future__ import annotations
@@ -17,7 +29,8 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +47,16 @@ HTML_FILE = "index.html"
 DATA_FILE = "entries.json"
 
 
+Warn = Callable[[str], None]
+
+
 class LeaderboardError(HarnessError):
-    """Sources that hold no entries, or an entry file that is not an entry."""
+    """Sources that hold no entries at all."""
+
+
+def warn_stderr(message: str) -> None:
+    """The default for `warn`: one line on stderr, as the CLI prints its other warnings."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 # --- gathering ---------------------------------------------------------------------------------
@@ -53,19 +74,39 @@ def _entry_files(source: Path) -> list[Path]:
     return sorted(p for p in source.glob("*.json") if p.name != DATA_FILE)
 
 
-def gather(sources: Iterable[Path]) -> list[Entry]:
+def read_entry(path: Path) -> Entry:
+    """One entry file, checked as the page needs it: a valid entry with finite numbers only.
+
+    Python's JSON reader accepts NaN and Infinity, a browser's does not, so a non-finite value
+    would break the page for everyone; it is refused here like any other invalid file.
+    """
+    entry = Entry.model_validate_json(path.read_text(encoding="utf-8"))
+    try:
+        json.dumps(entry.model_dump(mode="json"), allow_nan=False)
+    except ValueError:
+        raise ValueError("it holds a number that is not finite (NaN or infinity)") from None
+    return entry
+
+
+def gather(sources: Iterable[Path], *, warn: Warn | None = None) -> list[Entry]:
     """Every entry under the sources (run folders, leaderboard folders, folders of entry files).
 
-    The same entry reached twice (a run and its submitted copy) counts once.
+    The same entry reached twice (a run and its submitted copy) counts once. A file that is not
+    a valid entry is reported through `warn` (by default a line on stderr) and skipped: one bad
+    file in a shared folder must not stop everyone else's results from being published. Only
+    when no valid entry is left is that an error.
     """
+    warn = warn or warn_stderr
+    sources = [Path(s) for s in sources]
     seen: dict[tuple[str, str, str, str], Entry] = {}
     for source in sources:
-        for path in _entry_files(Path(source)):
+        for path in _entry_files(source):
             try:
-                entry = Entry.model_validate_json(path.read_text(encoding="utf-8"))
-            except (ValidationError, UnicodeDecodeError, OSError) as exc:
+                entry = read_entry(path)
+            except (ValidationError, ValueError, UnicodeDecodeError, OSError) as exc:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise LeaderboardError(f"{path}: not a valid entry: {first}") from None
+                warn(f"{path}: not a valid entry ({first}); skipped")
+                continue
             seen.setdefault((entry.run, entry.entry_id, entry.spec_hash, entry.hdf5.sha256), entry)
     if not seen:
         raise LeaderboardError("no entries found in " + ", ".join(str(s) for s in sources))
@@ -90,6 +131,31 @@ def _describe(c: ComponentInfo | None) -> str:
         return "no poison (the clean reference)"
     params = ", ".join(f"{k}={v}" for k, v in sorted(c.params.items()))
     return f"{c.name}({params}) from {c.distribution} {c.version}"
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested parameters as `a.b` keys, so two settings can be compared key by key."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out |= _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return {prefix: value}
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def _differences(items: list[dict[str, Any]]) -> list[str]:
+    """For each flattened settings dict, `k=v` for the keys whose values are not all alike."""
+    keys = sorted({k for d in items for k in d})
+    differing = [k for k in keys if len({json.dumps(d.get(k), sort_keys=True) for d in items}) > 1]
+    return [", ".join(f"{k}={_short(d.get(k, '—'))}" for k in differing) for d in items]
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None]:
@@ -203,8 +269,24 @@ class Row:
 
 
 @dataclass
+class Duplicate:
+    """An entry not counted: `counted` already holds the same track, experiment and seed."""
+
+    entry: Entry
+    counted: Entry
+    poison: str
+    defence: str
+
+    def text(self) -> str:
+        return (
+            f"run {self.entry.run}: {self.poison} under {self.defence}, seed {self.entry.seed} "
+            f"(the same arm and seed as run {self.counted.run}'s, which is counted)"
+        )
+
+
+@dataclass
 class TrackBoard:
-    """The leaderboard of one track: its rows, ranked.
+    """The leaderboard of one track: its rows, ranked, and what was not counted.
 
     (`harness.entries.Track` is the track as an entry records it; this is its page.)
     """
@@ -213,36 +295,83 @@ class TrackBoard:
     summary: str
     detail: dict[str, Any]
     rows: list[Row]
+    duplicates: list[Duplicate] = field(default_factory=list)
 
 
-def build(entries: list[Entry]) -> list[TrackBoard]:
+def _experiment_key(e: Entry) -> tuple[str, str, str]:
+    return (_component_key(e.poison), e.crafting_task or "", _component_key(e.defence))
+
+
+def _name_rows(rows: list[Row], attr: str, components: dict[int, ComponentInfo | None]) -> None:
+    """Give rows that share a label but not their settings names that say what differs."""
+    groups: dict[str, dict[str, ComponentInfo | None]] = {}
+    for row in rows:
+        c = components[id(row)]
+        groups.setdefault(getattr(row, attr), {})[_component_key(c)] = c
+    for label, variants in groups.items():
+        if len(variants) < 2:
+            continue
+        keys = list(variants)
+        settings = [
+            {"plugin": c.name, **_flatten(c.params), "from": f"{c.distribution} {c.version}"}
+            if c is not None
+            else {}
+            for c in variants.values()
+        ]
+        names = dict(zip(keys, (f"{label} ({d})" for d in _differences(settings)), strict=True))
+        for row in rows:
+            c = components[id(row)]
+            if getattr(row, attr) == label:
+                setattr(row, attr, names[_component_key(c)])
+
+
+def build(entries: list[Entry], *, warn: Warn | None = None) -> list[TrackBoard]:
     """Tracks (most entries first, then by id), each with its rows ranked by mean UD.
 
-    Rows without a UD (the clean arm had no learnable layer) come last, unranked.
+    Rows without a UD (the clean arm had no learnable layer) come last, unranked. Entries
+    repeating a counted (track, experiment, seed) are kept aside as `TrackBoard.duplicates`
+    and reported through `warn`.
     """
+    warn = warn or warn_stderr
     tracks: dict[str, TrackBoard] = {}
-    groups: dict[tuple[str, str, str], Row] = {}
-    for e in sorted(entries, key=lambda e: (e.track.id, e.run, e.arm_id)):
+    groups: dict[tuple[str, tuple[str, str, str]], Row] = {}
+    counted: dict[tuple[str, tuple[str, str, str], int], Entry] = {}
+    poison_of: dict[int, ComponentInfo | None] = {}
+    defence_of: dict[int, ComponentInfo | None] = {}
+    for e in sorted(entries, key=lambda e: (e.track.id, e.run, e.entry_id, e.hdf5.sha256)):
         tid = e.track.id
         if tid not in tracks:
             tracks[tid] = TrackBoard(
                 tid, track_summary(e), e.track.model_dump(mode="json", exclude={"id"}), []
             )
-        key = (tid, _component_key(e.poison), e.crafting_task or "", _component_key(e.defence))
-        if key not in groups:
+        key = _experiment_key(e)
+        if (tid, key) not in groups:
             poison = _component_label(e.poison)
             if e.crafting_task is not None and e.crafting_task != e.evaluated_task:
                 poison += f" (crafted on {e.crafting_task})"  # cross-task: never merged with same-task rows
-            groups[key] = Row(
+            row = Row(
                 tid,
                 poison,
                 _describe(e.poison),
                 e.defence.label or e.defence.name,
                 _describe(e.defence),
             )
-            tracks[tid].rows.append(groups[key])
-        groups[key].entries.append(e)
+            groups[(tid, key)] = row
+            poison_of[id(row)], defence_of[id(row)] = e.poison, e.defence
+            tracks[tid].rows.append(row)
+        row = groups[(tid, key)]
+        first = counted.setdefault((tid, key, e.seed), e)
+        if first is not e:
+            tracks[tid].duplicates.append(Duplicate(e, first, row.poison, row.defence))
+            continue
+        row.entries.append(e)
     for track in tracks.values():
+        _name_rows(track.rows, "poison", poison_of)
+        _name_rows(track.rows, "defence", defence_of)
+        for d in track.duplicates:  # the names the rows ended with
+            row = groups[(track.id, _experiment_key(d.entry))]
+            d.poison, d.defence = row.poison, row.defence
+            warn(f"not counted: {d.text()}, in track {track.id}")
         track.rows.sort(
             key=lambda r: (
                 r.ud[0] is None,
@@ -310,6 +439,10 @@ def markdown(tracks: list[TrackBoard]) -> str:
                 + " |"
             )
         lines.append("")
+        if t.duplicates:
+            lines += ["Not counted (each track, arm and seed counts once):", ""]
+            lines += [f"- {_md_cell(d.text())}" for d in t.duplicates]
+            lines.append("")
         details = sorted(
             {(r.poison, r.poison_detail) for r in t.rows}
             | {(r.defence, r.defence_detail) for r in t.rows}
@@ -342,7 +475,7 @@ th { background: #f3f3f3; cursor: pointer; user-select: none; white-space: nowra
 th[aria-sort="ascending"]::after { content: " \\25B2"; }
 th[aria-sort="descending"]::after { content: " \\25BC"; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-#empty { color: #8a5a00; }
+#empty, .not-counted { color: #8a5a00; }
 </style>
 </head>
 <body>
@@ -454,6 +587,12 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
       headRow.appendChild(th);
     });
     section.append(h, summary, table);
+    if (track.not_counted.length) {
+      const note = document.createElement("p");
+      note.className = "not-counted";
+      note.textContent = "Not counted (each track, arm and seed counts once): " + track.not_counted.join("; ");
+      section.appendChild(note);
+    }
     container.appendChild(section);
     return {section: section, body: body, render: render};
   });
@@ -496,6 +635,7 @@ def page_data(tracks: list[TrackBoard]) -> dict[str, Any]:
                 "summary": t.summary,
                 "detail": t.detail,
                 "rows": [r.as_json() for r in t.rows],
+                "not_counted": [d.text() for d in t.duplicates],
             }
             for t in tracks
         ],
@@ -508,11 +648,15 @@ def render_html(tracks: list[TrackBoard]) -> str:
     return PAGE.replace("__DATA__", data)
 
 
-def write(entries: list[Entry], out: Path) -> list[Path]:
-    """`leaderboard.md`, `index.html` and `entries.json` (every entry, for machines) into `out`."""
+def write(entries: list[Entry], out: Path, *, warn: Warn | None = None) -> list[Path]:
+    """`leaderboard.md`, `index.html` and `entries.json` (every entry, for machines) into `out`.
+
+    `entries.json` holds every entry given, the not-counted repeats too: it is the record of
+    what was submitted, and each entry names its run.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tracks = build(entries)
+    tracks = build(entries, warn=warn)
     paths = [out / MARKDOWN_FILE, out / HTML_FILE, out / DATA_FILE]
     atomic_write_text(paths[0], markdown(tracks))
     atomic_write_text(paths[1], render_html(tracks))

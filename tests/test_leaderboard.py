@@ -201,3 +201,72 @@ def test_a_changed_run_file_or_unrecorded_plugin_is_refused(small_runs, tmp_path
 
     with pytest.raises(SubmissionError, match="records no installable plugin"):
         _check_versions(read_entries(run))
+
+
+# --- a leaderboard folder that third parties write into ------------------------------------------
+
+
+def test_an_invalid_file_in_the_entries_folder_is_reported_and_skipped_never_blocking(
+    small_runs, tmp_path, capsys
+):
+    board = tmp_path / "lb"
+    assert main(["submit", str(small_runs["figs"]), "--leaderboard", str(board)]) == 0
+    (board / "entries" / "broken.json").write_text('{"schema_version": 1, "run": "half-writ')
+    raw = json.loads((board / "entries" / "figs__clean__none__s0.json").read_text())
+    raw["run"], raw["results"]["final_train_loss"] = "diverged", float("nan")
+    (board / "entries" / "nan.json").write_text(
+        json.dumps(raw)
+    )  # valid JSON to Python, not to a browser
+    capsys.readouterr()
+    # a later submission still files its entries and rebuilds the pages
+    assert main(["submit", str(small_runs["lin"]), "--leaderboard", str(board)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {board / 'entries' / 'broken.json'}: not a valid entry" in err
+    assert f"warning: {board / 'entries' / 'nan.json'}: not a valid entry" in err
+    assert "skipped" in err
+    assert len(json.loads((board / "entries.json").read_text())) == 3 + 4
+    assert "linear" in (board / "leaderboard.md").read_text()
+    # and so does `harness leaderboard`
+    assert main(["leaderboard", str(board), "--out", str(tmp_path / "site")]) == 0
+    assert "broken.json: not a valid entry" in capsys.readouterr().err
+    assert (tmp_path / "site" / "index.html").exists()
+    # with nothing valid left there is nothing to build: that is an error, not an empty page
+    for path in (board / "entries").glob("*__*.json"):
+        path.unlink()
+    assert main(["leaderboard", str(board), "--out", str(tmp_path / "empty")]) == 2
+    assert "no entries found" in capsys.readouterr().err
+
+
+def test_the_same_arm_and_seed_from_two_runs_counts_once(small_runs, capsys):
+    """A second run of the same experiment and seed (another run name) is not a second seed:
+    the first run by name is counted, the other is listed as not counted."""
+    figs = read_entries(small_runs["figs"])
+    again = [e.model_copy(update={"run": "figs-again"}) for e in figs]
+    (track,) = leaderboard.build([*figs, *again])
+    noisy = next(r for r in track.rows if r.poison == "noise-class")
+    assert noisy.seeds == [0] and [e.run for e in noisy.entries] == ["figs"]
+    assert len(track.rows) == 3
+    assert sorted((d.entry.run, d.entry.arm_id, d.counted.run) for d in track.duplicates) == [
+        ("figs-again", arm, "figs") for arm in sorted(e.arm_id for e in figs)
+    ]
+    assert "figs-again" in capsys.readouterr().err  # reported when the pages are built
+    text = leaderboard.markdown([track])
+    assert "Not counted" in text and "figs-again" in text
+    assert "1: 0" in text and "2: 0, 0" not in text
+
+
+def test_two_poisons_with_one_label_but_different_params_are_told_apart(small_runs):
+    figs = read_entries(small_runs["figs"])
+    noisy = next(e for e in figs if e.arm_id == "noise-class__none__s0")
+    stronger = noisy.model_copy(
+        update={
+            "run": "stronger",
+            "poison": noisy.poison.model_copy(
+                update={"params": {**noisy.poison.params, "epsilon": 0.2}}
+            ),
+        }
+    )
+    (track,) = leaderboard.build([*figs, stronger])
+    names = sorted(r.poison for r in track.rows if r.poison.startswith("noise-class"))
+    assert names == ["noise-class (epsilon=0.1)", "noise-class (epsilon=0.2)"]
+    assert len({r.poison for r in track.rows}) == len(track.rows)  # one name per row
