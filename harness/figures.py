@@ -5,27 +5,44 @@ Nothing here reads files or touches pyplot's global state: every function builds
 run headless and in parallel, and tests can inspect panels, axes, image data and colour limits
 rather than pixels. Every panel's axes carry the arm they show as their label (`ax.get_label()`).
 
-Figures (numbers are the paper's): the SAL heat map, layers × epochs (3, 11); SAL per layer
-against the learnable threshold β with the learnable-layer count (5); the proportion of
-learnable layers per epoch (13); the 2-means split of the clean arm's SAL (12); test metric and
-training loss per epoch; the cumulative distribution of parameter values (9); the loss
-landscape over two principal components of the trajectory (1, 10).
+Figures (numbers are the paper's): the SAL heat map, layers × epochs (3, 11), on a linear or a
+logarithmic colour scale; SAL per layer against the learnable threshold β with the learnable-layer
+count (5); the proportion of learnable layers per epoch (13); the 2-means split of the clean arm's
+SAL (12); test metric and training loss per epoch; the cumulative distribution of parameter values
+with its difference from the clean arm (9); the loss landscape over two principal components of
+the trajectory (1, 10).
+
+Arms drawn as lines get their look from `arm_styles`: a colour-blind-safe palette, one colour per
+experiment (poison and defence), one line style per seed, and black reserved for the undefended
+clean arm, so every arm is told apart and nothing repeats silently however many arms a run has.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.colors import LogNorm, Normalize
+from matplotlib.colors import Colormap, LogNorm, Normalize
 from matplotlib.figure import Figure
 
 SAL_CMAP = "Greens"  # the paper's: darker green, larger SAL
 LANDSCAPE_CMAP = "viridis"
-CLEAN_COLOUR = "black"
+CLEAN_COLOUR = (
+    "#000000"  # the undefended clean arm only: the reference every other arm is read against
+)
+# Okabe & Ito's palette (2008) without its black, which is the clean arm's: distinguishable under the
+# common colour-vision deficiencies. Yellow is last: it is the faintest on white.
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442")
+# Six markers against seven colours: coprime, so (colour, marker) is unique for 42 experiments.
+MARKERS = ("o", "s", "^", "D", "v", "P")
+LOG_DECADES = (
+    1.0  # `sal_heatmap_log_useful`: a log scale pays off from one decade of positive SAL up
+)
+LOG_FLOOR = 1e-6  # the log scale never reaches below this fraction of the largest SAL
 
 
 def short_layer_name(name: str) -> str:
@@ -51,23 +68,165 @@ def _panels(
     return fig, axes[:n]
 
 
-def _colour(i: int, label: str) -> str:
-    return CLEAN_COLOUR if label.startswith("clean") else f"C{i % 10}"
+# --- how arms look -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArmKey:
+    """What an arm's look is derived from.
+
+    `experiment` names the poison under its defence (the seeds of one experiment share a colour),
+    `seed` picks the line style, and `reference` marks the undefended clean arm, the only one
+    drawn in black.
+    """
+
+    label: str
+    experiment: str
+    seed: int = 0
+    reference: bool = False
+
+
+@dataclass(frozen=True)
+class LineStyle:
+    """Keyword arguments for `Axes.plot`: colour, line style and marker of one arm."""
+
+    colour: str
+    linestyle: str | tuple[float, tuple[float, ...]]
+    marker: str
+
+    def kwargs(self, *, markers: bool = True) -> dict[str, object]:
+        out: dict[str, object] = {"color": self.colour, "linestyle": self.linestyle}
+        if self.colour == CLEAN_COLOUR:
+            # the reference stays visible where other arms' lines coincide with it
+            out["zorder"] = 2.5
+        if markers:
+            out |= {"marker": self.marker, "markersize": 3.5}
+        return out
+
+
+def _dashes(j: int) -> str | tuple[float, tuple[float, ...]]:
+    """The j-th line style: solid, dashed, dotted, dash-dot, then ever longer dash patterns.
+
+    Unbounded on purpose: a run with many seeds still gets a distinct pattern for each.
+    """
+    named = ("solid", (0, (5.0, 2.0)), (0, (1.0, 1.5)), (0, (6.0, 2.0, 1.0, 2.0)))
+    if j < len(named):
+        return named[j]
+    k = j - len(named) + 1
+    return (0, (6.0 + 2.0 * k, 2.0) + (1.0, 2.0) * k)
+
+
+def arm_styles(arms: Sequence[ArmKey | str]) -> dict[str, LineStyle]:
+    """A distinct look for every arm, by label, in a fixed order (the order given).
+
+    Each experiment (first appearance order) gets a palette colour and a marker; its seeds get
+    line styles (the first seed seen is solid). The undefended clean arm is black. Past 42
+    experiments the (colour, marker) pairs come round again, and then the line styles of that
+    round move on, so two arms never share colour, marker and line style. A bare label string
+    is an arm of its own, the clean reference when it is exactly "clean".
+    """
+    keys = [a if isinstance(a, ArmKey) else ArmKey(a, a, 0, a == "clean") for a in arms]
+    seeds = sorted({k.seed for k in keys})
+    experiments: dict[str, int] = {}
+    for k in keys:
+        if not k.reference and k.experiment not in experiments:
+            experiments[k.experiment] = len(experiments)
+    combos = len(PALETTE) * len(MARKERS)
+    out: dict[str, LineStyle] = {}
+    for k in keys:
+        seed_index = seeds.index(k.seed)
+        if k.reference:
+            out[k.label] = LineStyle(CLEAN_COLOUR, _dashes(seed_index), "o")
+            continue
+        i = experiments[k.experiment]
+        round_ = i // combos
+        out[k.label] = LineStyle(
+            PALETTE[i % len(PALETTE)],
+            _dashes(round_ * len(seeds) + seed_index),
+            MARKERS[i % len(MARKERS)],
+        )
+    return out
+
+
+def _styles(labels: Sequence[str], styles: Mapping[str, LineStyle] | None) -> dict[str, LineStyle]:
+    """The given styles, or (for callers that pass none) one arm per label."""
+    if styles is None:
+        return arm_styles(labels)
+    missing = [label for label in labels if label not in styles]
+    if missing:
+        raise ValueError(f"no line style for {', '.join(missing)}")
+    return dict(styles)
+
+
+def _legend_outside(fig: Figure, ax: Axes, n: int) -> None:
+    """One legend for the figure, beside the panels once there are more arms than fit inside."""
+    if n <= 4:
+        ax.legend(fontsize=7)
+    else:
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=7)
 
 
 # --- SAL ---------------------------------------------------------------------------------------
 
 
-def sal_heatmap(panels: Sequence[tuple[str, np.ndarray]], layer_names: Sequence[str]) -> Figure:
+def sal_log_range(sal: Sequence[np.ndarray]) -> tuple[float, float] | None:
+    """(smallest positive, largest) SAL over the arrays, the floor kept within `LOG_FLOOR` of the top.
+
+    None when there is no positive value, so no log scale can be drawn.
+    """
+    positive = [np.asarray(s, dtype=np.float64) for s in sal]
+    positive = [s[np.isfinite(s) & (s > 0)] for s in positive]
+    positive = [s for s in positive if s.size]
+    if not positive:
+        return None
+    top = max(float(s.max()) for s in positive)
+    low = min(float(s.min()) for s in positive)
+    return max(low, top * LOG_FLOOR), top
+
+
+def sal_heatmap_log_useful(sal: Sequence[np.ndarray]) -> bool:
+    """Whether the positive SAL values span at least `LOG_DECADES` decades.
+
+    Below that a linear scale already separates the small values from the large ones, and a
+    log-scale copy would add nothing.
+    """
+    span = sal_log_range(sal)
+    return span is not None and span[1] / span[0] >= 10.0**LOG_DECADES
+
+
+def _sal_cmap() -> Colormap:
+    # zero SAL cannot be placed on a log scale: it is drawn grey, apart from every real value
+    return colormaps[SAL_CMAP].with_extremes(bad="#bdbdbd")
+
+
+def sal_heatmap(
+    panels: Sequence[tuple[str, np.ndarray]], layer_names: Sequence[str], *, log: bool = False
+) -> Figure:
     """SAL of every layer at every epoch, one panel per arm, one colour scale for all (Fig. 3, 11).
 
     `panels`: (arm label, SAL [epochs, layers]). The image of a panel is SAL transposed (layers
     down, epochs across), so a layer that keeps learning is a dark row.
+
+    `log=True` puts the colour scale on a logarithmic axis from the smallest positive SAL of all
+    arms (at least `LOG_FLOOR` of the largest) to the largest. On the paper's linear scale the
+    early epochs and the layers that barely move all look white; on the log scale they differ
+    by decades. Zero SAL has no place on a log scale and is drawn grey.
     """
     if not panels:
         raise ValueError("no arm to draw")
     vmax = max(float(np.nanmax(s)) if s.size else 0.0 for _, s in panels)
     vmax = vmax if vmax > 0 else 1.0
+    norm: Normalize = Normalize(vmin=0.0, vmax=vmax)
+    cmap: Colormap | str = SAL_CMAP
+    extend = "neither"
+    if log:
+        span = sal_log_range([s for _, s in panels])
+        if span is None:
+            raise ValueError("no positive SAL value: a log colour scale has nothing to show")
+        norm = LogNorm(vmin=span[0], vmax=span[1])
+        cmap = _sal_cmap()
+        if any(np.any((s > 0) & (s < span[0])) for _, s in panels):
+            extend = "min"  # values under the floor share its colour: the bar says so with an arrow
     n_layers = len(layer_names)
     fig, axes = _panels(len(panels), width=4.2, height=max(2.6, 0.22 * n_layers + 1.4), sharey=True)
     image = None
@@ -76,9 +235,8 @@ def sal_heatmap(panels: Sequence[tuple[str, np.ndarray]], layer_names: Sequence[
         image = ax.imshow(
             np.asarray(sal, dtype=np.float64).T,
             aspect="auto",
-            cmap=SAL_CMAP,
-            vmin=0.0,
-            vmax=vmax,
+            cmap=cmap,
+            norm=norm,
             interpolation="nearest",
             extent=(0.5, epochs + 0.5, n_layers - 0.5, -0.5),
         )
@@ -88,8 +246,15 @@ def sal_heatmap(panels: Sequence[tuple[str, np.ndarray]], layer_names: Sequence[
         ax.set_yticks(range(n_layers), [short_layer_name(n) for n in layer_names], fontsize=7)
         ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0].set_ylabel("layer")
-    fig.colorbar(image, ax=axes, label="SAL", shrink=0.9)
-    fig.suptitle("Sharpness-Aware Learnability per layer and epoch")
+    fig.colorbar(
+        image,
+        ax=axes,
+        label="SAL (log scale; grey: 0)" if log else "SAL",
+        shrink=0.9,
+        extend=extend,
+    )
+    scale = " (log colour scale)" if log else ""
+    fig.suptitle(f"Sharpness-Aware Learnability per layer and epoch{scale}")
     return fig
 
 
@@ -133,28 +298,31 @@ def learnable_layers(panels: Sequence[tuple[str, np.ndarray, float]]) -> Figure:
     return fig
 
 
-def learnable_proportion(series: Sequence[tuple[str, np.ndarray]], n_layers: int) -> Figure:
+def learnable_proportion(
+    series: Sequence[tuple[str, np.ndarray]],
+    n_layers: int,
+    *,
+    styles: Mapping[str, LineStyle] | None = None,
+) -> Figure:
     """The proportion of learnable layers per epoch, every arm on one plot (Fig. 13).
 
-    `series`: (arm label, λ(t) [epochs]).
+    `series`: (arm label, λ(t) [epochs]). Proportions take few values (multiples of 1/layers),
+    so lines overlap often: each arm's colour, marker and line style (`arm_styles`) keep them
+    apart.
     """
-    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    look = _styles([label for label, _ in series], styles)
+    fig = Figure(figsize=(6.4 if len(series) <= 4 else 8.4, 3.8), layout="constrained")
     ax = fig.add_subplot()
-    for i, (label, counts) in enumerate(series):
+    for label, counts in series:
         counts = np.asarray(counts, dtype=np.float64)
         ax.plot(
-            np.arange(1, len(counts) + 1),
-            counts / n_layers,
-            marker="o",
-            markersize=3,
-            color=_colour(i, label),
-            label=label,
+            np.arange(1, len(counts) + 1), counts / n_layers, label=label, **look[label].kwargs()
         )
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("epoch")
     ax.set_ylabel("learnable layers (fraction)")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=7)
+    _legend_outside(fig, ax, len(series))
     ax.set_title("Proportion of learnable layers")
     return fig
 
@@ -200,47 +368,36 @@ def beta_split(panels: Sequence[tuple[str, np.ndarray, np.ndarray, float]]) -> F
 
 
 def training_curves(
-    series: Sequence[tuple[str, np.ndarray, np.ndarray]], metric_name: str
+    series: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    metric_name: str,
+    *,
+    styles: Mapping[str, LineStyle] | None = None,
 ) -> Figure:
     """Test metric and training loss per epoch, one line per arm.
 
     `series`: (arm label, test metric [epochs], training loss [epochs]).
     """
+    look = _styles([label for label, _, _ in series], styles)
+    wide = len(series) > 4  # room for the legend beside the panels
     if not any(np.isfinite(np.asarray(metric, dtype=np.float64)).any() for _, metric, _ in series):
         # multi-task arms have no single metric (each task's is in the task_metrics figure)
-        fig = Figure(figsize=(5.2, 3.8), layout="constrained")
+        fig = Figure(figsize=(7.2 if wide else 5.2, 3.8), layout="constrained")
         loss_ax = fig.add_subplot()
-        for i, (label, _, loss) in enumerate(series):
-            loss_ax.plot(
-                np.arange(1, len(loss) + 1),
-                loss,
-                marker="o",
-                markersize=3,
-                color=_colour(i, label),
-                label=label,
-            )
+        for label, _, loss in series:
+            loss_ax.plot(np.arange(1, len(loss) + 1), loss, label=label, **look[label].kwargs())
         loss_ax.set(
             xlabel="epoch", ylabel="training loss", title="Training loss (sum of the tasks' losses)"
         )
         loss_ax.set_label("train_loss")
         loss_ax.xaxis.get_major_locator().set_params(integer=True)
-        loss_ax.legend(fontsize=7)
+        _legend_outside(fig, loss_ax, len(series))
         return fig
-    fig = Figure(figsize=(10.0, 3.8), layout="constrained")
+    fig = Figure(figsize=(12.0 if wide else 10.0, 3.8), layout="constrained")
     metric_ax, loss_ax = fig.subplots(1, 2)
-    for i, (label, metric, loss) in enumerate(series):
-        colour = _colour(i, label)
-        metric_ax.plot(
-            np.arange(1, len(metric) + 1),
-            metric,
-            marker="o",
-            markersize=3,
-            color=colour,
-            label=label,
-        )
-        loss_ax.plot(
-            np.arange(1, len(loss) + 1), loss, marker="o", markersize=3, color=colour, label=label
-        )
+    for label, metric, loss in series:
+        kwargs = look[label].kwargs()
+        metric_ax.plot(np.arange(1, len(metric) + 1), metric, label=label, **kwargs)
+        loss_ax.plot(np.arange(1, len(loss) + 1), loss, label=label, **kwargs)
     metric_ax.set_ylabel(f"test {metric_name}")
     metric_ax.set_title(f"Test {metric_name}")
     metric_ax.set_label("test_metric")
@@ -250,35 +407,106 @@ def training_curves(
     for ax in (metric_ax, loss_ax):
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
-    metric_ax.legend(fontsize=7)
+    _legend_outside(fig, metric_ax, len(series))
     return fig
 
 
+def _ecdf(sorted_values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The empirical CDF of already sorted values at the points `at` (exact, not interpolated)."""
+    return np.searchsorted(sorted_values, at, side="right") / max(1, sorted_values.size)
+
+
+def _every(points: int, markers: int = 10) -> int:
+    """Every how many points a curve of `points` carries a marker, for about `markers` of them."""
+    return max(1, (points - 1) // markers)
+
+
+CDF_SHOWN = (0.005, 0.995)  # the quantile range the CDF panels' x axis shows (the curves hold all)
+
+
 def parameter_cdf(
-    series: Sequence[tuple[str, np.ndarray]], source: str, quantiles: int = 1001
+    series: Sequence[tuple[str, np.ndarray]],
+    source: str,
+    quantiles: int = 1001,
+    *,
+    styles: Mapping[str, LineStyle] | None = None,
+    reference: Mapping[str, str] | None = None,
 ) -> Figure:
     """Cumulative distribution of parameter values and magnitudes, clean against poisoned (Fig. 9).
 
     `series`: (arm label, flattened parameters). Each curve is drawn from `quantiles` evenly
     spaced quantiles, so a model of millions of weights costs no more than a small one; every
-    curve ends at 1.
+    curve ends at 1. The x axes show the central 99 % of the values (`CDF_SHOWN`): the tails
+    would squeeze the bulk, where the curves differ, into a sliver.
+
+    Poisoned and clean CDFs often lie within a line width of each other, so a second row draws
+    each arm's difference from its clean arm, F_arm(x) − F_clean(x), computed exactly on the
+    union of the curves' points. `reference` maps an arm's label to its clean arm's label (by
+    default every arm is compared with the arm labelled "clean", if there is one); the clean arm
+    itself is the zero line. Without any pair to compare, the figure has only the CDF row.
     """
-    fig = Figure(figsize=(10.0, 3.8), layout="constrained")
-    value_ax, abs_ax = fig.subplots(1, 2)
+    labels = [label for label, _ in series]
+    look = _styles(labels, styles)
+    if reference is None:
+        reference = {label: "clean" for label in labels} if "clean" in labels else {}
+    pairs = [
+        (label, reference[label])
+        for label in labels
+        if label in reference and reference[label] != label and reference[label] in labels
+    ]
+    sorted_values = {}
+    for label, values in series:
+        flat = np.asarray(values, dtype=np.float64).reshape(-1)
+        sorted_values[label] = (np.sort(flat), np.sort(np.abs(flat)))
     q = np.linspace(0.0, 1.0, quantiles)
-    for i, (label, values) in enumerate(series):
-        values = np.asarray(values, dtype=np.float64).reshape(-1)
-        colour = _colour(i, label)
-        value_ax.plot(np.quantile(values, q), q, color=colour, label=label)
-        abs_ax.plot(np.quantile(np.abs(values), q), q, color=colour, label=label)
-    value_ax.set_xlabel("parameter value")
-    abs_ax.set_xlabel("|parameter value|")
-    value_ax.set_label("value")
-    abs_ax.set_label("magnitude")
-    for ax in (value_ax, abs_ax):
+    wide = len(series) > 4
+    fig = Figure(figsize=(12.0 if wide else 10.0, 6.6 if pairs else 3.8), layout="constrained")
+    if pairs:
+        grid = fig.subplots(2, 2, sharex="col", height_ratios=(3, 2))
+        (value_ax, abs_ax), diff_axes = grid[0], list(grid[1])
+    else:
+        value_ax, abs_ax = fig.subplots(1, 2)
+        diff_axes = [None, None]
+    for k, (ax, diff_ax, name) in enumerate(
+        zip((value_ax, abs_ax), diff_axes, ("value", "magnitude"), strict=True)
+    ):
+        curves = {label: np.quantile(sorted_values[label][k], q) for label in labels}
+        for label in labels:
+            # markers at the deciles: a few per curve, enough to tell the arms apart in grey print
+            ax.plot(curves[label], q, label=label, **look[label].kwargs(), markevery=_every(q.size))
+        lo = min(float(np.quantile(sorted_values[label][k], CDF_SHOWN[0])) for label in labels)
+        hi = max(float(np.quantile(sorted_values[label][k], CDF_SHOWN[1])) for label in labels)
+        if k == 1:
+            lo = 0.0
+        if hi > lo:
+            pad = 0.03 * (hi - lo)
+            ax.set_xlim(lo - pad, hi + pad)
         ax.set_ylabel("cumulative fraction")
         ax.set_ylim(0, 1.01)
-    value_ax.legend(fontsize=7)
+        ax.set_label(name)
+        if diff_ax is None:
+            continue
+        at = np.unique(np.concatenate(list(curves.values())))
+        diff_ax.axhline(
+            0.0, label="clean (reference)", **look[pairs[0][1]].kwargs(markers=False), linewidth=1.0
+        )
+        for label, ref in pairs:
+            diff = _ecdf(sorted_values[label][k], at) - _ecdf(sorted_values[ref][k], at)
+            diff_ax.plot(
+                at,
+                diff,
+                label=label,
+                linewidth=1.0,
+                **look[label].kwargs(),
+                markevery=_every(at.size),
+            )
+        diff_ax.set_ylabel("F(arm) − F(its clean arm)")
+        diff_ax.set_title("difference from the clean arm (zero line)", fontsize=9)
+        diff_ax.set_label(f"{name}:difference")
+    x_labels = ("parameter value (central 99 %)", "|parameter value| (up to the 99.5th percentile)")
+    for ax, diff_ax, text in zip((value_ax, abs_ax), diff_axes, x_labels, strict=True):
+        (diff_ax or ax).set_xlabel(text)
+    _legend_outside(fig, value_ax, len(series))
     fig.suptitle(f"Cumulative distribution of parameters ({source})")
     return fig
 
@@ -404,15 +632,10 @@ def task_learnable_proportion(panels: Sequence[tuple[str, dict[str, np.ndarray]]
     """
     fig, axes = _panels(len(panels), width=4.0, height=3.2, sharey=True)
     for ax, (label, series) in zip(axes, panels, strict=True):
-        for i, (task, values) in enumerate(series.items()):
-            ax.plot(
-                np.arange(1, len(values) + 1),
-                values,
-                marker="o",
-                markersize=3,
-                color=f"C{i % 10}",
-                label=task,
-            )
+        # the lines are tasks, none of them a clean reference
+        look = arm_styles([ArmKey(task, task) for task in series])
+        for task, values in series.items():
+            ax.plot(np.arange(1, len(values) + 1), values, label=task, **look[task].kwargs())
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -424,26 +647,25 @@ def task_learnable_proportion(panels: Sequence[tuple[str, dict[str, np.ndarray]]
     return fig
 
 
-def task_metrics(series: dict[str, tuple[str, list[tuple[str, np.ndarray]]]]) -> Figure:
+def task_metrics(
+    series: dict[str, tuple[str, list[tuple[str, np.ndarray]]]],
+    *,
+    styles: Mapping[str, LineStyle] | None = None,
+) -> Figure:
     """Each task's test metric per epoch, one panel per task, one line per arm.
 
     `series`: {task: (metric name, [(arm label, values [epochs])])}.
     """
+    labels = list(dict.fromkeys(label for _, lines in series.values() for label, _ in lines))
+    look = _styles(labels, styles)
     fig, axes = _panels(len(series), width=3.8, height=3.0)
     for ax, (task, (metric_name, lines)) in zip(axes, series.items(), strict=True):
-        for i, (label, values) in enumerate(lines):
-            ax.plot(
-                np.arange(1, len(values) + 1),
-                values,
-                marker="o",
-                markersize=3,
-                color=_colour(i, label),
-                label=label,
-            )
+        for label, values in lines:
+            ax.plot(np.arange(1, len(values) + 1), values, label=label, **look[label].kwargs())
         ax.set_title(task, fontsize=9)
         ax.set_ylabel(f"test {metric_name}")
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_label(f"metric:{task}")
-    axes[0].legend(fontsize=7)
+    _legend_outside(fig, axes[0], len(labels))
     return fig

@@ -193,18 +193,43 @@ def multitask_figures(run: RunData) -> dict[str, Figure]:
         {
             task: (metric, [(label(a, multi), a.metrics[f"test_metric.{task}"]) for a in arms])
             for task, metric in tasks.items()
-        }
+        },
+        styles=styles(arms, multi),
     )
     return out
 
 
-def build_figures(run: RunData) -> dict[str, Figure]:
-    """Every figure the run's data allow, by file stem, in the order the page shows them."""
-    multi = len({a.config.seed for a in run.arms}) > 1
-    out: dict[str, Figure] = {}
-    out["sal_heatmap"] = figures.sal_heatmap(
-        [(label(a, multi), a.sal) for a in run.arms], run.layer_names
+def arm_key(arm: ArmData, multi_seed: bool) -> figures.ArmKey:
+    """How the figures tell this arm apart: its experiment (poison and defence), seed, and whether
+    it is the undefended clean arm, the only one drawn in black."""
+    cfg = arm.config
+    return figures.ArmKey(
+        label(arm, multi_seed),
+        f"{cfg.poison_key}__{cfg.defence_key}",
+        cfg.seed,
+        arm.arm_id == clean_arm_id(cfg.seed),
     )
+
+
+def styles(arms: list[ArmData], multi_seed: bool) -> dict[str, figures.LineStyle]:
+    return figures.arm_styles([arm_key(a, multi_seed) for a in arms])
+
+
+def build_figures(run: RunData) -> dict[str, Figure]:
+    """Every figure the run's data allow, by file stem, in the order the page shows them.
+
+    The SAL heat map is drawn on the paper's linear colour scale, and a second time on a log
+    scale (`sal_heatmap_log`) when the positive SAL values span a decade or more, which is when
+    the linear scale renders the small values (early epochs, layers that barely move) as one
+    white.
+    """
+    multi = len({a.config.seed for a in run.arms}) > 1
+    look = styles(run.arms, multi)
+    out: dict[str, Figure] = {}
+    panels = [(label(a, multi), a.sal) for a in run.arms]
+    out["sal_heatmap"] = figures.sal_heatmap(panels, run.layer_names)
+    if figures.sal_heatmap_log_useful([sal for _, sal in panels]):
+        out["sal_heatmap_log"] = figures.sal_heatmap(panels, run.layer_names, log=True)
     scored = [a for a in run.arms if a.config.seed in run.betas]
     if scored:
         out["learnable_layers"] = figures.learnable_layers(
@@ -216,6 +241,7 @@ def build_figures(run: RunData) -> dict[str, Figure]:
                 for a in scored
             ],
             len(run.layer_names),
+            styles=look,
         )
         cleans = {a.config.seed: a for a in run.arms if a.arm_id == clean_arm_id(a.config.seed)}
         out["beta_split"] = figures.beta_split(
@@ -227,10 +253,19 @@ def build_figures(run: RunData) -> dict[str, Figure]:
     out["training_curves"] = figures.training_curves(
         [(label(a, multi), a.metrics["test_metric"], a.metrics["train_loss"]) for a in run.arms],
         run.metric_name,
+        styles=look,
     )
     params = final_parameters(run)
     if params is not None:
-        out["parameter_cdf"] = figures.parameter_cdf(*params)
+        cleans = {
+            a.config.seed: label(a, multi)
+            for a in run.arms
+            if a.arm_id == clean_arm_id(a.config.seed)
+        }
+        reference = {
+            label(a, multi): cleans[a.config.seed] for a in run.arms if a.config.seed in cleans
+        }
+        out["parameter_cdf"] = figures.parameter_cdf(*params, styles=look, reference=reference)
     else:
         run.notes.append("no checkpoints and no trajectory: no parameter distribution")
     out.update(multitask_figures(run))
@@ -240,6 +275,8 @@ def build_figures(run: RunData) -> dict[str, Figure]:
 CAPTIONS: dict[str, str] = {
     "sal_heatmap": "SAL of every scored layer (rows) at every epoch (columns), one panel per arm, one "
     "colour scale for all (paper Figures 3 and 11).",
+    "sal_heatmap_log": "The same SAL on a logarithmic colour scale, drawn because the values span a decade or "
+    "more: small values that look alike on the linear scale differ here (grey: SAL 0).",
     "learnable_layers": "Each layer's SAL per epoch against the learnable threshold β (dashed) from the clean "
     "arm of the same seed; the blue step line counts the learnable layers λ(t) "
     "(paper Figure 5).",
@@ -247,8 +284,11 @@ CAPTIONS: dict[str, str] = {
     "times the number of layers, UD the ratio of an arm's #LP to the clean arm's.",
     "beta_split": "2-means of the clean arm's SAL values per epoch: β_t is the mean of the two centres, "
     "β their mean over epochs (paper Figure 12, Equation 4).",
-    "training_curves": "Test metric and training loss per epoch.",
-    "parameter_cdf": "Cumulative distribution of parameter values and magnitudes (paper Figure 9).",
+    "training_curves": "Test metric and training loss per epoch. Each arm has its own colour, marker and line "
+    "style; black is the undefended clean arm, and the seeds of one arm share its colour.",
+    "parameter_cdf": "Cumulative distribution of parameter values and magnitudes (paper Figure 9); below, each "
+    "arm's CDF minus that of the clean arm of its seed, where curves too close to tell apart "
+    "above differ visibly.",
     "task_similarity": "Cosine similarity between the tasks' SAL vectors over the shared backbone's layers, "
     "mean over epochs, per arm (paper Figure 4a).",
     "task_learnable_proportion": "Share of the backbone's layers learnable for each task per epoch, each task "

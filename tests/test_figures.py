@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from matplotlib.colors import LogNorm, to_hex
 
 from harness import figures
 from harness.assembly import Assembly
@@ -290,10 +291,10 @@ def test_training_curves_and_parameter_cdf(drawn, run):
     ):
         np.testing.assert_array_equal(m_line.get_ydata(), arm.metrics["test_metric"])
         np.testing.assert_array_equal(l_line.get_ydata(), arm.metrics["train_loss"])
-    value_ax, abs_ax = figs["parameter_cdf"].axes
-    assert (
-        value_ax.get_xlabel() == "parameter value" and abs_ax.get_ylabel() == "cumulative fraction"
-    )
+    axes = {ax.get_label(): ax for ax in figs["parameter_cdf"].axes}
+    value_ax, abs_ax = axes["value"], axes["magnitude"]
+    assert abs_ax.get_ylabel() == "cumulative fraction"
+    assert axes["value:difference"].get_xlabel().startswith("parameter value")
     state = torch.load(run / "checkpoints" / "noise-class__none__s0.pt", weights_only=True)["model"]
     weights = torch.cat([state[n].reshape(-1) for n in data.layer_names]).numpy()
     for ax in (value_ax, abs_ax):
@@ -304,6 +305,150 @@ def test_training_curves_and_parameter_cdf(drawn, run):
             assert np.all(np.diff(line.get_xdata()) >= 0)
     assert value_ax.get_lines()[1].get_xdata()[-1] == pytest.approx(weights.max())
     assert abs_ax.get_lines()[1].get_xdata()[-1] == pytest.approx(np.abs(weights).max())
+
+
+def ecdf(values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    return np.array([(values <= x).mean() for x in at])
+
+
+def test_parameter_cdf_has_a_difference_panel_against_the_clean_arm(drawn, run):
+    """Where the CDFs coincide to the eye, the lower row shows F(arm) − F(clean) exactly."""
+    data, figs = drawn
+    axes = {ax.get_label(): ax for ax in figs["parameter_cdf"].axes}
+    weights = {}
+    for arm in ARMS:
+        state = torch.load(run / "checkpoints" / f"{arm}.pt", weights_only=True)["model"]
+        weights[arm] = torch.cat([state[n].reshape(-1) for n in data.layer_names]).numpy()
+    for name, transform in (("value", np.asarray), ("magnitude", np.abs)):
+        diff_ax = axes[f"{name}:difference"]
+        zero, *lines = diff_ax.get_lines()
+        assert zero.get_label() == "clean (reference)" and set(zero.get_ydata()) == {0.0}
+        assert [ln.get_label() for ln in lines] == ["noise-class", "noise-sample"]
+        for line, arm in zip(lines, ARMS[1:], strict=True):
+            at = line.get_xdata()[::50]
+            expected = ecdf(transform(weights[arm]), at) - ecdf(transform(weights[ARMS[0]]), at)
+            np.testing.assert_allclose(line.get_ydata()[::50], expected, atol=1e-12)
+        assert diff_ax.get_ylabel() == "F(arm) − F(its clean arm)"
+
+
+# --- how arms are told apart ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def defended(tmp_path_factory) -> Path:
+    """Two seeds of clean and one poison, each undefended and under cutout: eight arms, four of
+    them trained on clean data, of which only the two undefended ones are the clean reference."""
+    from conftest import tiny_spec, write_spec
+
+    root = tmp_path_factory.mktemp("defended")
+    spec = tiny_spec(
+        "defended",
+        training={"epochs": 2, "batch_size": 50, "optimizer": {"name": "sgd", "lr": 0.1}},
+        sal={"iterations": 1, "probe_size": 32, "probe_batch_size": 32},
+        poisons=[
+            {
+                "name": "random-noise",
+                "label": "noise-class",
+                "params": {"epsilon": 0.1, "mode": "class-wise"},
+            }
+        ],
+        defences=["none", "cutout"],
+        seeds=[0, 1],
+    )
+    path = write_spec(root / "defended.yaml", spec)
+    assert main(["eval", str(path), "--output", str(root / "runs"), "--quiet"]) == 0
+    return root / "runs" / "defended"
+
+
+def line_looks(ax) -> dict[str, tuple]:
+    return {
+        ln.get_label(): (to_hex(ln.get_color()), str(ln.get_linestyle()), ln.get_marker())
+        for ln in ax.get_lines()
+    }
+
+
+def test_only_the_undefended_clean_arm_is_black_and_every_arm_has_its_own_look(defended):
+    data = load_run(defended)
+    figs = build_figures(data)
+    metric_ax = next(ax for ax in figs["training_curves"].axes if ax.get_label() == "test_metric")
+    looks = line_looks(metric_ax)
+    assert sorted(looks) == sorted(
+        f"{arm} (seed {seed})"
+        for arm in ("clean", "noise-class", "clean + cutout", "noise-class + cutout")
+        for seed in (0, 1)
+    )
+    assert len(set(looks.values())) == len(looks)  # colour, line style and marker: never all shared
+    black = {label for label, (colour, _, _) in looks.items() if colour == "#000000"}
+    assert black == {"clean (seed 0)", "clean (seed 1)"}  # not "clean + cutout"
+    assert (
+        looks["clean (seed 0)"][1] == "-"
+    )  # solid black: the undefended clean arm of the first seed
+    assert looks["clean (seed 1)"][1] != "-"  # its other seed: black, another line style
+    for seed in (
+        0,
+        1,
+    ):  # within a seed every arm has its own colour, from the colour-blind-safe palette
+        colours = [c for label, (c, _, _) in looks.items() if label.endswith(f"(seed {seed})")]
+        assert len(set(colours)) == len(colours) == 4
+        assert set(colours) - {"#000000"} <= {c.lower() for c in figures.PALETTE}
+    for other in (
+        "learnable_proportion",
+        "parameter_cdf",
+    ):  # the same arm looks the same in every figure
+        ax = figs[other].axes[0]
+        assert line_looks(ax) == {label: looks[label] for label in line_looks(ax)}
+
+
+def test_arm_styles_never_repeat_when_arms_outnumber_the_palette():
+    experiments = [f"poison-{i}" for i in range(50)]  # 50 experiments × 3 seeds, 7 colours
+    keys = [figures.ArmKey("clean", "clean", 0, reference=True)] + [
+        figures.ArmKey(f"{e} (seed {s})", e, s) for e in experiments for s in (0, 1, 2)
+    ]
+    styles = figures.arm_styles(keys)
+    looks = [(st.colour, str(st.linestyle), st.marker) for st in styles.values()]
+    assert len(set(looks)) == len(keys)
+    first_seed = [styles[f"{e} (seed 0)"].colour for e in experiments[: len(figures.PALETTE)]]
+    assert first_seed == list(figures.PALETTE)  # every palette colour before any comes round again
+    assert [label for label, st in styles.items() if st.colour == figures.CLEAN_COLOUR] == ["clean"]
+    # a label alone is an arm of its own, the clean reference only when it is exactly "clean"
+    plain = figures.arm_styles(["clean", "clean + cutout", "clean-ish"])
+    assert plain["clean"].colour == figures.CLEAN_COLOUR
+    assert figures.CLEAN_COLOUR not in {plain["clean + cutout"].colour, plain["clean-ish"].colour}
+
+
+# --- the log-scale SAL heat map ------------------------------------------------------------------
+
+
+def test_sal_heatmap_log_scale_spans_the_positive_values_and_greys_out_zero():
+    sal = np.array([[0.0, 0.002], [0.05, 3.0]])  # epochs × layers: three decades and a zero
+    fig = figures.sal_heatmap(
+        [("clean", sal), ("noise", sal / 10)], ["a.weight", "b.weight"], log=True
+    )
+    images = [ax.images[0] for ax in panels(fig)]
+    for image in images:
+        assert isinstance(image.norm, LogNorm)
+        assert (image.norm.vmin, image.norm.vmax) == (0.0002, 3.0)  # one scale for both arms
+    np.testing.assert_array_equal(np.asarray(images[0].get_array()), sal.T)
+    drawn = images[0].to_rgba(images[0].get_array())  # the colours of the cells, layers × epochs
+    # zero has no place on a log scale: grey, unlike any value
+    assert to_hex(drawn[0, 0]) == "#bdbdbd"
+    assert "#bdbdbd" not in {to_hex(c) for c in drawn.reshape(-1, 4)[1:]}
+    colourbar = next(ax for ax in fig.axes if ax.get_label() == "<colorbar>")
+    assert colourbar.get_ylabel() == "SAL (log scale; grey: 0)"
+    assert "log colour scale" in fig.get_suptitle()
+    with pytest.raises(ValueError, match="no positive SAL"):
+        figures.sal_heatmap([("flat", np.zeros((2, 2)))], ["a", "b"], log=True)
+
+
+def test_the_report_adds_the_log_heat_map_when_sal_spans_a_decade(drawn, sal):
+    _, figs = drawn
+    assert figures.sal_heatmap_log_useful([np.array([0.5, 4.9])]) is False
+    assert figures.sal_heatmap_log_useful([np.array([0.0, 0.3]), np.array([3.0])]) is True
+    assert ("sal_heatmap_log" in figs) == figures.sal_heatmap_log_useful(list(sal.values()))
+    assert "sal_heatmap" in figs  # the paper's linear scale is always drawn
+    if "sal_heatmap_log" in figs:
+        (image, *_) = panels(figs["sal_heatmap_log"])[0].images
+        assert isinstance(image.norm, LogNorm)
 
 
 # --- loss landscape ------------------------------------------------------------------------------
