@@ -36,9 +36,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from harness.spec import Spec
+    from harness.schema import spec_schema
 
-    print(json.dumps(Spec.model_json_schema(), indent=2))
+    only = {d.strip() for d in args.only.split(",") if d.strip()} if args.only else None
+    print(json.dumps(spec_schema(_components(False), only), indent=2))
     return 0
 
 
@@ -230,7 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("schema", help="print the JSON schema of spec files")
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON schema of spec files, with every installed component and its parameters "
+        "(for editors: `harness schema > spec.schema.json`, then the spec's first line "
+        "`# yaml-language-server: $schema=spec.schema.json`)",
+    )
+    p.add_argument(
+        "--only",
+        default=None,
+        metavar="DISTRIBUTIONS",
+        help="comma-separated distributions whose components the schema lists (default: all installed)",
+    )
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("plugins", help="list every component by kind, and broken plugins")
