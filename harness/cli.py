@@ -45,6 +45,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     components = _components(args.strict)
+    if args.name:
+        return _describe_component(components, args.name, args.json)
     if args.json:
         out = {
             kind: [
@@ -76,6 +78,42 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print("broken plugins:")
         for f in components.failures:
             print(f"  {f.plugin} ({f.distribution} {f.version}): {f.error}")
+    return 0
+
+
+def _describe_component(components, name: str, as_json: bool) -> int:
+    from harness.errors import UnknownComponentError
+    from harness.explain import describe, parameter_rows
+    from harness.registry import did_you_mean
+
+    found = []
+    for registry in components.registries.values():
+        try:
+            found.append(registry.get(name))
+        except UnknownComponentError:
+            continue
+    if not found:
+        every = sorted({n for registry in components.registries.values() for n in registry.names()})
+        raise UnknownComponentError(f"no component named {name!r}: {did_you_mean(name, every)}")
+    if as_json:
+        out = [
+            {
+                "name": r.name,
+                "kind": r.kind,
+                **r.provenance(),
+                "description": r.record.description,
+                "paper": getattr(r.record, "paper", None),
+                "deviations": list(getattr(r.record, "deviations", ())),
+                "params": [
+                    dict(zip(("name", "type", "default", "description"), row, strict=True))
+                    for row in parameter_rows(r.record.params)
+                ],
+            }
+            for r in found
+        ]
+        print(json.dumps(out, indent=2))
+    else:
+        print("\n\n".join(describe(r) for r in found))
     return 0
 
 
@@ -245,9 +283,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("plugins", help="list every component by kind, and broken plugins")
-    p.add_argument("--strict", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "plugins",
+        help="list every component by kind, and broken plugins; with NAME, one component's kind, "
+        "origin, paper, deviations and parameters",
+    )
+    p.add_argument(
+        "name",
+        nargs="?",
+        default=None,
+        help="a component name (e.g. em, small-cnn, timm:resnet18) to describe in full",
+    )
+    p.add_argument("--strict", action="store_true", help="exit 2 if any installed plugin is broken")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("score", help="recompute a run's entries from its run.h5 alone")

@@ -360,3 +360,35 @@ def test_specs_still_validate_next_to_a_broken_plugin(broken_site: Path, tmp_pat
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
     assert "warning: plugin harness-broken-plugin:broken" in result.stderr
+
+
+# --- 4. one component in full: harness plugins NAME ----------------------------------------------
+
+
+def test_plugins_name_shows_kind_origin_paper_deviations_and_parameters(capsys) -> None:
+    from harness.cli import main
+
+    assert main(["plugins", "em"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("em  (poison)")
+    assert "harness 0.1.0 (plugin harness:poisons.em)" in out
+    assert "follows:     Huang" in out and "differs:" in out and "task-aware:  yes" in out
+    # every parameter with its type, default and description, nested ones by dotted name
+    assert "epsilon" in out and "float > 0, ≤ 1" in out and "L∞ bound of δ" in out
+    assert "surrogate.batch_size" in out and "default 512" in out
+
+
+def test_plugins_name_as_json_and_for_a_family_variant(capsys) -> None:
+    from harness.cli import main
+
+    assert main(["plugins", "timm:resnet18", "--json"]) == 0
+    (timm,) = json.loads(capsys.readouterr().out)
+    assert timm["kind"] == "backbone" and timm["name"] == "timm"
+    assert {p["name"] for p in timm["params"]} == {"kwargs", "small_input"}
+
+
+def test_plugins_name_unknown_suggests_a_close_name(capsys) -> None:
+    from harness.cli import main
+
+    assert main(["plugins", "nonee"]) == 2
+    assert "no component named 'nonee': did you mean 'none'?" in capsys.readouterr().err
