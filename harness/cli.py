@@ -24,12 +24,19 @@ def _components(strict: bool):
     return components
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from harness.preflight import preflight
+def _load_spec(args: argparse.Namespace, components):
+    """The spec file with the command line's overrides (`--seeds`, `--device`, then `--set`)."""
+    from harness.overrides import shorthand
     from harness.specfile import load_spec
 
+    return load_spec(args.spec, components, shorthand(args.seeds, args.device) + list(args.set))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from harness.preflight import preflight
+
     components = _components(args.strict)
-    loaded = load_spec(args.spec, components)
+    loaded = _load_spec(args, components)
     preflight(loaded, components)
     print(f"{args.spec}: valid (spec hash {loaded.hash[:12]})")
     return 0
@@ -121,11 +128,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harness.atomic import atomic_write_text
     from harness.progress import make_reporter
     from harness.runner import Runner
-    from harness.specfile import load_spec
     from harness.table import markdown, print_table
 
     started = time.perf_counter()
-    loaded = load_spec(args.spec, _components(args.strict))
+    loaded = _load_spec(args, _components(args.strict))
     runner = Runner(
         loaded,
         _components(args.strict),
@@ -243,30 +249,80 @@ def _landscape_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default where it has one worth showing (not for flags or unset ones)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" not in text
+            and default not in (None, False, [], argparse.SUPPRESS)
+            and not isinstance(action, argparse._StoreConstAction)
+            and action.option_strings
+        ):
+            text += f" (default: {default})"
+        return text
+
+
+def _spec_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="the spec file (YAML)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value, e.g. --set training.epochs=2 or "
+        "--set poisons.0.params.epsilon=0.0314 (VALUE is YAML; repeatable; checked like the file "
+        "and part of the spec hash)",
+    )
+    p.add_argument(
+        "--seeds", default=None, metavar="S,S,...", help="shorthand for --set seeds=[S,S,...]"
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        metavar="DEVICE",
+        help="shorthand for --set training.device=DEVICE (auto, cpu, cuda, cuda:N)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail when any installed plugin is broken (by default it is reported and skipped)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
-        "eval", help="run a spec: train every arm, stream SAL to HDF5, write entries"
+        "eval",
+        help="run a spec: train every arm, stream SAL to HDF5, write entries (resumable)",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("spec", help="spec file (YAML)")
+    _spec_options(p)
     p.add_argument(
-        "--output", type=Path, default=None, help="folder for runs (overrides the spec's `output`)"
+        "--output",
+        type=Path,
+        default=None,
+        help="folder for runs (default: the spec's `output`)",
     )
     p.add_argument(
         "--fresh",
         action="store_true",
         help="start over when the run folder holds a different spec (the old run is renamed)",
     )
-    p.add_argument("--strict", action="store_true", help="fail on any broken plugin")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("validate", help="check a spec without running it")
-    p.add_argument("spec")
-    p.add_argument("--strict", action="store_true")
+    p = sub.add_parser(
+        "validate",
+        help="check a spec without running it: every check eval makes before training",
+        formatter_class=HelpFormatter,
+    )
+    _spec_options(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(
@@ -352,9 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = data_sub.add_parser(
         "extract", help="unpack a data-set archive into the cache (~/.cache/harness/data)"
     )
-    p.add_argument("archive", type=Path)
+    p.add_argument(
+        "archive",
+        type=Path,
+        help="a .tar, .tar.gz or .tar.xz archive, e.g. ../shared/data/cifar10-jpg.tar.xz",
+    )
     p.add_argument("--dest", type=Path, default=None, help="target folder (default: the cache)")
     p.set_defaults(func=cmd_data_extract)
+    for command in (*sub.choices.values(), *data_sub.choices.values()):
+        command.formatter_class = HelpFormatter
     return parser
 
 

@@ -40,12 +40,17 @@ class SpecSource:
     key_positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     #: the file's text as read; None for a spec given as data
     text: str | None = None
+    #: command-line overrides applied to `data`: the path each set, and the option as written
+    overrides: dict[Path_, str] = field(default_factory=dict)
 
     def as_text(self) -> str:
-        """The spec as written (the file's own text), or its data as YAML when it came as data."""
-        if self.text is not None:
+        """The spec as run: the file's own text, or its data as YAML when it came as data or was
+        changed from the command line (then headed by the file and the options)."""
+        if self.text is not None and not self.overrides:
             return self.text
         out = io.StringIO()
+        if self.overrides:
+            out.write(f"# {self.path} with " + " ".join(self.overrides.values()) + "\n")
         YAML(typ="safe", pure=True).dump(self.data, out)
         return out.getvalue()
 
@@ -53,9 +58,12 @@ class SpecSource:
         """`file:line:col` of the deepest part of `loc` that exists in the file.
 
         `key=True` points at the key of a mapping entry rather than at its value (where an
-        unknown field is misspelt).
+        unknown field is misspelt). A value set from the command line is named by its option.
         """
         loc = tuple(loc)
+        for path, option in self.overrides.items():
+            if loc[: len(path)] == path:
+                return f"{option} (over {self.path})"
         if key and loc in self.key_positions:
             line, col = self.key_positions[loc]
             return f"{self.path}:{line}:{col}"
@@ -278,9 +286,17 @@ def validate_params(params_model: type[BaseModel], given: dict[str, Any]) -> dic
     return params_model.model_validate(given).model_dump(mode="json")
 
 
-def load_spec(path: str | Path, components: Components) -> LoadedSpec:
-    """Read, validate and resolve a spec; raises SpecError listing every problem found."""
-    return resolve_spec(read_spec_file(path), components)
+def load_spec(
+    path: str | Path, components: Components, overrides: list[str] | None = None
+) -> LoadedSpec:
+    """Read, validate and resolve a spec, with `KEY=VALUE` overrides applied (`--set`); raises
+    SpecError listing every problem found."""
+    source = read_spec_file(path)
+    if overrides:
+        from harness.overrides import apply_overrides
+
+        source = apply_overrides(source, overrides)
+    return resolve_spec(source, components)
 
 
 def spec_from_data(
