@@ -54,8 +54,10 @@ from harness.records import (
     Params,
     PoisonRecord,
     TaskHeadRecord,
+    TrackerRecord,
 )
 from harness.task import Metric, TaskHead
+from harness.tracking import RunInfo, Tracker
 
 __all__ = [
     "Backbone",
@@ -76,11 +78,14 @@ __all__ = [
     "Poison",
     "PoisonContext",
     "PoisonRecord",
+    "RunInfo",
     "Split",
     "StepContext",
     "Subset",
     "TaskHead",
     "TaskHeadRecord",
+    "Tracker",
+    "TrackerRecord",
     "ValueRange",
     "__version__",
     "clamp_to_range",

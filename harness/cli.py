@@ -138,6 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         output_root=args.output,
         fresh=args.fresh,
         reporter=make_reporter(args.quiet),
+        log_to=[name.strip() for name in args.log_to.split(",") if name.strip()],
     )
     runner.prepare()
     entries = runner.run()
@@ -315,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start over when the run folder holds a different spec (the old run is renamed)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--log-to",
+        default="",
+        metavar="TRACKERS",
+        help="comma-separated experiment trackers to send the run to, beside the spec's `trackers` "
+        "(tensorboard, mlflow, or any installed; `harness plugins` lists them)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(

@@ -28,6 +28,7 @@ from harness.records import (
     DefenceRecord,
     PoisonRecord,
     TaskHeadRecord,
+    TrackerRecord,
 )
 
 PROJECT = "harness"
@@ -88,10 +89,22 @@ def harness_register_defences() -> list[DefenceRecord]:
     """
 
 
+@hookspec
+def harness_register_trackers() -> list[TrackerRecord]:
+    """Experiment trackers a spec can name under `trackers` (or `harness eval --log-to NAME`).
+
+    The factory returns a `Tracker`, which observes a run's events (run start, arm start, epoch
+    end with metrics and per-layer SAL, arm end, run end with the entries) and changes nothing.
+    Import the tracking library inside the factory, so the tracker is listed even where its
+    optional dependency is not installed, and fails with a message saying what to install.
+    """
+
+
 HOOK_FOR_KIND = {
     "dataset": "harness_register_datasets",
     "backbone": "harness_register_backbones",
     "task": "harness_register_task_heads",
     "poison": "harness_register_poisons",
     "defence": "harness_register_defences",
+    "tracker": "harness_register_trackers",
 }

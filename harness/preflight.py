@@ -8,7 +8,7 @@ problem found is reported at once, each with the spec's file, line and field.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from harness.assembly import Assembly, build_tasks, load_data, task_refs
@@ -56,6 +56,7 @@ def preflight(
     *,
     folder: RunFolder | None = None,
     fresh: bool = False,
+    log_to: Sequence[str] = (),
 ) -> Assembly:
     """Check everything and return the assembly the run will use; raise listing every problem.
 
@@ -85,6 +86,7 @@ def preflight(
         )
     _check_defences(loaded, components, tasks, problems)
     _check_poisons(loaded, components, problems)
+    _check_trackers(loaded, components, log_to, problems)
     device_ok = problems.attempt(
         lambda: resolve_device(spec.training.device),
         lambda exc: f"{where(('training', 'device'))}: training.device: {exc}",
@@ -140,6 +142,22 @@ def _build(
     except (HarnessError, ValueError) as exc:
         problems.add(f"{where}: {field}: {exc}")
         return None
+
+
+def _check_trackers(
+    loaded: LoadedSpec, components: Components, log_to: Sequence[str], problems: Problems
+) -> None:
+    """Each tracker built once, so a missing optional dependency is named before training."""
+    where = loaded.source.where
+    for i, ref in enumerate(loaded.spec.trackers):
+        _build(
+            components, "tracker", ref, where(("trackers", i, "name")), f"trackers.{i}", problems
+        )
+    for name in log_to:
+        try:
+            components.build("tracker", name, {})
+        except (HarnessError, ValueError) as exc:
+            problems.add(f"--log-to {name}: {exc}")
 
 
 def _check_crafting_tasks(assembly: Assembly, problems: Problems) -> None:

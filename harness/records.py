@@ -27,6 +27,7 @@ from harness.defence import Defence
 from harness.names import COMPONENT_NAME_RE
 from harness.poison import Poison
 from harness.task import TaskHead
+from harness.tracking import Tracker
 
 
 class Params(BaseModel):
@@ -123,7 +124,22 @@ class DefenceRecord(ComponentRecord):
     builds: ClassVar[type] = Defence
 
 
+@dataclass(frozen=True)
+class TrackerRecord(ComponentRecord):
+    """factory(params, context) -> Tracker (an experiment tracker observing runs)."""
+
+    kind: ClassVar[str] = "tracker"
+    builds: ClassVar[type] = Tracker
+
+
 RECORD_TYPES: dict[str, type[ComponentRecord]] = {
     cls.kind: cls
-    for cls in (DatasetRecord, BackboneRecord, TaskHeadRecord, PoisonRecord, DefenceRecord)
+    for cls in (
+        DatasetRecord,
+        BackboneRecord,
+        TaskHeadRecord,
+        PoisonRecord,
+        DefenceRecord,
+        TrackerRecord,
+    )
 }

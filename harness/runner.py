@@ -22,6 +22,7 @@ assembly, the poisons) it builds from the spec, so an arm can run in another pro
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ from harness.runfolder import RunFolder
 from harness.specfile import LoadedSpec
 from harness.store import EpochRow
 from harness.sysinfo import hardware
+from harness.tracking import RunInfo, TrackingReporter
 from harness.training import evaluate_all, make_optimizer, make_scheduler, on_device, train_epoch
 from harness.trajectory import ParameterTracer
 
@@ -192,6 +194,7 @@ class Runner:
         fresh: bool = False,
         reporter: Reporter | None = None,
         poison_cache: PoisonCache | None = None,
+        log_to: Sequence[str] = (),
     ) -> None:
         self.loaded = loaded
         self.spec = loaded.spec
@@ -202,6 +205,7 @@ class Runner:
             self.spec.name, output_root if output_root is not None else self.spec.output
         )
         self.poison_cache = poison_cache
+        self.log_to = list(log_to)
         self.assembly: Assembly | None = None
 
     @property
@@ -211,7 +215,7 @@ class Runner:
     def prepare(self) -> Assembly:
         self.reporter.stage(f"loading data set {self.spec.data.name}")
         self.assembly = preflight(
-            self.loaded, self.components, folder=self.folder, fresh=self.fresh
+            self.loaded, self.components, folder=self.folder, fresh=self.fresh, log_to=self.log_to
         )
         return self.assembly
 
@@ -225,19 +229,39 @@ class Runner:
             self.spec.name,
             stage=self.reporter.stage,
         )
-        poisons = PoisonedInputs(assembly, self.poison_cache, self.reporter)
+        reporter = self._tracked(assembly)
+        poisons = PoisonedInputs(assembly, self.poison_cache, reporter)
         try:
             for arm in plan_arms(self.spec):
                 run_arm(
-                    loaded,
-                    arm,
-                    self.folder,
-                    assembly=assembly,
-                    poisons=poisons,
-                    reporter=self.reporter,
+                    loaded, arm, self.folder, assembly=assembly, poisons=poisons, reporter=reporter
                 )
+            entries = compute_entries(self.folder.path)
+            write_entries(self.folder.path, entries)
+            if isinstance(reporter, TrackingReporter):
+                reporter.run_end(entries)
         finally:
-            self.reporter.close()
-        entries = compute_entries(self.folder.path)
-        write_entries(self.folder.path, entries)
+            reporter.close()
         return entries
+
+    def _tracked(self, assembly: Assembly) -> Reporter:
+        """The reporter, sending the run's events to the spec's trackers and those of --log-to."""
+        refs = [(ref.name, ref.name, ref.params) for ref in self.spec.trackers]
+        refs += [(name, name, {}) for name in self.log_to if name not in {r[0] for r in refs}]
+        if not refs:
+            return self.reporter
+        trackers = {
+            label: self.components.build("tracker", name, params) for label, name, params in refs
+        }
+        reporter = TrackingReporter(self.reporter, trackers)
+        reporter.run_start(
+            RunInfo(
+                self.spec.name,
+                self.loaded.hash,
+                self.loaded.resolved(),
+                self.folder.path,
+                assembly.layers,
+                assembly.task_layers,
+            )
+        )
+        return reporter

@@ -104,6 +104,7 @@ def spec_schema(components: Components, distributions: set[str] | None = None) -
         "tasks": ("task", "TaskRef"),
         "poisons": ("poison", "PoisonRef"),
         "defences": ("defence", "ArmComponentRef"),
+        "trackers": ("tracker", "ComponentRef"),
     }
     built = {
         field: _component_schema(components, kind, defs[base], defs, distributions)
@@ -113,7 +114,7 @@ def spec_schema(components: Components, distributions: set[str] | None = None) -
     for field in ("data", "task", "backbone"):
         keep = {k: v for k, v in props[field].items() if k in ("description", "default")}
         props[field] = {**built[field], **keep}
-    for field in ("tasks", "poisons", "defences"):
+    for field in ("tasks", "poisons", "defences", "trackers"):
         props[field]["items"] = built[field]
     augmentation = defs["TrainingSpec"]["properties"]["augmentation"]
     names = defs["AugmentationSpec"]["properties"]["name"]

@@ -207,6 +207,11 @@ class Spec(Strict):
     )
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
     landscape: LandscapeSpec = Field(default_factory=LandscapeSpec)
+    trackers: list[Component] = Field(
+        default_factory=list,
+        description="experiment trackers that watch the run (tensorboard, mlflow, ...); they change "
+        "nothing that is trained or scored and are not part of the spec hash",
+    )
     output: str = Field(
         default="runs", description="relative folder for runs; no '..', not absolute"
     )

@@ -219,7 +219,8 @@ def spec_hash(resolved: dict[str, Any]) -> str:
     it out keeps the hash of every spec written before the section existed. Enabled, it adds
     the trajectory to the run file, so it is part of the identity.
     """
-    identity = {k: v for k, v in resolved.items() if k not in ("output", "description")}
+    # where results go, prose, and who watches the run (trackers) change no result
+    identity = {k: v for k, v in resolved.items() if k not in ("output", "description", "trackers")}
     if not (identity.get("landscape") or {}).get("enabled", False):
         identity.pop("landscape", None)
     # fields added after the first runs, left out while unset so that older runs keep their hash
@@ -242,6 +243,7 @@ def _component_refs(spec: Spec) -> list[tuple[Path_, str, ComponentRef]]:
     refs += [(("tasks", i), "task", ref) for i, ref in enumerate(spec.tasks)]
     refs += [(("poisons", i), "poison", ref) for i, ref in enumerate(spec.poisons)]
     refs += [(("defences", i), "defence", ref) for i, ref in enumerate(spec.defences)]
+    refs += [(("trackers", i), "tracker", ref) for i, ref in enumerate(spec.trackers)]
     return refs
 
 
@@ -267,7 +269,12 @@ def _raw_component_refs(data: dict[str, Any]) -> list[tuple[Path_, str, Componen
             value = {"name": data[key]} if isinstance(data[key], str) else data[key]
             with contextlib.suppress(ValidationError):
                 refs.append(((key,), kind, adapter.validate_python(value)))
-    for key, kind in (("tasks", "task"), ("poisons", "poison"), ("defences", "defence")):
+    for key, kind in (
+        ("tasks", "task"),
+        ("poisons", "poison"),
+        ("defences", "defence"),
+        ("trackers", "tracker"),
+    ):
         items = data.get(key)
         for i, item in enumerate(items if isinstance(items, list) else []):
             with contextlib.suppress(ValidationError):
