@@ -34,11 +34,43 @@ def _load_spec(args: argparse.Namespace, components):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from harness.preflight import preflight
+    from harness.specfile import read_spec_file
+    from harness.tracks import is_submission
 
     components = _components(args.strict)
+    if is_submission(read_spec_file(args.spec).data):
+        return _validate_submission(args, components)
     loaded = _load_spec(args, components)
     preflight(loaded, components)
     print(f"{args.spec}: valid (spec hash {loaded.hash[:12]})")
+    return 0
+
+
+def _validate_submission(args: argparse.Namespace, components) -> int:
+    """A submission: its own fields, then the spec it composes with its track, as the scorer will."""
+    from harness.overrides import apply_overrides, shorthand
+    from harness.preflight import preflight
+    from harness.specfile import resolve_spec
+    from harness.tracks import composed_source, read_submission, read_track
+
+    overrides = shorthand(args.seeds, args.device) + list(args.set)
+    if overrides:
+        from harness.errors import SpecError
+
+        raise SpecError(
+            f"{args.spec}: a submission takes everything but its poisons from its track; "
+            "--set, --seeds and --device do not apply"
+        )
+    submission, source = read_submission(Path(args.spec))
+    track = read_track(args.tracks, submission.track)
+    name = submission.name or Path(args.spec).resolve().parent.name
+    loaded = resolve_spec(
+        apply_overrides(composed_source(submission, source, track, name), []), components
+    )
+    preflight(loaded, components)
+    print(
+        f"{args.spec}: valid submission to track {submission.track} (spec hash {loaded.hash[:12]})"
+    )
     return 0
 
 
@@ -139,6 +171,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         reporter=make_reporter(args.quiet),
         log_to=[name.strip() for name in args.log_to.split(",") if name.strip()],
+        reuse_clean=args.reuse_clean,
     )
     runner.prepare()
     entries = runner.run()
@@ -208,6 +241,24 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     entries = leaderboard.gather(args.sources)
     for path in leaderboard.write(entries, args.out):
         print(path)
+    return 0
+
+
+def cmd_leaderboard_score(args: argparse.Namespace) -> int:
+    from harness.scoring_queue import Limits, score_submissions
+
+    limits = Limits(seconds=args.timeout, memory_gb=args.memory_gb, sandbox=not args.no_sandbox)
+    tracks = args.tracks if args.tracks is not None else args.leaderboard / "tracks"
+    statuses = score_submissions(
+        args.submissions,
+        args.leaderboard,
+        tracks,
+        limits=limits,
+        log=lambda message: print(message, file=sys.stderr),
+    )
+    for st in statuses:
+        print(f"{st.id}: {st.status}" + (f" ({st.reason})" if st.reason else ""))
+    print(f"leaderboard: {args.leaderboard / 'leaderboard.md'}, {args.leaderboard / 'index.html'}")
     return 0
 
 
@@ -323,6 +374,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated experiment trackers to send the run to, beside the spec's `trackers` "
         "(tensorboard, mlflow, or any installed; `harness plugins` lists them)",
     )
+    p.add_argument(
+        "--reuse-clean",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="adopt the complete clean arms of another run folder of the same track instead of "
+        "training them (the leaderboard's scoring queue does this)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -331,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     _spec_options(p)
+    p.add_argument(
+        "--tracks",
+        type=Path,
+        default=Path("leaderboard/tracks"),
+        help="where the official tracks are, for a submission file (one with `track:`)",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(
@@ -385,7 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_landscape)
 
     p = sub.add_parser(
-        "leaderboard", help="gather entries into leaderboard.md and a static index.html"
+        "leaderboard",
+        help="leaderboard pages (build) and the scoring queue for submitted specs (score)",
+    )
+    board = p.add_subparsers(dest="leaderboard_command", required=True)
+    p = board.add_parser(
+        "build",
+        help="gather entries into leaderboard.md and a static index.html "
+        "(`harness leaderboard SOURCES --out DIR` is short for it)",
     )
     p.add_argument(
         "sources",
@@ -400,6 +472,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for leaderboard.md, index.html, entries.json",
     )
     p.set_defaults(func=cmd_leaderboard)
+
+    p = board.add_parser(
+        "score",
+        help="score every submission not yet scored on its official track: compose the spec, install "
+        "its package in an environment of its own, run it confined, file the entries, record a status",
+    )
+    p.add_argument(
+        "submissions", type=Path, help="folder of submissions, one folder each (submission.yaml)"
+    )
+    p.add_argument("--leaderboard", type=Path, required=True, help="the leaderboard folder")
+    p.add_argument(
+        "--tracks",
+        type=Path,
+        default=None,
+        help="the official tracks (default: LEADERBOARD/tracks)",
+    )
+    p.add_argument("--timeout", type=int, default=3600, help="seconds one submission may run")
+    p.add_argument(
+        "--memory-gb", type=float, default=16.0, help="address space one submission may use"
+    )
+    p.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="run without bubblewrap's read-only file system and no network (limits still apply)",
+    )
+    p.set_defaults(func=cmd_leaderboard_score)
 
     p = sub.add_parser(
         "submit", help="check a finished run and file its entries into a leaderboard folder"
@@ -423,12 +521,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dest", type=Path, default=None, help="target folder (default: the cache)")
     p.set_defaults(func=cmd_data_extract)
-    for command in (*sub.choices.values(), *data_sub.choices.values()):
+    for command in (*sub.choices.values(), *data_sub.choices.values(), *board.choices.values()):
         command.formatter_class = HelpFormatter
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if (
+        argv[:1] == ["leaderboard"]
+        and argv[1:2]
+        and argv[1] not in ("build", "score", "-h", "--help")
+    ):
+        argv.insert(1, "build")  # `harness leaderboard SOURCES --out DIR`, the original form
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -52,10 +52,12 @@ from harness.entries import ENTRIES_DIR, RUN_FILE, ComponentInfo, Entry
 from harness.entries import Track as EntryTrack
 from harness.errors import HarnessError
 from harness.sysinfo import harness_version
+from harness.tracks import SubmissionStatus
 
 MARKDOWN_FILE = "leaderboard.md"
 HTML_FILE = "index.html"
 DATA_FILE = "entries.json"
+STATUS_FILE = "submissions.json"
 NO_DEFENCE = "none"
 
 Warn = Callable[[str], None]
@@ -795,6 +797,9 @@ table.matrix td:first-child { text-align: left; }
 #methods li { margin: 0.3em 0; font-size: 0.9em; }
 #methods li:target { background: #fff6d5; }
 #empty { color: #8a5a00; }
+tr.status-failed td:nth-child(3) { color: #a40000; font-weight: bold; }
+tr.status-scored td:nth-child(3) { color: #1a6e1a; }
+#submissions pre { white-space: pre-wrap; font-size: 0.8em; max-height: 20em; overflow: auto; }
 </style>
 </head>
 <body>
@@ -808,6 +813,10 @@ table.matrix td:first-child { text-align: left; }
 </div>
 <p id="empty" hidden>No entry matches these filters.</p>
 <div id="tracks"></div>
+<section id="submissions" hidden><h2>Submissions</h2><p class="caption">Every submission the
+scoring queue has seen: scored (its entries are above) or failed, with the reason and the end of
+its log.</p><table class="submissions"><thead><tr><th>submission</th><th>track</th><th>status</th>
+<th>reason</th><th>entries</th></tr></thead><tbody></tbody></table></section>
 <section id="methods"><h2>Methods</h2><p class="caption">Each poison and defence with the paper its
 plugin says it follows; a link only where the citation gives a URL, an arXiv id or a DOI.</p><ul></ul></section>
 <script type="application/json" id="leaderboard-data">__DATA__</script>
@@ -1018,6 +1027,24 @@ plugin says it follows; a link only where the citation gives a URL, an arXiv id 
     });
     document.getElementById("empty").hidden = visible > 0;
   }
+  const submissions = document.getElementById("submissions");
+  (data.submissions || []).forEach((st) => {
+    const tr = document.createElement("tr");
+    tr.className = "status-" + st.status;
+    tr.dataset.submission = st.id;
+    [st.id, st.track || "?", st.status].forEach((v) => tr.appendChild(element("td", v)));
+    const reason = element("td", st.reason || "");
+    if (st.log_tail) {
+      const details = document.createElement("details");
+      details.appendChild(element("summary", "log"));
+      details.appendChild(element("pre", st.log_tail));
+      reason.appendChild(details);
+    }
+    tr.appendChild(reason);
+    tr.appendChild(element("td", String(st.entries.length)));
+    submissions.querySelector("tbody").appendChild(tr);
+    submissions.hidden = false;
+  });
   [trackSelect, poisonSelect, defenceSelect].forEach((s) => s.addEventListener("change", applyFilters));
   sections.forEach((s) => s.render());
 })();
@@ -1027,7 +1054,9 @@ plugin says it follows; a link only where the citation gives a URL, an arXiv id 
 """
 
 
-def page_data(tracks: list[TrackBoard]) -> dict[str, Any]:
+def page_data(
+    tracks: list[TrackBoard], submissions: list[SubmissionStatus] | None = None
+) -> dict[str, Any]:
     n = sum(len(r.entries) for t in tracks for r in t.rows)
     out_tracks = []
     for t in tracks:
@@ -1067,27 +1096,64 @@ def page_data(tracks: list[TrackBoard]) -> dict[str, Any]:
         "legend": [list(item) for item in LEGEND],
         "tracks": out_tracks,
         "methods": [m.as_json() for m in methods(tracks)],
+        "submissions": [st.model_dump(mode="json") for st in submissions or []],
     }
 
 
-def render_html(tracks: list[TrackBoard]) -> str:
+def render_html(tracks: list[TrackBoard], submissions: list[SubmissionStatus] | None = None) -> str:
     """The page, data inlined; `</` is escaped so no entry text can close the script block."""
-    data = json.dumps(page_data(tracks), sort_keys=True, allow_nan=False).replace("</", "<\\/")
+    data = json.dumps(page_data(tracks, submissions), sort_keys=True, allow_nan=False).replace(
+        "</", "<\\/"
+    )
     return PAGE.replace("__DATA__", data)
+
+
+def read_statuses(out: Path) -> list[SubmissionStatus]:
+    """The scoring queue's record of submissions in a leaderboard folder (none if it has none)."""
+    path = Path(out) / STATUS_FILE
+    if not path.is_file():
+        return []
+    try:
+        return [
+            SubmissionStatus.model_validate(s) for s in json.loads(path.read_text(encoding="utf-8"))
+        ]
+    except (ValueError, TypeError) as exc:
+        raise LeaderboardError(f"{path}: not a list of submission statuses ({exc})") from None
+
+
+def submissions_markdown(statuses: list[SubmissionStatus]) -> str:
+    lines = [
+        "## Submissions",
+        "",
+        "Scored by `harness leaderboard score` on the official tracks.",
+        "",
+        "| submission | track | status | reason | entries |",
+        "|---|---|---|---|---|",
+    ]
+    for st in sorted(statuses, key=lambda s: s.id):
+        lines.append(
+            _md_row([st.id, st.track or "?", st.status, st.reason or "", str(len(st.entries))])
+        )
+    return "\n".join(lines) + "\n"
 
 
 def write(entries: list[Entry], out: Path, *, warn: Warn | None = None) -> list[Path]:
     """`leaderboard.md`, `index.html` and `entries.json` (every entry, for machines) into `out`.
 
     `entries.json` holds every entry given, the not-counted repeats too: it is the record of
-    what was submitted, and each entry names its run.
+    what was submitted, and each entry names its run. Submission statuses recorded in the folder
+    by the scoring queue (`submissions.json`) are shown on both pages.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tracks = build(entries, warn=warn)
+    statuses = read_statuses(out)
     paths = [out / MARKDOWN_FILE, out / HTML_FILE, out / DATA_FILE]
-    atomic_write_text(paths[0], markdown(tracks))
-    atomic_write_text(paths[1], render_html(tracks))
+    text = markdown(tracks)
+    if statuses:
+        text += "\n" + submissions_markdown(statuses)
+    atomic_write_text(paths[0], text)
+    atomic_write_text(paths[1], render_html(tracks, statuses))
     ordered = sorted(entries, key=lambda e: (e.track.id, e.run, e.entry_id))
     atomic_write_text(
         paths[2], json.dumps([e.model_dump(mode="json") for e in ordered], indent=1) + "\n"

@@ -37,6 +37,7 @@ from harness.poisoning import PoisonedInputs
 from harness.preflight import preflight
 from harness.probe import SALProbe
 from harness.progress import Reporter
+from harness.reuse import adopt_clean_arms
 from harness.runfolder import RunFolder
 from harness.specfile import LoadedSpec
 from harness.store import EpochRow
@@ -195,6 +196,7 @@ class Runner:
         reporter: Reporter | None = None,
         poison_cache: PoisonCache | None = None,
         log_to: Sequence[str] = (),
+        reuse_clean: Path | str | None = None,
     ) -> None:
         self.loaded = loaded
         self.spec = loaded.spec
@@ -206,6 +208,7 @@ class Runner:
         )
         self.poison_cache = poison_cache
         self.log_to = list(log_to)
+        self.reuse_clean = RunFolder(reuse_clean) if reuse_clean is not None else None
         self.assembly: Assembly | None = None
 
     @property
@@ -229,6 +232,14 @@ class Runner:
             self.spec.name,
             stage=self.reporter.stage,
         )
+        if self.reuse_clean is not None:
+            adopted = adopt_clean_arms(
+                self.folder, self.reuse_clean, assembly, plan_arms(self.spec)
+            )
+            if adopted:
+                self.reporter.stage(
+                    f"clean arms from {self.reuse_clean.path}: {', '.join(adopted)}"
+                )
         reporter = self._tracked(assembly)
         poisons = PoisonedInputs(assembly, self.poison_cache, reporter)
         try:

@@ -195,12 +195,20 @@ def entry_file_name(entry: Entry) -> str:
 
 
 def submit(
-    run_dir: Path, leaderboard_dir: Path, *, replace: bool = False
+    run_dir: Path,
+    leaderboard_dir: Path,
+    *,
+    replace: bool = False,
+    exclude_arms: frozenset[str] = frozenset(),
 ) -> tuple[list[Path], list[Path]]:
-    """Verify the run, file its entries, rebuild the pages; returns (entry files written, unchanged)."""
+    """Verify the run, file its entries, rebuild the pages; returns (entry files written, unchanged).
+
+    `exclude_arms`: arms verified with the run but not filed (a track's clean arms, adopted from
+    the track's clean run, which is filed once by itself).
+    """
     from harness import leaderboard
 
-    entries = verify_run(run_dir)
+    entries = [e for e in verify_run(run_dir) if e.arm_id not in exclude_arms]
     target = Path(leaderboard_dir) / ENTRIES_DIR
     plan = []
     for e in entries:
