@@ -207,6 +207,9 @@ def _landscape_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an error"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -299,18 +302,79 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure ends in one `error:` line and an exit status, never a
+    traceback (`--debug` shows it): 2 bad input, 1 run failure, 130 interrupted."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except HarnessError as exc:
+        if args.debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
+        if args.debug:
+            raise
         print(
             "interrupted; rerun the same command to resume from the last complete epoch",
             file=sys.stderr,
         )
         return 130
+    except SystemExit as exc:  # nothing in the harness exits inside a command: a plugin did
+        if args.debug:
+            raise
+        print(
+            f"error: sys.exit({exc.code!r}) was called in {_culprit(exc.__traceback__)}; the "
+            "command stopped there (a plugin must raise an exception, never exit)",
+            file=sys.stderr,
+        )
+        return 1
+    except Exception as exc:  # a bug, here or in a plugin: say where, without the traceback
+        if args.debug:
+            raise
+        print(
+            f"error: {type(exc).__name__}: {_first_line(exc)} (raised in "
+            f"{_culprit(exc.__traceback__)}; `harness --debug ...` shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:300]
+
+
+def _culprit(tb) -> str:
+    """Where an exception came from: the innermost frame outside the harness core.
+
+    A plugin's module is named with the distribution that installed it, so the message says
+    whom to ask; when every frame is the harness's own, the innermost one is named.
+    """
+    import importlib.metadata as md
+    import traceback
+
+    frames = [
+        (f.f_globals.get("__name__", "?"), f.f_code.co_filename, line)
+        for f, line in traceback.walk_tb(tb)
+    ]
+    if not frames:
+        return "the harness"
+    outside = [fr for fr in frames if fr[0].split(".")[0] != "harness"]
+    module, filename, line = (outside or frames)[-1]
+    top = module.split(".")[0]
+    dists: list[str] = []
+    if top != "harness":
+        try:
+            dists = list(md.packages_distributions().get(top, []))
+            dists += [
+                ep.dist.name
+                for ep in md.entry_points(group="harness")
+                if ep.dist is not None and ep.module.split(".")[0] == top
+            ]
+        except Exception:  # some installed package's metadata is unreadable: the module will do
+            pass
+    where = f"module {module} ({Path(filename).name}:{line})"
+    return f"{where}, distribution {', '.join(sorted(set(dists)))}" if dists else where
 
 
 if __name__ == "__main__":
