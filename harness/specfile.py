@@ -204,14 +204,21 @@ class LoadedSpec:
         return spec_hash(self.resolved())
 
 
-def spec_hash(resolved: dict[str, Any]) -> str:
+def spec_hash(resolved: dict[str, Any], *, with_device: bool = False) -> str:
     """Identity of what a run computes; the output folder and prose do not change results.
+
+    Neither does `training.device`: a run killed on one machine resumes on another, and the
+    device it ran on is recorded as provenance. (Runs started before this rule carry the hash
+    that included it, `with_device=True`; they are still recognised, see
+    `harness.runfolder.holds_spec` and `harness.submit`.)
 
     A disabled `landscape` section is left out too: it changes nothing in the run, and leaving
     it out keeps the hash of every spec written before the section existed. Enabled, it adds
     the trajectory to the run file, so it is part of the identity.
     """
     identity = {k: v for k, v in resolved.items() if k not in ("output", "description")}
+    if not with_device and isinstance(identity.get("training"), dict):
+        identity["training"] = {k: v for k, v in identity["training"].items() if k != "device"}
     if not (identity.get("landscape") or {}).get("enabled", False):
         identity.pop("landscape", None)
     # fields added after the first runs, left out while unset so that older runs keep their hash
