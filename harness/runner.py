@@ -64,7 +64,7 @@ def run_arm(
     poisons = poisons or PoisonedInputs(assembly, reporter=reporter)
     spec, tasks, device = loaded.spec, assembly.tasks, assembly.device
     recipe = spec.training
-    state = folder.resume_arm(arm.id)
+    state = folder.resume_arm(arm.id, assembly.arm_config(arm), hardware(device))
     if state is not None and state.complete:
         reporter.arm_done(arm.id, skipped=True)
         return
@@ -236,8 +236,9 @@ class Runner:
                     poisons=poisons,
                     reporter=self.reporter,
                 )
+            entries = compute_entries(self.folder.path)
+            write_entries(self.folder.path, entries)
         finally:
             self.reporter.close()
-        entries = compute_entries(self.folder.path)
-        write_entries(self.folder.path, entries)
+            self.folder.unlock()
         return entries
