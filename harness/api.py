@@ -52,6 +52,7 @@ from harness.records import (
     DefenceRecord,
     NoParams,
     Params,
+    PoisonBudget,
     PoisonRecord,
     TaskHeadRecord,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "NoParams",
     "Params",
     "Poison",
+    "PoisonBudget",
     "PoisonContext",
     "PoisonRecord",
     "Split",

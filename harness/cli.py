@@ -1,4 +1,4 @@
-"""`harness`: eval, validate, schema, plugins, score, report, landscape, leaderboard, submit."""
+"""`harness`: eval, validate, schema, plugins, score, report, landscape, leaderboard, submit, cache."""
 
 from __future__ import annotations
 
@@ -187,6 +187,54 @@ def cmd_data_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _age(seconds: float) -> str:
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= length:
+            return f"{seconds / length:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def cmd_cache_list(args: argparse.Namespace) -> int:
+    from harness.poison_cache import PoisonCache
+
+    cache = PoisonCache()
+    entries = list(cache.entries())
+    print(f"poison cache: {cache.root}")
+    now = time.time()
+    for e in entries:
+        m = e.meta
+        label = m.get("label", "")
+        method = e.method + (f" ({label})" if label and label != e.method else "")
+        print(
+            f"  {e.key[:12]}  {method:<28} seed {m.get('seed', '?')!s:<5} "
+            f"{m.get('dataset', '?')!s:<14} {_size(e.size):>10}  {_age(now - e.modified)} old"
+        )
+    total = sum(e.size for e in entries)
+    print(f"{len(entries)} poison(s), {_size(total)}")
+    return 0
+
+
+def cmd_cache_clear(args: argparse.Namespace) -> int:
+    from harness.poison_cache import PoisonCache
+
+    cache = PoisonCache()
+    older = args.older_than * 86400 if args.older_than is not None else None
+    removed = cache.clear(method=args.method, older_than_s=older)
+    print(
+        f"removed {len(removed)} poison(s), {_size(sum(e.size for e in removed))}, "
+        f"from {cache.root}"
+    )
+    return 0
+
+
 def _landscape_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--arms",
@@ -289,6 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--replace", action="store_true", help="overwrite a different entry of the same name"
     )
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser(
+        "cache", help="the poison cache ($HARNESS_CACHE/poisons): list or clear generated poisons"
+    )
+    cache_sub = p.add_subparsers(dest="cache_command", required=True)
+    p = cache_sub.add_parser("list", help="every cached poison: method, seed, data set, size, age")
+    p.set_defaults(func=cmd_cache_list)
+    p = cache_sub.add_parser("clear", help="delete cached poisons (all, or those selected)")
+    p.add_argument("--method", default=None, help="only this poison method (e.g. em)")
+    p.add_argument(
+        "--older-than", type=float, default=None, metavar="DAYS", help="only those older than this"
+    )
+    p.set_defaults(func=cmd_cache_clear)
 
     p = sub.add_parser("data", help="data-set utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)
