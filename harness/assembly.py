@@ -12,12 +12,20 @@ anything is written, and this module's builders are what it checks.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cached_property
 from typing import Any
 
 import torch
 from torch import nn
 
-from harness.armconfig import ArmConfig, MetricInfo, TrainedTaskInfo, component_info, track_config
+from harness.armconfig import (
+    ArmConfig,
+    MetricInfo,
+    TrainedTaskInfo,
+    component_info,
+    data_fingerprint,
+    track_config,
+)
 from harness.backbone import backbone_layers, scored_layers
 from harness.context import BuildContext
 from harness.data import DataBundle, Subset, subset
@@ -126,6 +134,11 @@ class Assembly:
     def where(self, loc: tuple[Any, ...]) -> str:
         return self.source.where(loc)
 
+    @cached_property
+    def data_fingerprint(self) -> str:
+        """The data's content as the arms see it: part of the track (never its paths)."""
+        return data_fingerprint(self.data)
+
     # --- models ------------------------------------------------------------------------------------
     def build_model(
         self, backbone: ComponentRef | None = None, tasks: TaskSet | None = None
@@ -194,7 +207,7 @@ class Assembly:
             ),
             "evaluated_task": self.tasks.label,
             "crafting_task": self.crafting_label(arm),
-            "track": track_config(components, spec),
+            "track": track_config(components, spec, self.data_fingerprint),
         }
         if self.tasks.multi:
             config["tasks"] = [

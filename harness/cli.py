@@ -1,4 +1,4 @@
-"""`harness`: eval, validate, schema, plugins, score, report, landscape, leaderboard, submit."""
+"""`harness`: eval, validate, schema, plugins, score, report, landscape, leaderboard, submit, cache."""
 
 from __future__ import annotations
 
@@ -284,6 +284,54 @@ def cmd_data_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _age(seconds: float) -> str:
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= length:
+            return f"{seconds / length:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def cmd_cache_list(args: argparse.Namespace) -> int:
+    from harness.poison_cache import PoisonCache
+
+    cache = PoisonCache()
+    entries = list(cache.entries())
+    print(f"poison cache: {cache.root}")
+    now = time.time()
+    for e in entries:
+        m = e.meta
+        label = m.get("label", "")
+        method = e.method + (f" ({label})" if label and label != e.method else "")
+        print(
+            f"  {e.key[:12]}  {method:<28} seed {m.get('seed', '?')!s:<5} "
+            f"{m.get('dataset', '?')!s:<14} {_size(e.size):>10}  {_age(now - e.modified)} old"
+        )
+    total = sum(e.size for e in entries)
+    print(f"{len(entries)} poison(s), {_size(total)}")
+    return 0
+
+
+def cmd_cache_clear(args: argparse.Namespace) -> int:
+    from harness.poison_cache import PoisonCache
+
+    cache = PoisonCache()
+    older = args.older_than * 86400 if args.older_than is not None else None
+    removed = cache.clear(method=args.method, older_than_s=older)
+    print(
+        f"removed {len(removed)} poison(s), {_size(sum(e.size for e in removed))}, "
+        f"from {cache.root}"
+    )
+    return 0
+
+
 def _landscape_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--arms",
@@ -347,6 +395,9 @@ def _spec_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an error"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -509,6 +560,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_submit)
 
+    p = sub.add_parser(
+        "cache", help="the poison cache ($HARNESS_CACHE/poisons): list or clear generated poisons"
+    )
+    cache_sub = p.add_subparsers(dest="cache_command", required=True)
+    p = cache_sub.add_parser("list", help="every cached poison: method, seed, data set, size, age")
+    p.set_defaults(func=cmd_cache_list)
+    p = cache_sub.add_parser("clear", help="delete cached poisons (all, or those selected)")
+    p.add_argument("--method", default=None, help="only this poison method (e.g. em)")
+    p.add_argument(
+        "--older-than", type=float, default=None, metavar="DAYS", help="only those older than this"
+    )
+    p.set_defaults(func=cmd_cache_clear)
+
     p = sub.add_parser("data", help="data-set utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     p = data_sub.add_parser(
@@ -527,6 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure ends in one `error:` line and an exit status, never a
+    traceback (`--debug` shows it): 2 bad input, 1 run failure, 130 interrupted."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if (
         argv[:1] == ["leaderboard"]
@@ -538,14 +604,73 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except HarnessError as exc:
+        if args.debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
+        if args.debug:
+            raise
         print(
             "interrupted; rerun the same command to resume from the last complete epoch",
             file=sys.stderr,
         )
         return 130
+    except SystemExit as exc:  # nothing in the harness exits inside a command: a plugin did
+        if args.debug:
+            raise
+        print(
+            f"error: sys.exit({exc.code!r}) was called in {_culprit(exc.__traceback__)}; the "
+            "command stopped there (a plugin must raise an exception, never exit)",
+            file=sys.stderr,
+        )
+        return 1
+    except Exception as exc:  # a bug, here or in a plugin: say where, without the traceback
+        if args.debug:
+            raise
+        print(
+            f"error: {type(exc).__name__}: {_first_line(exc)} (raised in "
+            f"{_culprit(exc.__traceback__)}; `harness --debug ...` shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:300]
+
+
+def _culprit(tb) -> str:
+    """Where an exception came from: the innermost frame outside the harness core.
+
+    A plugin's module is named with the distribution that installed it, so the message says
+    whom to ask; when every frame is the harness's own, the innermost one is named.
+    """
+    import importlib.metadata as md
+    import traceback
+
+    frames = [
+        (f.f_globals.get("__name__", "?"), f.f_code.co_filename, line)
+        for f, line in traceback.walk_tb(tb)
+    ]
+    if not frames:
+        return "the harness"
+    outside = [fr for fr in frames if fr[0].split(".")[0] != "harness"]
+    module, filename, line = (outside or frames)[-1]
+    top = module.split(".")[0]
+    dists: list[str] = []
+    if top != "harness":
+        try:
+            dists = list(md.packages_distributions().get(top, []))
+            dists += [
+                ep.dist.name
+                for ep in md.entry_points(group="harness")
+                if ep.dist is not None and ep.module.split(".")[0] == top
+            ]
+        except Exception:  # some installed package's metadata is unreadable: the module will do
+            pass
+    where = f"module {module} ({Path(filename).name}:{line})"
+    return f"{where}, distribution {', '.join(sorted(set(dists)))}" if dists else where
 
 
 if __name__ == "__main__":

@@ -2,12 +2,18 @@
 
 Because entries are a pure function of `run.h5`, `harness score RUN` can always recompute them,
 and a leaderboard can check a submitted entry against the file it came from.
+
+An arm that diverged (stopped at a non-finite loss or SAL value, see `harness.runfolder`) has
+no entry, and while one has, the run has none: `compute_entries` says which arm and where. The
+names an entry carries (`run`, `arm_id`, `task_label`) become file names, so they are checked
+against the patterns of run names and arm ids whenever an entry is read or made.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,14 +21,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.armconfig import ComponentInfo
-from harness.atomic import atomic_write_text
-from harness.errors import RunStateError
-from harness.names import UNDEFENDED, arm_id, clean_arm_id
+from harness.errors import DivergedError, RunStateError
+from harness.names import SLUG, UNDEFENDED, arm_id, clean_arm_id
 from harness.runfolder import ENTRIES_DIR, RUN_FILE, RunFolder
 from harness.scoring import learnable_counts, learnable_proportion, score, task_similarity
 from harness.store import ArmData
 
 SCHEMA_VERSION = 1
+#: an arm id: `<poison label>__<defence label>__s<seed>` (harness.names.arm_id)
+ARM_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}__[A-Za-z0-9][A-Za-z0-9._-]{0,63}__s[0-9]{1,20}$"
 
 __all__ = ["ENTRIES_DIR", "RUN_FILE", "ComponentInfo", "Entry", "Track", "arm_id", "clean_arm_id"]
 
@@ -88,8 +95,8 @@ class HDF5Ref(Model):
 
 class Entry(Model):
     schema_version: Literal[1] = SCHEMA_VERSION
-    run: str
-    arm_id: str
+    run: str = Field(pattern=SLUG, description="the run's name (it names the entry's file)")
+    arm_id: str = Field(pattern=ARM_ID)
     seed: int
     epochs: int
     poison: ComponentInfo | None = Field(description="None for the clean reference")
@@ -106,6 +113,7 @@ class Entry(Model):
     )
     task_label: str | None = Field(
         default=None,
+        pattern=SLUG,
         description="multi-task runs: the task of the arm this entry scores (one entry per task)",
     )
     track: Track
@@ -235,12 +243,46 @@ def _entry(
     )
 
 
+def diverged_arms(arms: list[ArmData]) -> list[str]:
+    """Each arm that diverged, with where: marked so when it stopped, or holding a non-finite
+    loss or SAL value (a run written before divergence stopped arms)."""
+    found = []
+    for arm in arms:
+        if arm.diverged is not None:
+            epoch, reason = arm.diverged
+            found.append(f"{arm.arm_id} at epoch {epoch} ({reason})")
+            continue
+        bad = arm.first_non_finite()
+        if bad is not None:
+            found.append(f"{arm.arm_id} at epoch {bad[0]} ({'; '.join(bad[1])})")
+    return found
+
+
 def compute_entries(run_dir: Path) -> list[Entry]:
-    """Every complete arm's entry, from `run_dir/run.h5` alone."""
-    store = RunFolder(run_dir).readable_store()
+    """Every complete arm's entry, from `run_dir/run.h5` alone.
+
+    Refused (`DivergedError`) while an arm of the run has diverged: its numbers mean nothing,
+    and β or a UD computed beside them would be taken for results.
+    """
+    folder = RunFolder(run_dir)
+    folder.check_unlocked()
+    store = folder.readable_store()
     path = store.path
     root = store.root_attrs()
+    name = root.get("spec_name")
+    if not isinstance(name, str) or not re.match(SLUG, name):
+        raise RunStateError(
+            f"{path}: the run's name {name!r} is not a run name (letters, digits, '.', '_', '-'); "
+            "the file was edited"
+        )
     arms = {a: store.read_arm(a) for a in store.arm_ids()}
+    diverged = diverged_arms(list(arms.values()))
+    if diverged:
+        raise DivergedError(
+            f"{path}: training diverged in arm " + "; arm ".join(diverged) + ". A run with a "
+            "diverged arm has no entries: change the recipe (e.g. a lower "
+            "training.optimizer.lr) and run it again with --fresh"
+        )
     h5 = HDF5Ref(path=RUN_FILE, sha256=sha256_file(path))
     entries = []
     for arm in arms.values():
@@ -265,12 +307,15 @@ def compute_entries(run_dir: Path) -> list[Entry]:
 
 
 def write_entries(run_dir: Path, entries: list[Entry]) -> list[Path]:
-    out = RunFolder(run_dir).entries_dir
+    """Write `entries/<arm>.json`, holding the run folder's lock (no run may be writing it)."""
+    folder = RunFolder(run_dir)
     paths = []
-    for entry in entries:
-        path = out / f"{entry.entry_id}.json"
-        atomic_write_text(path, entry.model_dump_json(indent=2) + "\n")
-        paths.append(path)
+    with folder.locked("score"):
+        folder.refuse_links()
+        for entry in entries:
+            path = folder.entries_dir / f"{entry.entry_id}.json"
+            folder.write_text(path, entry.model_dump_json(indent=2) + "\n")
+            paths.append(path)
     return paths
 
 

@@ -1,10 +1,18 @@
-"""Exceptions the CLI turns into one clear message and a non-zero exit, never a traceback."""
+"""Exceptions the CLI turns into one clear message and a non-zero exit, never a traceback.
+
+Exit codes (`harness.cli.main`): 2 for a problem with what the user gave (a spec, a run folder,
+a plugin that cannot be built, a folder in use), 1 for a run that failed while it ran (training
+diverged, a plugin broke its contract, an unexpected error), 130 for an interruption.
+"""
 
 from __future__ import annotations
 
 
 class HarnessError(Exception):
     """Base for every error a user can act on."""
+
+    #: the exit status `harness` ends with on this error
+    exit_code: int = 2
 
 
 class SpecError(HarnessError):
@@ -36,3 +44,21 @@ class DataError(HarnessError):
 
 class RunStateError(HarnessError):
     """An existing run folder that does not match the spec being run."""
+
+
+class UnsafePathError(RunStateError):
+    """A path the harness would write through that leaves the folder it belongs to (a symlink)."""
+
+
+class RunFailure(HarnessError):
+    """A run that started and could not go on: its folder is left resumable (exit 1)."""
+
+    exit_code = 1
+
+
+class DivergedError(RunFailure):
+    """Training produced a non-finite loss or SAL value: the arm stops at its last good epoch."""
+
+
+class PoisonContractError(RunFailure, PluginError):
+    """A poison generator whose output (or whose handling of the clean data) breaks its contract."""

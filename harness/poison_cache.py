@@ -1,16 +1,33 @@
 """A disk cache of generated poisons, shared by every run, arm, defence and backbone that uses them.
 
 Generating a poison can cost far more than training on it (surrogate models, thousands of PGD
-steps), so a poison is stored under a key made of everything that determines it: the method and
-its resolved parameters, the plugin's distribution version, the data set with its parameters and
-subset, a fingerprint of the actual clean training data, and the seed. Entries are written
-atomically, so an interrupted generation never leaves a file that looks complete.
+steps), so a poison is stored under a key made of everything that determines it:
+
+- the method: its name, resolved parameters and label, the plugin's distribution and version,
+  and a **digest of its code** (`harness.sysinfo.code_digest`: the source of the module that
+  defines the generator and of every module it imports from its own package), so an edited
+  generator misses the cache even when its version was not bumped;
+- the crafting task, when the spec names one;
+- the data set: its name, parameters (without those naming files or folders) and subset, and a
+  fingerprint of the actual clean training inputs, labels and targets;
+- the seed, and the cache's format.
+
+The key is the SHA-256 of that identity as canonical JSON; the entry lives in
+`$HARNESS_CACHE/poisons/<key[:2]>/<key>.pt` (`~/.cache/harness/poisons` by default), with
+what it holds in `meta` (method, label, seed, data set, shape, when it was made) for
+`harness cache list`. Entries are written atomically and hold the SHA-256 of their tensor's
+bytes: a damaged entry (unreadable, or whose bytes no longer match) is reported, deleted and
+generated again, never used. Generators whose code cannot be read are never cached.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +37,15 @@ from torch import Tensor
 from harness.archive import cache_root
 from harness.atomic import atomic_write
 
-FORMAT = 1
+FORMAT = 2
 
 
-def data_fingerprint(x: Tensor, y: Tensor) -> str:
+def data_fingerprint(x: Tensor, y: Tensor, targets: dict[str, Tensor] | None = None) -> str:
     digest = hashlib.blake2b(digest_size=16)
-    for t in (x, y):
+    tensors = [x, y] + [targets[k] for k in sorted(targets or {})]
+    for name, t in zip(["x", "y", *sorted(targets or {})], tensors, strict=True):
+        if name not in ("x", "y"):
+            digest.update(name.encode())
         digest.update(str((tuple(t.shape), str(t.dtype))).encode())
         digest.update(t.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
@@ -43,6 +63,31 @@ def poison_key(poison: dict[str, Any], dataset: dict[str, Any], fingerprint: str
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def tensor_digest(x: Tensor) -> str:
+    t = x.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{tuple(t.shape)}:{t.dtype}\0".encode())
+    digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cached poison as `harness cache list` shows it."""
+
+    path: Path
+    size: int
+    modified: float
+    meta: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return self.path.stem
+
+    @property
+    def method(self) -> str:
+        return str(self.meta.get("poison", "?"))
+
+
 class PoisonCache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else cache_root() / "poisons"
@@ -50,20 +95,70 @@ class PoisonCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.pt"
 
-    def load(self, key: str, shape: tuple[int, ...]) -> tuple[Tensor, dict[str, Any]] | None:
+    def load(
+        self,
+        key: str,
+        shape: tuple[int, ...],
+        on_damaged: Callable[[Path, str], None] | None = None,
+    ) -> tuple[Tensor, dict[str, Any]] | None:
+        """The cached poison, or None. A damaged entry is deleted, reported to `on_damaged`
+        (path, why) and treated as a miss, so the poison is generated again."""
         path = self.path(key)
         if not path.exists():
             return None
         try:
             entry = torch.load(path, weights_only=True)
-            x = entry["x"]
-        except Exception:  # an unreadable entry is a cache miss, not an error
-            return None
-        if tuple(x.shape) != tuple(shape):
+            x, stored = entry["x"], entry["sha256"]
+            ok = isinstance(x, Tensor) and tensor_digest(x) == stored
+            why = "its content does not match the digest stored with it"
+        except Exception as exc:  # unreadable: a miss, never an error
+            ok, why = False, f"it cannot be read ({type(exc).__name__})"
+        if ok and tuple(x.shape) != tuple(shape):
+            ok, why = False, f"it holds shape {tuple(x.shape)}, not {tuple(shape)}"
+        if not ok:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            if on_damaged is not None:
+                on_damaged(path, why)
             return None
         return x.to(torch.float32), entry.get("meta", {})
 
     def save(self, key: str, x: Tensor, meta: dict[str, Any]) -> Path:
         path = self.path(key)
-        atomic_write(path, lambda f: torch.save({"x": x.detach().cpu(), "meta": meta}, f))
+        x = x.detach().cpu()
+        record = {"x": x, "sha256": tensor_digest(x), "meta": {"created": time.time(), **meta}}
+        atomic_write(path, lambda f: torch.save(record, f), root=self.root)
         return path
+
+    def entries(self) -> Iterator[CacheEntry]:
+        """Every entry, with its meta (read without loading the tensors); oldest first."""
+        found = []
+        for path in self.root.glob("??/*.pt"):
+            if path.is_symlink() or not path.is_file():
+                continue
+            try:
+                meta = dict(torch.load(path, weights_only=True, mmap=True).get("meta", {}))
+            except Exception:  # unreadable: still listed, so it can be cleared
+                meta = {"poison": "<unreadable>"}
+            stat = path.stat()
+            found.append(CacheEntry(path, stat.st_size, stat.st_mtime, meta))
+        yield from sorted(found, key=lambda e: e.modified)
+
+    def clear(
+        self, *, method: str | None = None, older_than_s: float | None = None
+    ) -> list[CacheEntry]:
+        """Delete entries (of `method`, or older than `older_than_s` seconds); returns them."""
+        now = time.time()
+        removed = []
+        for entry in self.entries():
+            if method is not None and entry.method != method:
+                continue
+            if older_than_s is not None and now - entry.modified < older_than_s:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                entry.path.unlink()
+            removed.append(entry)
+        for folder in self.root.glob("??"):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+        return removed

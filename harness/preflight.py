@@ -4,6 +4,10 @@
 fail later, after hours of training earlier arms. Each component is built once (data set, task
 heads, model, every poison and defence, so checks inside their constructors run too), and every
 problem found is reported at once, each with the spec's file, line and field.
+
+With a run folder (`eval`), it is checked too, still without writing: that it can hold this
+spec's run, is not in use by another process, holds no link, and that every arm to be resumed
+has a readable checkpoint and still has the plugins (and data) it started with.
 """
 
 from __future__ import annotations
@@ -11,14 +15,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 from harness.assembly import Assembly, build_tasks, load_data, task_refs
 from harness.data import DataBundle
 from harness.errors import DataError, HarnessError, PluginError, RunStateError, SpecError
+from harness.plan import plan_arms
 from harness.pluginmanager import Components
-from harness.runfolder import RunFolder
+from harness.runfolder import RunFolder, holds_spec
 from harness.specfile import LoadedSpec
 from harness.taskset import TaskSet
-from harness.training import resolve_device
 
 
 class Problems:
@@ -87,18 +93,20 @@ def preflight(
     _check_defences(loaded, components, tasks, problems)
     _check_poisons(loaded, components, problems)
     _check_trackers(loaded, components, log_to, problems)
-    device_ok = problems.attempt(
-        lambda: resolve_device(spec.training.device),
-        lambda exc: f"{where(('training', 'device'))}: training.device: {exc}",
-    )
+    device_problem = device_unavailable(spec.training.device)
+    if device_problem:
+        problems.add(f"{where(('training', 'device'))}: training.device: {device_problem}")
+    device_ok = device_problem is None
     assembly = None
-    if data is not None and tasks is not None and device_ok is not None:
+    if data is not None and tasks is not None and device_ok:
         assembly = problems.attempt(lambda: Assembly(spec, loaded.source, components, data, tasks))
     if assembly is not None:
         _check_model(assembly, problems)
         _check_crafting_tasks(assembly, problems)
     if folder is not None:
-        problems.attempt(lambda: folder.check_target(loaded.hash, fresh))
+        target_ok = problems.attempt(lambda: folder.check_target(loaded.hash, fresh) or True)
+        if target_ok and assembly is not None:
+            _check_resumable_arms(assembly, folder, loaded.hash, problems)
     problems.raise_if_any()
     assert assembly is not None
     return assembly
@@ -189,3 +197,42 @@ def _check_model(assembly: Assembly, problems: Problems) -> None:
             f"trajectory takes {4 * n / 1e6:.1f} MB); raise `max_params`, trace a smaller model, or "
             "set `landscape.enabled: false`"
         )
+
+
+def device_unavailable(name: str) -> str | None:
+    """Why the spec's `training.device` cannot be used on this machine, or None when it can."""
+    if name in ("auto", "cpu"):
+        return None
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return None if mps is not None and mps.is_available() else "no MPS device on this machine"
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return (
+            f"{name!r} asks for a CUDA device, and this machine has none; use `auto` (CUDA "
+            "when there is one) or `cpu`"
+        )
+    index = int(name.partition(":")[2] or 0)
+    if index >= count:
+        return (
+            f"{name!r} does not exist: this machine has {count} CUDA device(s), "
+            f"cuda:0 to cuda:{count - 1}"
+        )
+    return None
+
+
+def _check_resumable_arms(
+    assembly: Assembly, folder: RunFolder, spec_hash: str, problems: Problems
+) -> None:
+    """Every checkpoint a resume would read: readable, and its arm's plugins unchanged."""
+    stored, _ = folder.resolved_spec()
+    if stored is None or not folder.checkpoints_dir.is_dir():
+        return  # a new run, or one set aside with --fresh
+    if not holds_spec(stored, spec_hash):
+        return
+    for arm in plan_arms(assembly.spec):
+        try:
+            state = folder.load_arm_state(arm.id, mmap=True)
+            folder.check_resumable(arm.id, assembly.arm_config(arm), state)
+        except RunStateError as exc:
+            problems.add(str(exc), RunStateError)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -100,16 +100,43 @@ class TaskHeadRecord(ComponentRecord):
 
 
 @dataclass(frozen=True)
+class PoisonBudget:
+    """The perturbation bound a poison promises, checked on what it returns.
+
+    Per sample, `‖poisoned − clean‖ ≤ bound` in the `norm` (`linf`: the largest change of any
+    value; `l2`: the Euclidean norm of the sample's change). `bound` is a number, or the name of
+    the parameter that holds it (`"epsilon"`; a dotted name reaches into nested parameters,
+    `"attack.epsilon"`). A poison whose output exceeds it stops the run with an error naming it.
+    """
+
+    norm: Literal["linf", "l2"]
+    bound: float | str
+
+    def limit(self, params: Any) -> float:
+        """The bound for these (validated) parameters."""
+        if not isinstance(self.bound, str):
+            return float(self.bound)
+        value: Any = params
+        for part in self.bound.split("."):
+            value = value[part] if isinstance(value, dict) else getattr(value, part)
+        return float(value)
+
+
+@dataclass(frozen=True)
 class PoisonRecord(ComponentRecord):
     """factory(params, context) -> Poison.
 
     `task_aware`: the generator minimises whatever task loss the context hands it (with that
     task's targets), so a spec may name the task to craft against (`crafting_task`).
+    `budget`: the perturbation bound the method promises (`PoisonBudget`), checked on every
+    poison it generates; None when it declares none (its output is still checked to be finite
+    and inside the data's value range).
     """
 
     paper: str = ""
     deviations: tuple[str, ...] = field(default_factory=tuple)
     task_aware: bool = False
+    budget: PoisonBudget | None = None
     kind: ClassVar[str] = "poison"
     builds: ClassVar[type] = Poison
 

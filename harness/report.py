@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from harness import figures, landscape
-from harness.atomic import atomic_write_text
+from harness.atomic import atomic_write
 from harness.entries import Entry, compute_entries
 from harness.errors import HarnessError, RunStateError
 from harness.names import CLEAN, UNDEFENDED, clean_arm_id
@@ -89,10 +90,20 @@ def load_run(run_dir: Path) -> RunData:
     store = RunFolder(run_dir).readable_store()
     root = store.root_attrs()
     arms = sorted((store.read_arm(a) for a in store.arm_ids()), key=_order)
+    notes = [
+        f"{a.arm_id} stopped at epoch {a.diverged[0]}, where training diverged ({a.diverged[1]})"
+        for a in arms
+        if a.diverged is not None
+    ]
     arms = [a for a in arms if a.sal.shape[0] > 0]
+    for arm in list(arms):  # a run from before diverged arms were stopped: leave them out
+        bad = arm.first_non_finite()
+        if bad is not None:
+            arms.remove(arm)
+            notes.append(f"{arm.arm_id} diverged at epoch {bad[0]} ({'; '.join(bad[1])}): left out")
     if not arms:
-        raise RunStateError(f"{store.path}: no arm has a complete epoch yet; nothing to draw")
-    notes = []
+        why = "; ".join(notes) or "no arm has a complete epoch yet"
+        raise RunStateError(f"{store.path}: nothing to draw: {why}")
     betas = {}
     for seed in sorted({a.config.seed for a in arms}):
         clean = next((a for a in arms if a.arm_id == clean_arm_id(seed)), None)
@@ -298,9 +309,11 @@ CAPTIONS: dict[str, str] = {
 
 
 def _png(fig: Figure, path: Path) -> bytes:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path.read_bytes()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    data = buffer.getvalue()
+    atomic_write(path, lambda f: f.write(data), root=path.parent.parent)  # RUN/figures/x.png
+    return data
 
 
 def _entries_table(entries: list[Entry]) -> str:
@@ -375,6 +388,7 @@ def render_html(run: RunData, pngs: dict[str, bytes], captions: dict[str, str]) 
 
 def build_report(run_dir: Path) -> tuple[Path, list[Path]]:
     """Write `RUN/figures/*.png` and `RUN/report.html`; returns (page, figure files)."""
+    RunFolder(run_dir).refuse_links()
     run = load_run(Path(run_dir))
     out_dir = run.run_dir / FIGURES_DIR
     pngs: dict[str, bytes] = {}
@@ -398,7 +412,7 @@ def build_report(run_dir: Path) -> tuple[Path, list[Path]]:
             "landscape, and the next report includes it"
         )
     page = RunFolder(run.run_dir).report_file
-    atomic_write_text(page, render_html(run, pngs, captions))
+    RunFolder(run.run_dir).write_text(page, render_html(run, pngs, captions))
     return page, paths
 
 
@@ -419,6 +433,5 @@ def draw_landscape(
     panels = landscape.compute_panels(run_dir, components, arms, settings, log)
     c1, c2 = settings.components
     path = RunFolder(run_dir).figures_dir / f"landscape_pc{c1}-{c2}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figures.loss_landscape(panels).savefig(path, dpi=DPI)
+    _png(figures.loss_landscape(panels), path)
     return path

@@ -67,7 +67,7 @@ def run_arm(
     poisons = poisons or PoisonedInputs(assembly, reporter=reporter)
     spec, tasks, device = loaded.spec, assembly.tasks, assembly.device
     recipe = spec.training
-    state = folder.resume_arm(arm.id)
+    state = folder.resume_arm(arm.id, assembly.arm_config(arm), hardware(device))
     if state is not None and state.complete:
         reporter.arm_done(arm.id, skipped=True)
         return
@@ -253,6 +253,7 @@ class Runner:
                 reporter.run_end(entries)
         finally:
             reporter.close()
+            self.folder.unlock()
         return entries
 
     def _tracked(self, assembly: Assembly) -> Reporter:

@@ -4,6 +4,11 @@ Every model forbids unknown fields, so a misspelt key is an error rather than a 
 setting. Component parameters (`params:`) are checked in a second stage, against the plugin's
 own `Params` model, by `harness.specfile.load_spec`; what needs the built components (the data,
 the model, the plugins' constructors) is checked by `harness.preflight`.
+
+Every number is range-checked here, so that `harness validate` refuses what would break a run
+later: integers are integers (`epochs: true` is not 1; `Count`), real numbers are finite and fit
+the float32 arithmetic torch trains in (`Real`: no `.inf`, no `1e300`), and seeds stay inside
+what every random generator accepts once the harness derives its streams from them (`Seed`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -24,9 +30,22 @@ from pydantic_core import PydanticCustomError
 
 from harness.names import ARM_ID_SEPARATOR, CLEAN, COMPONENT_NAME, SLUG, UNDEFENDED, arm_id
 
+#: the largest float32: a larger learning rate or weight overflows torch's arithmetic
+MAX_REAL = 3.4e38
+#: seeds are below 2**32: NumPy's and scikit-learn's generators take no more, and the streams
+#: the harness derives from a seed (seed × 1,000,003 + salt) then stay far inside the 64 bits
+#: a torch.Generator takes
+SEED_LIMIT = 2**32
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+#: an integer, never a boolean or a float (`epochs: true` is refused, not read as 1)
+Count = Annotated[int, Strict()]
+#: a finite real number that fits float32; integers are accepted, booleans are not
+Real = Annotated[float, Strict(), Field(allow_inf_nan=False, ge=-MAX_REAL, le=MAX_REAL)]
+Seed = Annotated[int, Strict(), Field(ge=0, lt=SEED_LIMIT)]
+
+
+class Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _name_or_mapping(value: Any) -> Any:
@@ -34,7 +53,7 @@ def _name_or_mapping(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
-class ComponentRef(Strict):
+class ComponentRef(Closed):
     name: str = Field(pattern=COMPONENT_NAME, description="registered component name")
     params: dict[str, Any] = Field(
         default_factory=dict, description="checked against the plugin's Params"
@@ -68,7 +87,7 @@ class TaskRef(ComponentRef):
         pattern=SLUG,
         description="key of this task in files and tables; defaults to the task name",
     )
-    weight: float = Field(
+    weight: Real = Field(
         default=1.0, gt=0, description="weight of this task's loss in the sum trained"
     )
 
@@ -83,44 +102,46 @@ PoisonComponent = Annotated[PoisonRef, BeforeValidator(_name_or_mapping)]
 TaskComponent = Annotated[TaskRef, BeforeValidator(_name_or_mapping)]
 
 
-class SubsetSpec(Strict):
-    train: int | None = Field(default=None, gt=0, description="training samples kept (stratified)")
-    test: int | None = Field(default=None, gt=0, description="test samples kept (stratified)")
-    seed: int = Field(default=0, ge=0, description="seed of the subset draw")
+class SubsetSpec(Closed):
+    train: Count | None = Field(
+        default=None, gt=0, description="training samples kept (stratified)"
+    )
+    test: Count | None = Field(default=None, gt=0, description="test samples kept (stratified)")
+    seed: Seed = Field(default=0, description="seed of the subset draw")
 
 
 class DataSpec(ComponentRef):
     subset: SubsetSpec = Field(default_factory=SubsetSpec)
 
 
-class OptimizerSpec(Strict):
+class OptimizerSpec(Closed):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(default=0.1, gt=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(default=5e-4, ge=0)
+    lr: Real = Field(default=0.1, gt=0)
+    momentum: Real = Field(default=0.9, ge=0, lt=1)
+    weight_decay: Real = Field(default=5e-4, ge=0)
     nesterov: bool = False
 
 
-class ScheduleSpec(Strict):
+class ScheduleSpec(Closed):
     name: Literal["constant", "step", "cosine"] = "constant"
-    milestones: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
-    gamma: float = Field(default=0.1, gt=0, le=1)
+    milestones: list[Annotated[Count, Field(gt=0)]] = Field(default_factory=list)
+    gamma: Real = Field(default=0.1, gt=0, le=1)
 
 
-class AugmentationSpec(Strict):
+class AugmentationSpec(Closed):
     name: Literal["crop", "flip"]
-    padding: int = Field(
-        default=4, ge=0, description="crop only: zero padding before the random crop"
+    padding: Count = Field(
+        default=4, ge=0, le=1024, description="crop only: zero padding before the random crop"
     )
-    p: float = Field(default=0.5, ge=0, le=1, description="flip only: probability")
+    p: Real = Field(default=0.5, ge=0, le=1, description="flip only: probability")
 
 
 Augmentation = Annotated[AugmentationSpec, BeforeValidator(_name_or_mapping)]
 
 
-class TrainingSpec(Strict):
-    epochs: int = Field(gt=0, le=10_000)
-    batch_size: int = Field(default=128, gt=0)
+class TrainingSpec(Closed):
+    epochs: Count = Field(gt=0, le=10_000)
+    batch_size: Count = Field(default=128, gt=0, le=2**31 - 1)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     augmentation: list[Augmentation] = Field(default_factory=list)
@@ -128,25 +149,31 @@ class TrainingSpec(Strict):
     amp: bool = Field(
         default=False, description="mixed precision (bfloat16/float16 autocast on CUDA)"
     )
-    grad_clip: float | None = Field(default=None, gt=0)
+    grad_clip: Real | None = Field(default=None, gt=0)
 
 
-class SALSpec(Strict):
+class SALSpec(Closed):
     estimator: Literal["reference"] = Field(
         default="reference",
         description="reference: the paper's code (relative L2 ball, SGD ascent and descent, max of the two)",
     )
-    epsilon: float = Field(
+    epsilon: Real = Field(
         default=0.05, gt=0, description="ball radius relative to the layer's L2 norm"
     )
-    iterations: int = Field(
-        default=10, gt=0, description="outer iterations: a pass of SGD steps, then projection"
+    iterations: Count = Field(
+        default=10,
+        gt=0,
+        le=1_000_000,
+        description="outer iterations: a pass of SGD steps, then projection",
     )
-    inner_lr: float = Field(default=0.1, gt=0)
-    probe_size: int = Field(
-        default=256, gt=0, description="fixed probe subset of the arm's own training data"
+    inner_lr: Real = Field(default=0.1, gt=0)
+    probe_size: Count = Field(
+        default=256,
+        gt=0,
+        le=2**31 - 1,
+        description="fixed probe subset of the arm's own training data",
     )
-    probe_batch_size: int = Field(default=256, gt=0)
+    probe_batch_size: Count = Field(default=256, gt=0, le=2**31 - 1)
     probe_augment: bool = Field(
         default=False,
         description="apply the training augmentation to the probe, as the reference does",
@@ -158,7 +185,7 @@ class SALSpec(Strict):
     )
 
 
-class LandscapeSpec(Strict):
+class LandscapeSpec(Closed):
     """Saving the parameter trajectory for the loss-landscape views (paper §3.1, Appendix A.4).
 
     Off by default: a snapshot is the whole flattened model, so the file grows by
@@ -169,7 +196,7 @@ class LandscapeSpec(Strict):
     enabled: bool = Field(
         default=False, description="save the flattened trainable parameters during training"
     )
-    every_steps: int = Field(
+    every_steps: Count = Field(
         default=5,
         gt=0,
         description="a snapshot every k optimisation steps (and at step 0), as the paper does",
@@ -179,14 +206,14 @@ class LandscapeSpec(Strict):
         description="arms to trace: 'clean', a poison label (every defence and seed of it) or a full arm id "
         "such as 'clean__none__s0'; null traces every arm",
     )
-    max_params: int = Field(
+    max_params: Count = Field(
         default=2_000_000,
         gt=0,
         description="refuse to trace a model with more trainable parameters than this",
     )
 
 
-class Spec(Strict):
+class Spec(Closed):
     name: str = Field(pattern=SLUG, description="run name; the run folder is <output>/<name>")
     description: str = ""
     data: Annotated[DataSpec, BeforeValidator(_name_or_mapping)]
@@ -205,7 +232,11 @@ class Spec(Strict):
         default_factory=lambda: [ArmComponentRef(name="none")],
         description="the undefended arms (`none`) are always run; list more to add defended arms",
     )
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description=f"each seed repeats every arm; 0 <= seed < {SEED_LIMIT} (2**32)",
+    )
     landscape: LandscapeSpec = Field(default_factory=LandscapeSpec)
     trackers: list[Component] = Field(
         default_factory=list,

@@ -1,9 +1,12 @@
 """Reading spec files safely, and reporting every problem with its file, line, column and field.
 
-Spec files come from third parties, so the YAML is first composed into nodes (nothing is
-constructed) and any tag outside plain YAML data types is refused; only then is it loaded with
-ruamel's safe loader. The node tree also gives the position of every value, which turns a
-pydantic error location such as `("training", "epochs")` into `spec.yaml:7:11`.
+Spec files come from third parties, so before anything is parsed the file's size, its number
+of values and how deep it nests are bounded (`MAX_SPEC_BYTES`, `MAX_VALUES`, `MAX_DEPTH`: a
+spec is a few kilobytes, and a parser fed megabytes of keys or thousands of nested brackets
+takes minutes, gigabytes, or Python's recursion limit). Then the YAML is composed into nodes
+(nothing is constructed) and any tag outside plain YAML data types is refused; only then is it
+loaded with ruamel's safe loader. The node tree also gives the position of every value, which
+turns a pydantic error location such as `("training", "epochs")` into `spec.yaml:7:11`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import contextlib
 import hashlib
 import io
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,14 @@ SAFE_TAGS = {
     f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")
 }
 MAX_NODES = 100_000
+#: refused before reading: a spec is a few kilobytes
+MAX_SPEC_BYTES = 2 * 1024 * 1024
+#: refused before parsing: values (keys, items, scalars) counted in the text
+MAX_VALUES = 20_000
+#: refused before parsing: levels of nesting (mappings, lists, flow brackets)
+MAX_DEPTH = 32
 Path_ = tuple[Any, ...]
+_BLOCK_SCALAR = re.compile(r"(^|[:\-]\s)\s*[|>][-+0-9]*\s*(#.*)?$")
 
 
 @dataclass
@@ -90,13 +102,90 @@ def _check_tag(node: Node, loc: Path_, source: Path) -> None:
         )
 
 
+def prescan(text: str, source: Path) -> None:
+    """Refuse, before any parser sees it, a text with too many values or nested too deep.
+
+    A lexical estimate, close enough to refuse what would cost minutes or exhaust the parser's
+    recursion, never a spec of realistic size: indentation levels, `- ` indicators and open
+    flow brackets count as nesting; keys, items and separators as values. Quoted strings,
+    comments and the lines of block scalars (`|`, `>`) count for nothing.
+    """
+    indents: list[int] = []
+    flow = values = 0
+    block_indent: int | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        body = line.lstrip(" ")
+        indent = len(line) - len(body)
+        if block_indent is not None:
+            if not body.strip() or indent > block_indent:
+                continue
+            block_indent = None
+        if not body.strip() or body.startswith("#"):
+            continue
+        if flow == 0:
+            while indents and indents[-1] >= indent:
+                indents.pop()
+            indents.append(indent)
+        dashes = 0
+        while body == "-" or body.startswith("- "):
+            dashes += 1
+            body = body[1:].lstrip(" ")
+        deepest, quote = flow, None
+        for i, ch in enumerate(body):
+            if quote is not None:
+                if ch == quote:
+                    quote = None
+            elif ch in "'\"" and (i == 0 or body[i - 1] in " [{,:"):
+                quote = ch
+            elif ch == "#" and (i == 0 or body[i - 1] == " "):
+                break
+            elif ch in "[{":
+                flow += 1
+                deepest = max(deepest, flow)
+            elif ch in "]}":
+                flow = max(0, flow - 1)
+            elif ch in ",:":
+                values += 1
+        values += 1 + dashes
+        depth = len(indents) + dashes + deepest
+        if depth > MAX_DEPTH:
+            raise _problem(
+                source,
+                number,
+                indent + 1,
+                f"the spec nests deeper than {MAX_DEPTH} levels; a spec needs a handful",
+            )
+        if values > MAX_VALUES:
+            raise _problem(
+                source,
+                number,
+                1,
+                f"the spec holds more than {MAX_VALUES} values; a spec needs a few dozen",
+            )
+        if _BLOCK_SCALAR.search(body):
+            block_indent = indent
+
+
 def _walk(
-    node: Node, loc: Path_, positions: dict, source: Path, budget: list[int], key_positions: dict
+    node: Node,
+    loc: Path_,
+    positions: dict,
+    source: Path,
+    budget: list[int],
+    key_positions: dict,
 ) -> None:
     budget[0] -= 1
     if budget[0] < 0:
         raise SpecError(
             f"{source}: the document is too large (over {MAX_NODES} values, or aliases expand too far)"
+        )
+    if len(loc) > MAX_DEPTH:
+        mark = node.start_mark
+        raise _problem(
+            source,
+            mark.line + 1,
+            mark.column + 1,
+            f"the spec nests deeper than {MAX_DEPTH} levels; a spec needs a handful",
         )
     mark = node.start_mark
     positions.setdefault(loc, (mark.line + 1, mark.column + 1))
@@ -123,10 +212,21 @@ def read_spec_file(path: str | Path) -> SpecSource:
         raise SpecError(f"{path}: no such spec file")
     if not path.is_file():
         raise SpecError(f"{path}: not a file")
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(
+            f"{path}: the file is {size / 2**20:.1f} MiB, over the limit of "
+            f"{MAX_SPEC_BYTES // 2**20} MiB for a spec (a spec is a few kilobytes); nothing was parsed"
+        )
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
+        if len(raw) > MAX_SPEC_BYTES:  # grew since it was measured, or a device
+            raise SpecError(f"{path}: over the limit of {MAX_SPEC_BYTES // 2**20} MiB for a spec")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
+    prescan(text, path)
     positions: dict[Path_, tuple[int, int]] = {}
     key_positions: dict[Path_, tuple[int, int]] = {}
     try:
@@ -147,6 +247,8 @@ def read_spec_file(path: str | Path) -> SpecSource:
         raise _problem(path, line, col, f"malformed YAML: {what}") from None
     except YAMLError as exc:
         raise SpecError(f"{path}: malformed YAML: {exc}") from None
+    except RecursionError:  # what the lexical estimate let through still never shows a traceback
+        raise SpecError(f"{path}: the spec nests too deep to be read") from None
     if not isinstance(data, dict):
         kind = {type(None): "null", str: "string", list: "list"}.get(
             type(data), type(data).__name__
@@ -163,6 +265,9 @@ _PATTERN_MEANING = {
 }
 
 
+_BOUNDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
 def _describe_error(err: dict) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "<spec>"
     msg = err["msg"]
@@ -177,6 +282,15 @@ def _describe_error(err: dict) -> str:
         msg = _PATTERN_MEANING[err["ctx"]["pattern"]]
     elif err["type"] == "value_error":
         msg = msg.removeprefix("Value error, ")
+    elif err["type"] in ("int_type", "float_type") and isinstance(err.get("input"), bool):
+        msg = "a boolean (true/false) is not a number; give the number itself"
+    elif err["type"] in _BOUNDS and isinstance(err.get("ctx"), dict):
+        for key in ("gt", "ge", "lt", "le"):  # 3.4e38 rather than its 39 digits
+            bound = err["ctx"].get(key)
+            if isinstance(bound, float) and abs(bound) >= 1e12:
+                msg = re.sub(r"\d{13,}", f"{bound:.6g}", msg)
+    elif err["type"] == "finite_number":
+        msg = "must be a finite number (not .inf, -.inf or .nan)"
     if err["type"] not in ("missing", "extra_forbidden", "arm_label") and "input" in err:
         shown = json.dumps(err["input"], default=str)
         if len(shown) <= 60:
@@ -212,8 +326,13 @@ class LoadedSpec:
         return spec_hash(self.resolved())
 
 
-def spec_hash(resolved: dict[str, Any]) -> str:
+def spec_hash(resolved: dict[str, Any], *, with_device: bool = False) -> str:
     """Identity of what a run computes; the output folder and prose do not change results.
+
+    Neither does `training.device`: a run killed on one machine resumes on another, and the
+    device it ran on is recorded as provenance. (Runs started before this rule carry the hash
+    that included it, `with_device=True`; they are still recognised, see
+    `harness.runfolder.holds_spec` and `harness.submit`.)
 
     A disabled `landscape` section is left out too: it changes nothing in the run, and leaving
     it out keeps the hash of every spec written before the section existed. Enabled, it adds
@@ -221,6 +340,8 @@ def spec_hash(resolved: dict[str, Any]) -> str:
     """
     # where results go, prose, and who watches the run (trackers) change no result
     identity = {k: v for k, v in resolved.items() if k not in ("output", "description", "trackers")}
+    if not with_device and isinstance(identity.get("training"), dict):
+        identity["training"] = {k: v for k, v in identity["training"].items() if k != "device"}
     if not (identity.get("landscape") or {}).get("enabled", False):
         identity.pop("landscape", None)
     # fields added after the first runs, left out while unset so that older runs keep their hash
@@ -283,14 +404,46 @@ def _raw_component_refs(data: dict[str, Any]) -> list[tuple[Path_, str, Componen
 
 
 def validate_params(params_model: type[BaseModel], given: dict[str, Any]) -> dict[str, Any]:
-    """Validate component params, refusing unknown keys even if the plugin's model allows them."""
+    """Validate component params, refusing unknown keys even if the plugin's model allows them.
+
+    As for the spec's own fields, a boolean given where the plugin takes a number (pydantic
+    would read `true` as 1) and a number that is not finite are refused, whatever the plugin's
+    model says.
+    """
     unknown = sorted(set(given) - set(params_model.model_fields))
     if unknown:
         raise ValidationError.from_exception_data(
             params_model.__name__,
             [{"type": "extra_forbidden", "loc": (k,), "input": given[k]} for k in unknown],
         )
-    return params_model.model_validate(given).model_dump(mode="json")
+    resolved = params_model.model_validate(given).model_dump(mode="json")
+    problems = _number_problems(given, resolved, ())
+    if problems:
+        raise ValidationError.from_exception_data(params_model.__name__, problems)
+    return resolved
+
+
+def _number_problems(given: Any, resolved: Any, loc: tuple[Any, ...]) -> list[Any]:
+    if isinstance(given, bool):
+        if isinstance(resolved, (int, float)) and not isinstance(resolved, bool):
+            return [{"type": "int_type", "loc": loc, "input": given}]
+        return []
+    if isinstance(given, float) and not math.isfinite(given):
+        return [{"type": "finite_number", "loc": loc, "input": given}]
+    if isinstance(given, dict) and isinstance(resolved, dict):
+        return [
+            p
+            for k in given
+            if k in resolved
+            for p in _number_problems(given[k], resolved[k], (*loc, k))
+        ]
+    if isinstance(given, list) and isinstance(resolved, list) and len(given) == len(resolved):
+        return [
+            p
+            for i, (g, r) in enumerate(zip(given, resolved, strict=True))
+            for p in _number_problems(g, r, (*loc, i))
+        ]
+    return []
 
 
 def load_spec(

@@ -31,7 +31,9 @@ resume, and its snapshots before the resume point are lost if the file has to be
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,6 +66,65 @@ class EpochRow:
     metrics: dict[str, float]
     task_sal: dict[str, list[float]] = field(default_factory=dict)
 
+    def non_finite(self) -> list[str]:
+        """What in this row is NaN or infinite: the SAL arrays and the losses (not the metrics,
+        which may be NaN by design, as a multi-task arm's overall test metric is)."""
+        found = []
+        for name in SAL_ARRAYS:
+            bad = int((~np.isfinite(np.asarray(getattr(self, name), dtype=np.float64))).sum())
+            if bad:
+                found.append(f"{name} has {bad} non-finite value(s)")
+        for label, values in sorted(self.task_sal.items()):
+            bad = int((~np.isfinite(np.asarray(values, dtype=np.float64))).sum())
+            if bad:
+                found.append(f"the SAL of task {label} has {bad} non-finite value(s)")
+        for name, value in sorted(self.metrics.items()):
+            if name.split(".")[0] in FINITE_METRICS and not math.isfinite(float(value)):
+                found.append(f"{name} is {float(value)}")
+        return found
+
+
+#: the metrics that must be finite in every recorded epoch (losses and timings)
+FINITE_METRICS = ("train_loss", "test_loss", "sal_base_loss", "lr")
+
+
+def stored_metric_names(task_labels: list[str] | None = None) -> list[str]:
+    """The metrics an arm's group holds, in the order `init_arm` creates them."""
+    per_task = [
+        f"{kind}.{label}" for label in task_labels or [] for kind in ("test_metric", "test_loss")
+    ]
+    return [*METRICS, *per_task]
+
+
+def row_digest(previous: str, row: EpochRow, metric_names: list[str]) -> str:
+    """The digest of an epoch's row as `run.h5` stores it, chained to the previous epoch's.
+
+    Values are taken as the file's float64 (every NaN alike) and metrics by the names the file
+    holds (a missing one is NaN, as `append_epoch` writes it), so a row read back from the file
+    has the digest of the row that was written. The chain (`previous` is the digest of the
+    epochs before, "" for the first) makes the last digest stand for every row of the arm.
+    """
+
+    def exact(values) -> list[str]:
+        return [float(v).hex() for v in np.asarray(values, dtype=np.float64).reshape(-1)]
+
+    canonical = {
+        "previous": previous,
+        **{name: exact(getattr(row, name)) for name in SAL_ARRAYS},
+        "metrics": {name: exact([row.metrics.get(name, math.nan)]) for name in metric_names},
+        "task_sal": {label: exact(values) for label, values in sorted(row.task_sal.items())},
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def row_digests(rows: list[EpochRow], metric_names: list[str]) -> list[str]:
+    """The chained digest after each row."""
+    out: list[str] = []
+    for row in rows:
+        out.append(row_digest(out[-1] if out else "", row, metric_names))
+    return out
+
 
 @dataclass
 class ArmData:
@@ -81,9 +142,45 @@ class ArmData:
         default_factory=dict
     )  # label -> [T, B], multi-task only
 
+    #: `(epoch, reason)` when the arm stopped because training diverged there
+    diverged: tuple[int, str] | None = None
+
     @property
     def sal(self) -> np.ndarray:
         return self.arrays["sal"]
+
+    @property
+    def rows_recorded(self) -> int:
+        """Rows every array holds (after a kill mid-append some may hold one more)."""
+        lengths = [a.shape[0] for a in self.arrays.values()]
+        lengths += [m.shape[0] for m in self.metrics.values()]
+        lengths += [t.shape[0] for t in self.task_sal.values()]
+        return min(lengths) if lengths else 0
+
+    def row(self, index: int) -> EpochRow:
+        """Epoch `index + 1` as recorded, in the form the runner writes it."""
+        return EpochRow(
+            sal=[float(v) for v in self.arrays["sal"][index]],
+            sal_ascent_loss=[float(v) for v in self.arrays["sal_ascent_loss"][index]],
+            sal_descent_loss=[float(v) for v in self.arrays["sal_descent_loss"][index]],
+            metrics={name: float(values[index]) for name, values in self.metrics.items()},
+            task_sal={
+                label: [float(v) for v in sal[index]] for label, sal in self.task_sal.items()
+            },
+        )
+
+    def first_non_finite(self) -> tuple[int, list[str]] | None:
+        """(epoch, what) of the first recorded row with a non-finite loss or SAL value."""
+        for t in range(self.rows_recorded):
+            bad = self.row(t).non_finite()
+            if bad:
+                return t + 1, bad
+        return None
+
+    def digests(self, epochs: int | None = None) -> list[str]:
+        """The chained row digests of the first `epochs` rows (default: every complete one)."""
+        n = self.last_complete_epoch if epochs is None else epochs
+        return row_digests([self.row(i) for i in range(n)], sorted(self.metrics))
 
 
 class RunStore:
@@ -184,10 +281,7 @@ class RunStore:
                     chunks=(max(1, min(64, epochs_planned)), max(1, n_layers)),
                 )
             m = g.create_group("metrics")
-            per_task = [
-                f"{kind}.{label}" for label in tasks or [] for kind in ("test_metric", "test_loss")
-            ]
-            for name in (*METRICS, *per_task):
+            for name in stored_metric_names(tasks):
                 m.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f8", chunks=(64,))
             if tasks:
                 t = g.create_group("tasks")
@@ -315,6 +409,20 @@ class RunStore:
         with self._open("a") as f:
             f["arms"][arm_id].attrs["complete"] = True
 
+    def mark_diverged(self, arm_id: str, epoch: int | None, reason: str = "") -> None:
+        """Record (or, with `epoch` None, clear) that the arm stopped because training diverged."""
+        with self._open("a") as f:
+            attrs = f["arms"][arm_id].attrs
+            if epoch is None:
+                if "diverged" in attrs:
+                    del attrs["diverged"]
+            else:
+                attrs["diverged"] = json.dumps({"epoch": epoch, "reason": reason})
+
+    def set_hardware(self, arm_id: str, hardware: dict[str, Any]) -> None:
+        with self._open("a") as f:
+            f["arms"][arm_id].attrs["hardware"] = json.dumps(hardware, sort_keys=True)
+
     def has_arm(self, arm_id: str) -> bool:
         with self._open("r") as f:
             return arm_id in f["arms"]
@@ -341,6 +449,7 @@ class RunStore:
                 if "tasks" in g
                 else [],
                 task_sal={label: g[f"tasks/{label}/sal"][()] for label in _task_labels(g)},
+                diverged=_diverged(g),
             )
 
 
@@ -354,3 +463,10 @@ def _datasets(group: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
 
 def _task_labels(group: h5py.Group) -> list[str]:
     return json.loads(group["tasks"].attrs["labels"]) if "tasks" in group else []
+
+
+def _diverged(group: h5py.Group) -> tuple[int, str] | None:
+    if "diverged" not in group.attrs:
+        return None
+    found = json.loads(group.attrs["diverged"])
+    return int(found["epoch"]), str(found.get("reason", ""))

@@ -148,11 +148,11 @@ def test_a_run_interrupted_around_the_trajectory_write_resumes_to_the_same_traje
             runfolder_module.RunStore.append_epoch,
         )
 
-        def fake_write(path, write, _real=real_write, _where=where, _calls=calls):
+        def fake_write(path, write, _real=real_write, _where=where, _calls=calls, **kw):
             _calls["n"] += 1
             if _where == "atomic_write" and _calls["n"] == 2:
                 raise Killed  # epoch 2's snapshots are in run.h5, its checkpoint is not
-            return _real(path, write)
+            return _real(path, write, **kw)
 
         def fake_append(store, arm, epoch, row, _real=real_append, _where=where):
             if _where == "append_epoch" and epoch == 2:

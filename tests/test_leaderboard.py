@@ -234,14 +234,14 @@ def test_tracks_are_titled_by_what_they_are_with_the_id_kept_small(small_runs, b
     other = figs[0].model_copy(
         update={
             "track": figs[0].track.model_copy(
-                update={"id": "0" * 16, "training": {**figs[0].track.training, "device": "cuda"}}
+                update={"id": "0" * 16, "training": {**figs[0].track.training, "amp": True}}
             )
         }
     )
     titles = sorted(t.title for t in leaderboard.build([*figs, other]))
     assert titles == [
-        track.title + " · training.device=auto",
-        track.title + " · training.device=cuda",
+        track.title + " · training.amp=False",
+        track.title + " · training.amp=True",
     ]
 
 

@@ -1,0 +1,135 @@
+"""Exit codes and error messages as a user meets them, in a real `harness` process.
+
+2: a problem with what was given (spec, run folder, plugin); 1: a run that failed while it ran;
+130: interrupted. No command shows a Python traceback unless asked with `--debug`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trust_helpers import cli, no_traceback, plugin_site, spec_file
+
+EXITS_IN_HOOK = """\
+import sys
+from harness.api import hookimpl
+
+@hookimpl
+def harness_register_poisons():
+    sys.exit(4)
+"""
+
+EXITS_ON_IMPORT = "import sys\nsys.exit(3)\n"
+
+BUGGY_POISON = """\
+from harness.api import Poison, PoisonRecord, hookimpl
+
+class Buggy(Poison):
+    def generate(self, data, ctx):
+        return data.train.x / 0 + undefined_name
+
+@hookimpl
+def harness_register_poisons():
+    return [PoisonRecord(name="buggy", factory=Buggy, description="raises NameError")]
+"""
+
+EXITS_IN_GENERATE = """\
+import sys
+from harness.api import Poison, PoisonRecord, hookimpl
+
+class Quitter(Poison):
+    def generate(self, data, ctx):
+        sys.exit("no GPU, giving up")
+
+@hookimpl
+def harness_register_poisons():
+    return [PoisonRecord(name="quitter", factory=Quitter, description="exits")]
+"""
+
+
+def test_a_plugin_calling_sys_exit_on_import_is_listed_as_broken_and_commands_go_on(
+    tmp_path: Path,
+) -> None:
+    site = plugin_site(tmp_path, "exits_on_import", EXITS_ON_IMPORT)
+    result = cli("validate", str(spec_file(tmp_path)), cwd=tmp_path, site=site)
+    assert result.returncode == 0, result.stderr
+    assert "exits-on-import" in result.stderr and "SystemExit: 3" in result.stderr
+    no_traceback(result)
+
+
+def test_a_plugin_calling_sys_exit_in_its_hook_is_named_and_the_command_fails(
+    tmp_path: Path,
+) -> None:
+    site = plugin_site(tmp_path, "exits_in_hook", EXITS_IN_HOOK)
+    for command in ("validate", "plugins"):
+        args = (command, str(spec_file(tmp_path))) if command == "validate" else (command,)
+        result = cli(*args, cwd=tmp_path, site=site)
+        assert result.returncode == 1, (command, result.stderr)
+        assert "sys.exit(4) was called in module exits_in_hook" in result.stderr
+        assert "distribution exits-in-hook" in result.stderr
+        no_traceback(result)
+
+
+def test_a_poison_calling_sys_exit_while_generating_stops_the_run_naming_it(
+    tmp_path: Path,
+) -> None:
+    site = plugin_site(tmp_path, "quitter_poison", EXITS_IN_GENERATE)
+    spec = spec_file(tmp_path, poisons=[{"name": "quitter"}])
+    result = cli("eval", str(spec), "--quiet", cwd=tmp_path, site=site)
+    assert result.returncode == 1
+    assert "sys.exit('no GPU, giving up') was called in module quitter_poison" in result.stderr
+    no_traceback(result)
+
+
+def test_an_unexpected_error_is_one_line_naming_where_and_debug_shows_the_traceback(
+    tmp_path: Path,
+) -> None:
+    site = plugin_site(tmp_path, "buggy_poison", BUGGY_POISON)
+    spec = spec_file(tmp_path, poisons=[{"name": "buggy"}])
+    result = cli("eval", str(spec), "--quiet", cwd=tmp_path, site=site)
+    assert result.returncode == 1
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert "NameError" in line and "module buggy_poison" in line and "--debug" in line
+    no_traceback(result)
+    debug = cli("--debug", "eval", str(spec), "--quiet", cwd=tmp_path, site=site)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_bad_input_exits_2(tmp_path: Path) -> None:
+    spec = spec_file(tmp_path, training={"epochs": 0})
+    result = cli("validate", str(spec), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "training.epochs" in result.stderr
+    no_traceback(result)
+
+
+def test_an_interrupted_run_exits_130_and_says_how_to_resume(tmp_path: Path) -> None:
+    spec = spec_file(tmp_path, training={"epochs": 200, "batch_size": 64})
+    env = {"OMP_NUM_THREADS": "1"}
+    import os
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "eval", str(spec), "--quiet"],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoint = tmp_path / "runs" / "t" / "checkpoints" / "clean__none__s0.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    while process.poll() is None:  # Python drops an interrupt that lands in a finaliser: repeat
+        process.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted; rerun the same command to resume" in err
+    assert "Traceback" not in err
