@@ -93,6 +93,11 @@ def describe(registered: Registered) -> str:
         lines.append(f"  follows:     {paper}")
     for deviation in getattr(record, "deviations", ()):
         lines.append(f"  differs:     {deviation}")
+    budget = getattr(record, "budget", None)
+    if budget is not None:
+        lines.append(
+            f"  budget:      {budget.norm} ≤ {budget.bound} (checked on every poison it generates)"
+        )
     if getattr(record, "task_aware", False):
         lines.append("  task-aware:  yes (a spec may set `crafting_task`)")
     rows = parameter_rows(record.params)

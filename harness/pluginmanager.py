@@ -167,7 +167,7 @@ def load_components(
             dist, version = provenance.get(impl.plugin_name, ("<unknown>", "?"))
             try:
                 records = impl.function()
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # a hook that raises, or exits, is its plugin's
                 components.failures.append(
                     PluginFailure(
                         impl.plugin_name, dist, version, f"{hook_name} raised {_describe(exc)}"

@@ -37,6 +37,7 @@ from harness.api import (
     DataBundle,
     Params,
     Poison,
+    PoisonBudget,
     PoisonContext,
     PoisonRecord,
     clamp_to_range,
@@ -245,6 +246,7 @@ def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="dc",
+            budget=PoisonBudget("linf", "epsilon"),
             factory=DeepConfuse,
             params=DCParams,
             description="DeepConfuse: a U-Net generator trained so that a classifier fitted to its "

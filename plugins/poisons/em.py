@@ -33,6 +33,7 @@ from harness.api import (
     DataBundle,
     Params,
     Poison,
+    PoisonBudget,
     PoisonContext,
     PoisonRecord,
     clamp_to_range,
@@ -268,6 +269,7 @@ def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="em",
+            budget=PoisonBudget("linf", "epsilon"),
             factory=ErrorMinimizingNoise,
             params=EMParams,
             task_aware=True,

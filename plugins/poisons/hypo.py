@@ -24,6 +24,7 @@ from harness.api import (
     DataBundle,
     Params,
     Poison,
+    PoisonBudget,
     PoisonContext,
     PoisonRecord,
     clamp_to_range,
@@ -117,6 +118,7 @@ def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="hypo",
+            budget=PoisonBudget("linf", "epsilon"),
             factory=HypocriticalPerturbation,
             params=HypoParams,
             description="hypocritical perturbations: PGD descending the loss of a clean-trained surrogate",

@@ -12,6 +12,7 @@ from harness.api import (
     DataBundle,
     Params,
     Poison,
+    PoisonBudget,
     PoisonContext,
     PoisonRecord,
     clamp_to_range,
@@ -48,6 +49,7 @@ def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="random-noise",
+            budget=PoisonBudget("linf", "epsilon"),
             factory=RandomNoise,
             params=RandomNoiseParams,
             description="uniform L∞ noise, sample-wise or class-wise (the baseline of every UE paper)",

@@ -31,6 +31,7 @@ from harness.api import (
     LossFn,
     Params,
     Poison,
+    PoisonBudget,
     PoisonContext,
     PoisonRecord,
     ValueRange,
@@ -233,6 +234,7 @@ def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="rem",
+            budget=PoisonBudget("linf", "epsilon"),
             factory=RobustErrorMinimizingNoise,
             params=REMParams,
             description="robust error-minimizing noise: min-min-max against an adversarially trained "

@@ -28,6 +28,7 @@ from harness.api import (
     DataBundle,
     Params,
     Poison,
+    PoisonBudget,
     PoisonContext,
     PoisonRecord,
     clamp_to_range,
@@ -165,6 +166,7 @@ def harness_register_poisons() -> list[PoisonRecord]:
     return [
         PoisonRecord(
             name="tap",
+            budget=PoisonBudget("linf", "epsilon"),
             factory=TargetedAdversarialPoison,
             params=TAPParams,
             description="targeted adversarial poisoning: PGD towards class (y+1) mod C against a "
