@@ -60,7 +60,9 @@ def test_a_second_eval_of_a_folder_in_use_says_who_holds_it_and_exits_2(finished
 
 
 def test_two_evals_started_together_one_runs_the_other_is_refused(tmp_path):
-    spec = spec_file(tmp_path, training={"epochs": 100, "batch_size": 64})
+    # long enough that the first is still training when the second starts, on any machine;
+    # it is killed below
+    spec = spec_file(tmp_path, training={"epochs": 10_000, "batch_size": 64})
     first = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "eval", str(spec), "--quiet"],
         cwd=tmp_path,
