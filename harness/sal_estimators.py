@@ -19,6 +19,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +42,8 @@ __all__ = [
     "ReferenceEstimator",
     "SALEstimator",
     "SALResult",
+    "SearchStep",
+    "shared_gradient",
     "project_to_ball",
     "sal_value",
 ]
@@ -61,6 +64,31 @@ class SALResult:
     base_loss: float
     paths: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: per layer, the search's steps, when the estimator was asked to record them (diagnostics)
+    traces: dict[str, list[SearchStep]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchStep:
+    """One iteration (reference) or step (normalised steps) of a layer's search, for diagnostics.
+
+    The losses are those of the copies after the step; distances are ‖copy − θ_l‖ / (ε‖θ_l‖),
+    so 1 means the copy sits on the edge of the ball.
+    """
+
+    ascent_loss: float
+    descent_loss: float
+    ascent_distance: float
+    descent_distance: float
+
+
+def _step_record(
+    up: Tensor, down: Tensor, ascent: Tensor, descent: Tensor, w0: Tensor, radius: float
+) -> SearchStep:
+    r = max(radius, 1e-30)
+    return SearchStep(
+        float(up), float(down), float((ascent - w0).norm()) / r, float((descent - w0).norm()) / r
+    )
 
 
 def sal_value(base: float, best_up: float, best_down: float) -> float:
@@ -125,7 +153,78 @@ def _check_layers(model: nn.Module, layers: Sequence[str]) -> None:
         raise KeyError(f"the model has no parameters named {missing}")
 
 
-class ReferenceEstimator(SALEstimator):
+class _LayerwiseEstimator(SALEstimator):
+    """An estimator that searches each layer's objective on its own, after some shared setup.
+
+    Subclasses give `prepare` (the base loss, and anything shared by the layers) and `search`
+    (the best ascent and descent losses of one layer). `cache` lets the objectives use the exact
+    prefix cache (`harness.sal_prefix`) where the probe is fixed; `record` keeps every layer's
+    search steps in `SALResult.traces` (a host sync per step: diagnostics only).
+    """
+
+    #: whether `search` reads training passes (the cache then holds their batches too)
+    train_passes = True
+
+    def __init__(
+        self, cache: bool = True, cache_bytes: int = DEFAULT_CACHE_BYTES, record: bool = False
+    ):
+        self.cache = cache
+        self.cache_bytes = cache_bytes
+        self.record = record
+
+    def estimate(
+        self,
+        model: nn.Module,
+        layers: Sequence[str],
+        loss_fn: LossFn,
+        probe: ProbeBatches,
+        base_loss: float | None = None,
+        autocast: contextlib.AbstractContextManager | None = None,
+        on_layer: Callable[[int], None] | None = None,
+    ) -> SALResult:
+        _check_layers(model, layers)
+        with searching(model):
+            factory = ObjectiveFactory(
+                model, loss_fn, probe, autocast, self.cache, self.cache_bytes, self.train_passes
+            )
+            base, shared = self.prepare(model, layers, loss_fn, probe, factory, autocast, base_loss)
+            result = SALResult(list(layers), [], [], [], base)
+            for i, objective in enumerate(factory.objectives(layers)):
+                trace: list[SearchStep] | None = [] if self.record else None
+                up, down = self.search(objective, shared, trace)
+                result.values.append(sal_value(base, up, down))
+                result.ascent_losses.append(up)
+                result.descent_losses.append(down)
+                result.paths.append(objective.path)
+                if trace is not None:
+                    result.traces[objective.name] = trace
+                del objective  # frees the layer's cached activations before the next layer
+                if on_layer is not None:
+                    on_layer(i)
+            result.notes = factory.notes
+            return result
+
+    @abstractmethod
+    def prepare(
+        self,
+        model: nn.Module,
+        layers: Sequence[str],
+        loss_fn: LossFn,
+        probe: ProbeBatches,
+        factory: ObjectiveFactory,
+        autocast: contextlib.AbstractContextManager | None,
+        base_loss: float | None,
+    ) -> tuple[float, Any]:
+        """(base loss, what the layers share)."""
+
+    @abstractmethod
+    def search(
+        self, objective: LayerObjective, shared: Any, trace: list[SearchStep] | None
+    ) -> tuple[float, float]:
+        """(best ascent loss, best descent loss) of one layer."""
+
+
+class ReferenceEstimator(_LayerwiseEstimator):
     """The paper's reference search, value for value.
 
     Derivation: SAL is a maximum over the ball, which the reference code approximates by
@@ -136,10 +235,10 @@ class ReferenceEstimator(SALEstimator):
     the best ascent and descent losses seen give SAL (`sal_value`).
 
     Known biases: a local search. With few SGD steps per pass (a small probe at a large batch)
-    the copies may never reach the edge of the ball within `iterations`, so SAL is then lower than
-    the true maximum, and lower than the same model measured on a bigger probe; the steps use raw
-    gradients, so layers with small gradients move little. The projection comes only after a
-    whole pass, so a copy may leave the ball during the pass.
+    the copies may not reach the edge of the ball within `iterations`, so SAL is then lower than
+    the maximum, and lower than the same model measured on a bigger probe; the steps use raw
+    gradients, so a layer with small gradients moves little, however wide its ball. The
+    projection comes only after a whole pass, so a copy may leave the ball during the pass.
 
     Speed, at identical values: when the probe is fixed (unaugmented), the frozen prefix below
     each layer is computed once per sample and only the rest of the network runs per pass
@@ -160,45 +259,31 @@ class ReferenceEstimator(SALEstimator):
         convergence_stop: bool = False,
         cache: bool = True,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        record: bool = False,
     ) -> None:
+        super().__init__(cache, cache_bytes, record)
         self.epsilon = epsilon
         self.iterations = iterations
         self.inner_lr = inner_lr
         self.convergence_stop = convergence_stop
-        self.cache = cache
-        self.cache_bytes = cache_bytes
 
-    def estimate(
+    def prepare(
         self,
         model: nn.Module,
         layers: Sequence[str],
         loss_fn: LossFn,
         probe: ProbeBatches,
-        base_loss: float | None = None,
-        autocast: contextlib.AbstractContextManager | None = None,
-        on_layer: Callable[[int], None] | None = None,
-    ) -> SALResult:
-        _check_layers(model, layers)
-        with searching(model):
-            factory = ObjectiveFactory(
-                model, loss_fn, probe, autocast, self.cache, self.cache_bytes
-            )
-            base = factory.base_loss(layers[0]) if base_loss is None else float(base_loss)
-            result = SALResult(list(layers), [], [], [], base)
-            for i, objective in enumerate(factory.objectives(layers)):
-                sal, up, down = self.search(objective, base)
-                result.values.append(sal)
-                result.ascent_losses.append(up)
-                result.descent_losses.append(down)
-                result.paths.append(objective.path)
-                del objective  # frees the layer's cached activations before the next layer
-                if on_layer is not None:
-                    on_layer(i)
-            result.notes = factory.notes
-            return result
+        factory: ObjectiveFactory,
+        autocast: contextlib.AbstractContextManager | None,
+        base_loss: float | None,
+    ) -> tuple[float, Any]:
+        """The base loss: as given, or the eval-mode loss over `eval_batches(-1)`."""
+        return (factory.base_loss(layers[0]) if base_loss is None else float(base_loss)), None
 
-    def search(self, objective: LayerObjective, base: float) -> tuple[float, float, float]:
-        """(SAL, best ascent loss, best descent loss) of one layer."""
+    def search(
+        self, objective: LayerObjective, shared: Any, trace: list[SearchStep] | None = None
+    ) -> tuple[float, float]:
+        """(best ascent loss, best descent loss) of one layer."""
         w0 = objective.weight
         radius = self.epsilon * float(w0.norm())
         ascent, descent = w0.clone(), w0.clone()
@@ -213,16 +298,17 @@ class ReferenceEstimator(SALEstimator):
             batches = objective.eval_pass(it)
             up = objective.mean_loss(ascent, batches)
             down = objective.mean_loss(descent, batches)
+            if trace is not None:
+                trace.append(_step_record(up, down, ascent, descent, w0, radius))
             improved = bool((up > best_up) | (down < best_down)) if self.convergence_stop else True
             best_up = torch.maximum(best_up, up)
             best_down = torch.minimum(best_down, down)
             if not improved:
                 break
-        up_f, down_f = float(best_up), float(best_down)
-        return sal_value(base, up_f, down_f), up_f, down_f
+        return float(best_up), float(best_down)
 
 
-class NormalizedStepsEstimator(SALEstimator):
+class NormalizedStepsEstimator(_LayerwiseEstimator):
     """Normalised steps to the edge of the ball, from one gradient shared by every layer.
 
     Derivation: for a small ball the loss is nearly linear in v, L(θ_l + v) ≈ L + g_lᵀv, and the
@@ -235,30 +321,35 @@ class NormalizedStepsEstimator(SALEstimator):
 
     With `steps` = k > 1, each copy takes k − 1 further steps from its point v_j, each along the
     layer's own normalised gradient h_j of the probe loss at θ_l + v_j (same sign as the copy),
-    again of length r, and is projected back onto the ball:
+    the j-th step (j = 1, 2, ..., k) of length r/j, each followed by a projection onto the ball:
 
-        v_{j+1} = Π(v_j ± r·h_j/‖h_j‖),   Π(u) = u·min(1, r/‖u‖).
+        v_1 = ±r·ĝ_l,   v_{j} = Π(v_{j−1} ± (r/j)·h_{j−1}/‖h_{j−1}‖),   Π(u) = u·min(1, r/‖u‖).
 
-    Starting on the sphere, this is a damped fixed-point iteration of the condition for a
-    maximum on the sphere (v parallel to the gradient at θ_l + v): each step moves the point at
-    most 45° towards the current gradient. L⁺ and L⁻ are the best losses over the k points
-    visited, so steps = k never gives less than steps = 1. The loss at v_j and its gradient come
-    from one forward and backward pass over the probe, so k steps cost k forward passes per copy
-    and layer and k − 1 backward passes. Eval passes: the j-th point (j = 0..k−1) is evaluated
-    on `eval_batches(j)`; the shared gradient and the base loss on `eval_batches(-1)`.
+    From a point on the sphere a step along a gradient that still points outwards leaves the
+    ball and the projection brings it back, turned towards the gradient: projected normalised
+    gradient ascent (descent) on the ball, which stops where v is parallel to the gradient at
+    θ_l + v, the condition for a maximum (minimum) on the sphere. The step lengths shrink so
+    the iteration settles: with a constant length r it can jump between two points of the
+    sphere for ever (it does on an anisotropic quadratic, see the tests), and steps of total
+    length r (r/k each) would never reach the projection at all. L⁺ and L⁻ are the best losses
+    over the k points visited, so steps = k never gives less than steps = 1. The loss at a
+    point and its gradient come from one forward and backward pass over the probe, so k steps
+    cost k forward passes per copy and layer and k − 1 backward passes (on top of the shared
+    gradient). The j-th point (j = 1..k) is evaluated on `eval_batches(j − 1)`; the shared
+    gradient and the base loss come from `eval_batches(-1)`.
 
-    Known biases: it only ever evaluates points on the sphere (a step of length r from inside
-    the ball lands on or beyond it), so where the best point in the ball is interior (the loss
-    turns back within the ball) it misses the interior maximum; it follows the gradient at θ,
-    so where curvature dominates (a saddle, a near-zero gradient) the sphere point it picks can
-    be far from the best one; with the reference's small probes it is a different estimator,
-    not a noisy copy: the reference often stops short of the sphere (see docs/sal.md), this one
-    always reaches it, so its values are typically larger. β is recomputed from its own clean
-    arm, so a uniform scale does not change decisions. The first-order value ε‖θ_l‖·‖g_l‖ (no
-    evaluation at all) is not offered: it missed the agreement bar.
+    Known biases: it only evaluates points on the sphere, so where the best point of the ball
+    is inside it (the loss turns back within the ball) it misses it; it follows the gradient at
+    θ, so where curvature dominates (a saddle, a near-zero gradient) its sphere point can be far
+    from the best one. Against the reference on a small probe it is a different estimator, not a
+    noisy copy: the reference often stops short of the sphere (docs/sal.md), this one always
+    reaches it, so its values are typically larger. β comes from its own clean arm, so a uniform
+    scale does not change decisions. The first-order value ε‖θ_l‖·‖g_l‖ (no evaluation at all)
+    is not offered: it missed the agreement bar.
     """
 
     name = "normalized-steps"
+    train_passes = False
 
     def __init__(
         self,
@@ -266,55 +357,43 @@ class NormalizedStepsEstimator(SALEstimator):
         steps: int = 1,
         cache: bool = True,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        record: bool = False,
     ) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
+        super().__init__(cache, cache_bytes, record)
         self.epsilon = epsilon
         self.steps = steps
-        self.cache = cache
-        self.cache_bytes = cache_bytes
 
-    def estimate(
+    def prepare(
         self,
         model: nn.Module,
         layers: Sequence[str],
         loss_fn: LossFn,
         probe: ProbeBatches,
-        base_loss: float | None = None,
-        autocast: contextlib.AbstractContextManager | None = None,
-        on_layer: Callable[[int], None] | None = None,
-    ) -> SALResult:
-        _check_layers(model, layers)
-        with searching(model):
-            factory = ObjectiveFactory(
-                model, loss_fn, probe, autocast, self.cache, self.cache_bytes, train_passes=False
-            )
-            loss0, grads = shared_gradient(model, layers, loss_fn, probe.eval_batches(-1), autocast)
-            base = loss0 if base_loss is None else float(base_loss)
-            result = SALResult(list(layers), [], [], [], base)
-            for i, objective in enumerate(factory.objectives(layers)):
-                up, down = self.search(objective, grads[objective.name])
-                result.values.append(sal_value(base, up, down))
-                result.ascent_losses.append(up)
-                result.descent_losses.append(down)
-                result.paths.append(objective.path)
-                del objective
-                if on_layer is not None:
-                    on_layer(i)
-            result.notes = factory.notes
-            return result
+        factory: ObjectiveFactory,
+        autocast: contextlib.AbstractContextManager | None,
+        base_loss: float | None,
+    ) -> tuple[float, Any]:
+        """The base loss and every scored layer's gradient, from one pass over `eval_batches(-1)`."""
+        loss0, grads = shared_gradient(model, layers, loss_fn, probe.eval_batches(-1), autocast)
+        return (loss0 if base_loss is None else float(base_loss)), grads
 
-    def search(self, objective: LayerObjective, grad: Tensor) -> tuple[float, float]:
+    def search(
+        self, objective: LayerObjective, shared: Any, trace: list[SearchStep] | None = None
+    ) -> tuple[float, float]:
         """(best ascent loss, best descent loss) over the points the two copies visit."""
         w0 = objective.weight
         radius = self.epsilon * float(w0.norm())
+        grad = shared[objective.name]
         up_dir, down_dir = grad, -grad
         ascent, descent = w0, w0
         best_up = torch.tensor(-math.inf, dtype=torch.float64, device=w0.device)
         best_down = torch.tensor(math.inf, dtype=torch.float64, device=w0.device)
         for j in range(self.steps):
-            ascent = project_to_ball(ascent + _along(up_dir, radius), w0, radius)
-            descent = project_to_ball(descent + _along(down_dir, radius), w0, radius)
+            length = radius / (j + 1)
+            ascent = project_to_ball(ascent + _along(up_dir, length), w0, radius)
+            descent = project_to_ball(descent + _along(down_dir, length), w0, radius)
             batches = objective.eval_pass(j)
             if j + 1 < self.steps:
                 up, up_dir = objective.mean_loss_and_grad(ascent, batches)
@@ -323,6 +402,8 @@ class NormalizedStepsEstimator(SALEstimator):
             else:
                 up = objective.mean_loss(ascent, batches)
                 down = objective.mean_loss(descent, batches)
+            if trace is not None:
+                trace.append(_step_record(up, down, ascent, descent, w0, radius))
             best_up = torch.maximum(best_up, up)
             best_down = torch.minimum(best_down, down)
         return float(best_up), float(best_down)
