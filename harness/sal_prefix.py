@@ -106,7 +106,12 @@ class ProbeBatch(NamedTuple):
 
 
 def take(targets: Any, index: Index) -> Any:
-    """Rows `index` of a target tensor, or of every tensor of a multi-task target dict."""
+    """Rows `index` of a target tensor, or of every tensor of a multi-task target dict.
+
+    None stays None, for losses that need no targets.
+    """
+    if targets is None:
+        return None
     if isinstance(targets, Mapping):
         return {k: v[index] for k, v in targets.items()}
     return targets[index]
@@ -488,6 +493,11 @@ def _same_output(a: Any, b: Any) -> bool:
     return True
 
 
+def _per_sample(value: Any, rows: int) -> bool:
+    """Whether a value is a tensor with one row per sample (what gathering rows needs)."""
+    return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == rows
+
+
 def _nbytes(values: Sequence[Tensor]) -> int:
     return sum(v.numel() * v.element_size() for v in values)
 
@@ -646,13 +656,23 @@ class ObjectiveFactory:
         prefix = prefix_module(self._traced, nodes)
         with _autocast(self.autocast):
             per_chunk = [prefix(x) for x in store.chunks()]
-        if isinstance(store, _IndexStore):  # one tensor per node over all samples, for gathering
-            if any(not isinstance(v, Tensor) or v.dim() == 0 for v in per_chunk[0]):
-                return {
-                    s.param: [] for s in group
-                }  # _checked turns an empty cache into the plain path
-            per_chunk = [tuple(torch.cat([c[j] for c in per_chunk]) for j in range(len(nodes)))]
         position = {n: j for j, n in enumerate(nodes)}
+        if isinstance(store, _IndexStore):  # one tensor per node over all samples, for gathering
+            sizes = [len(x) for x in store.chunks()]
+            gatherable = {
+                n
+                for n in nodes
+                if all(
+                    _per_sample(c[position[n]], k) for c, k in zip(per_chunk, sizes, strict=True)
+                )
+            }
+            joined = {n: torch.cat([c[position[n]] for c in per_chunk]) for n in gatherable}
+            return {  # an empty cache: _checked turns it into the plain path, with the reason
+                s.param: [tuple(joined[n] for n in s.frontier)]
+                if set(s.frontier) <= gatherable
+                else []
+                for s in group
+            }
         return {
             s.param: [tuple(c[position[n]] for n in s.frontier) for c in per_chunk] for s in group
         }

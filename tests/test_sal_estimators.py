@@ -342,6 +342,37 @@ def test_models_the_cache_cannot_handle_fall_back_to_the_plain_path_with_the_rea
     assert result.values == plain.values
 
 
+class MixesSamples(nn.Module):
+    """Scales by a mean over the whole batch: a sample's activations depend on its batch mates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        return self.b(h) * h.mean()
+
+
+def test_a_value_that_mixes_samples_is_not_gathered_per_sample():
+    # Reshuffled passes would need h.mean() of each new batch: probing b takes the plain path.
+    torch.manual_seed(0)
+    x = torch.randn(8, 4)
+    model = MixesSamples()
+    loss = lambda out, _: out.pow(2).mean()  # noqa: E731
+    layers = ["a.weight", "b.weight"]
+    plain = ReferenceEstimator(iterations=2, cache=False).estimate(
+        model, layers, loss, shuffled_probe(x, None, 4)
+    )
+    result = ReferenceEstimator(iterations=2).estimate(
+        model, layers, loss, shuffled_probe(x, None, 4)
+    )
+    assert result.paths == ["cached", "plain"]
+    assert any("per-sample" in note for note in result.notes), result.notes
+    assert_close_results(result, plain)
+
+
 def test_split_refuses_a_parameter_the_graph_never_reads():
     with pytest.raises(NoSplit, match="reads"):
         split_at(trace(TinyResNet().eval()), "not.a.weight")
