@@ -70,6 +70,8 @@ class Case:
     augment: bool
     probe_batches: tuple[int, ...]
     note: str = ""
+    #: SAL on every k-th snapshot only (the costly case): the same snapshots for every estimator
+    sal_every: int = 1
 
 
 CASES = {
@@ -99,6 +101,7 @@ CASES = {
         True,
         (256, 64),
         "CIFAR-10 1,000 images, CIFAR ResNet-18 width 16 (21 layers), batch 32, crop+flip",
+        sal_every=2,
     ),
 }
 
@@ -126,7 +129,6 @@ def poisoned_inputs(
     build_model: Callable[..., TaskModel],
     task: Any,
     seed: int,
-    case_name: str,
 ) -> torch.Tensor:
     """The arm's training inputs (generated once, then read from the harness's poison cache)."""
     from harness.pluginmanager import get_components
@@ -141,7 +143,7 @@ def poisoned_inputs(
     cache = PoisonCache()
     key = poison_key(
         {"name": name, "params": validated.model_dump(mode="json"), "benchmark": "sal_study"},
-        {"case": case_name, "train": len(data.train)},
+        {"data": data.name, "train": len(data.train)},
         data_fingerprint(data.train.x, data.train.y),
         seed,
     )
@@ -199,6 +201,10 @@ class Study:
             schedule={"name": "constant"},
         )
 
+    def sal_epochs(self) -> list[int]:
+        """The snapshots SAL is computed on: every `sal_every`-th epoch, ending at the last."""
+        return list(range(self.epochs, 0, -self.case.sal_every))[::-1]
+
     def arm_dir(self, arm: str) -> Path:
         return self.out / self.name / arm
 
@@ -209,7 +215,7 @@ class Study:
         if log.exists():
             return
         folder.mkdir(parents=True, exist_ok=True)
-        x = poisoned_inputs(arm, self.data, self.model, self.task, self.seed, self.name)
+        x = poisoned_inputs(arm, self.data, self.model, self.task, self.seed)
         torch.save(x, folder / "inputs.pt")
         torch.manual_seed(self.seed)
         model = self.model()
@@ -299,7 +305,7 @@ class Study:
             self.train_arm(arm)
         for batch in self.case.probe_batches:
             for arm in ARMS:
-                for epoch in range(1, self.epochs + 1):
+                for epoch in self.sal_epochs():
                     t0 = time.perf_counter()
                     self.sal_snapshot(arm, epoch, batch)
                     print(
@@ -342,7 +348,7 @@ def collect(study: Study, batch: int) -> tuple[dict[str, dict[str, np.ndarray]],
         seconds[label] = seconds.get(label, 0.0) + secs
 
     for arm in ARMS:
-        for epoch in range(1, study.epochs + 1):
+        for epoch in study.sal_epochs():
             snap = study.sal_snapshot(arm, epoch, batch)
             for label in ("reference", "normalized-steps-1", "normalized-steps-2"):
                 add(label, arm, snap[label]["values"], snap[label]["seconds"])
@@ -361,7 +367,7 @@ def ball_reach(study: Study, batch: int) -> dict[str, float]:
     """How the reference's copies end: on the sphere, and still improving at the last iteration."""
     ends, last_improving, cells = 0, 0, 0
     for arm in ARMS:
-        for epoch in range(1, study.epochs + 1):
+        for epoch in study.sal_epochs():
             snap = study.sal_snapshot(arm, epoch, batch)
             for steps in snap["reference"]["traces"].values():
                 cells += 1
@@ -387,7 +393,7 @@ def format_case(study: Study, batch: int) -> str:
             for r in json.loads((study.arm_dir(arm) / "training.json").read_text())
         ]
     )
-    snapshots = len(ARMS) * study.epochs
+    snapshots = len(ARMS) * len(study.sal_epochs())
     lines = [
         f"### {study.name}, probe {PROBE} at batch {batch} ({study.case.note})",
         "",
@@ -450,7 +456,7 @@ def cross_batch(study: Study) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", default="digits,cifar-resnet18,cifar-cnn")
     parser.add_argument("--out", default="~/.cache/harness/sal-study")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument(
