@@ -68,10 +68,10 @@ class Case:
     params: dict
     batch_size: int
     augment: bool
-    probe_batches: tuple[int, ...]
+    #: (probe batch, k): SAL with that probe batch on every k-th snapshot (the same snapshots
+    #: for every estimator; k > 1 only where the reference is too costly for every epoch)
+    probes: tuple[tuple[int, int], ...]
     note: str = ""
-    #: SAL on every k-th snapshot only (the costly case): the same snapshots for every estimator
-    sal_every: int = 1
 
 
 CASES = {
@@ -81,7 +81,7 @@ CASES = {
         {"width": 16, "blocks": 3},
         64,
         False,
-        (128, 256, 64),
+        ((128, 1), (256, 1), (64, 1)),
         "quickstart: scikit-learn digits, small CNN width 16, batch 64, no augmentation",
     ),
     "cifar-cnn": Case(
@@ -90,7 +90,7 @@ CASES = {
         {"width": 16, "blocks": 3},
         32,
         True,
-        (256, 64),
+        ((256, 1), (64, 2)),
         "CIFAR-10 1,000 images, small CNN width 16 (3 conv + head), batch 32, crop+flip",
     ),
     "cifar-resnet18": Case(
@@ -99,9 +99,8 @@ CASES = {
         {"width": 16},
         32,
         True,
-        (256, 64),
+        ((256, 2), (64, 4)),
         "CIFAR-10 1,000 images, CIFAR ResNet-18 width 16 (21 layers), batch 32, crop+flip",
-        sal_every=2,
     ),
 }
 
@@ -201,9 +200,17 @@ class Study:
             schedule={"name": "constant"},
         )
 
-    def sal_epochs(self) -> list[int]:
-        """The snapshots SAL is computed on: every `sal_every`-th epoch, ending at the last."""
-        return list(range(self.epochs, 0, -self.case.sal_every))[::-1]
+    def sal_epochs(self, batch: int) -> list[int]:
+        """The snapshots SAL is computed on at this probe batch: every k-th, ending at the last."""
+        every = dict(self.case.probes)[batch]
+        return list(range(self.epochs, 0, -every))[::-1]
+
+    def complete(self, batch: int) -> bool:
+        return all(
+            (self.arm_dir(arm) / f"sal-epoch{e}-b{batch}.json").exists()
+            for arm in ARMS
+            for e in self.sal_epochs(batch)
+        )
 
     def arm_dir(self, arm: str) -> Path:
         return self.out / self.name / arm
@@ -276,12 +283,12 @@ class Study:
         }
         out: dict[str, Any] = {}
         for label, estimator in estimators.items():
-            t0 = time.perf_counter()
-            result = estimator.estimate(
-                model, self.layers, self.task.loss, self.probe(arm, epoch, batch)
-            )
+            probe = self.probe(arm, epoch, batch)
+            t0, c0 = time.perf_counter(), time.process_time()
+            result = estimator.estimate(model, self.layers, self.task.loss, probe)
             out[label] = {
-                "seconds": time.perf_counter() - t0,
+                "seconds": time.process_time() - c0,
+                "wall_seconds": time.perf_counter() - t0,
                 "values": result.values,
                 "up": result.ascent_losses,
                 "down": result.descent_losses,
@@ -303,9 +310,9 @@ class Study:
     def run(self) -> None:
         for arm in ARMS:
             self.train_arm(arm)
-        for batch in self.case.probe_batches:
+        for batch, _ in self.case.probes:
             for arm in ARMS:
-                for epoch in self.sal_epochs():
+                for epoch in self.sal_epochs(batch):
                     t0 = time.perf_counter()
                     self.sal_snapshot(arm, epoch, batch)
                     print(
@@ -338,8 +345,10 @@ def truncated_reference(
     return values, float(np.mean(used))
 
 
-def collect(study: Study, batch: int) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
-    """Per estimator: arm → SAL array (epochs × layers); and per estimator: total seconds."""
+def collect(
+    study: Study, batch: int, epochs: list[int] | None = None
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
+    """Per estimator: arm → SAL array (epochs × layers); and per estimator: total CPU seconds."""
     arrays: dict[str, dict[str, list]] = {}
     seconds: dict[str, float] = {}
 
@@ -348,7 +357,7 @@ def collect(study: Study, batch: int) -> tuple[dict[str, dict[str, np.ndarray]],
         seconds[label] = seconds.get(label, 0.0) + secs
 
     for arm in ARMS:
-        for epoch in study.sal_epochs():
+        for epoch in epochs or study.sal_epochs(batch):
             snap = study.sal_snapshot(arm, epoch, batch)
             for label in ("reference", "normalized-steps-1", "normalized-steps-2"):
                 add(label, arm, snap[label]["values"], snap[label]["seconds"])
@@ -367,7 +376,7 @@ def ball_reach(study: Study, batch: int) -> dict[str, float]:
     """How the reference's copies end: on the sphere, and still improving at the last iteration."""
     ends, last_improving, cells = 0, 0, 0
     for arm in ARMS:
-        for epoch in study.sal_epochs():
+        for epoch in study.sal_epochs(batch):
             snap = study.sal_snapshot(arm, epoch, batch)
             for steps in snap["reference"]["traces"].values():
                 cells += 1
@@ -386,22 +395,16 @@ def ball_reach(study: Study, batch: int) -> dict[str, float]:
 def format_case(study: Study, batch: int) -> str:
     arrays, seconds = collect(study, batch)
     ref = arrays["reference"]
-    train_s = np.mean(
-        [
-            r["train_seconds"]
-            for arm in ARMS
-            for r in json.loads((study.arm_dir(arm) / "training.json").read_text())
-        ]
-    )
-    snapshots = len(ARMS) * len(study.sal_epochs())
+    epochs = study.sal_epochs(batch)
+    snapshots = len(ARMS) * len(epochs)
     lines = [
-        f"### {study.name}, probe {PROBE} at batch {batch} ({study.case.note})",
+        f"### {study.name}, probe {PROBE} at batch {batch}",
         "",
-        f"One training epoch: {train_s:.2f} s. Reference SAL per snapshot: {seconds['reference'] / snapshots:.1f} s "
-        f"({seconds['reference'] / snapshots / train_s:.1f}× a training epoch; cached path).",
+        f"{study.case.note}; {len(ARMS)} arms, SAL on the snapshots of epochs {', '.join(map(str, epochs))}. "
+        f"Reference (cached path): {seconds['reference'] / snapshots:.1f} CPU s per snapshot.",
         "",
-        "| estimator | Spearman | decisions | Jaccard | max abs ΔUD | cost vs reference | × training epoch | bar |",
-        "|---|---|---|---|---|---|---|---|",
+        "| estimator | Spearman | decisions | Jaccard | max abs ΔUD | cost vs reference | bar |",
+        "|---|---|---|---|---|---|---|",
     ]
     results: dict[str, Agreement] = {}
     for label, per_arm in arrays.items():
@@ -411,8 +414,7 @@ def format_case(study: Study, batch: int) -> str:
         results[label] = a
         lines.append(
             f"| {label} | {a.spearman:.3f} | {a.decisions:.1%} | {a.jaccard:.3f} | {a.max_ud_difference:.3f} | "
-            f"1/{1 / a.cost_ratio:.1f} | {seconds[label] / snapshots / train_s:.2f} | "
-            f"{'passes' if a.passes() else 'fails'} |"
+            f"1/{1 / a.cost_ratio:.1f} | {'passes' if a.passes() else 'fails'} |"
         )
     lines += [
         "",
@@ -442,15 +444,17 @@ def _ud(value: float | None) -> str:
 
 
 def cross_batch(study: Study) -> str:
-    """The reference at its two probe batches, against each other: the probe's own effect."""
-    b0, b1 = study.case.probe_batches[0], study.case.probe_batches[-1]
-    r0, _ = collect(study, b0)
-    r1, _ = collect(study, b1)
+    """The reference at its first and last probe batch, against each other: the probe's own effect."""
+    b0, b1 = study.case.probes[0][0], study.case.probes[-1][0]
+    common = sorted(set(study.sal_epochs(b0)) & set(study.sal_epochs(b1)))
+    r0, _ = collect(study, b0, common)
+    r1, _ = collect(study, b1, common)
     a = agreement(r0["reference"], r1["reference"], "clean")
     uds = ", ".join(f"{x.arm} {_ud(x.ud_reference)}→{_ud(x.ud_estimate)}" for x in a.arms)
     return (
-        f"Reference at batch {b1} against the reference at batch {b0} ({study.name}): Spearman {a.spearman:.3f}, "
-        f"decisions {a.decisions:.1%}, max abs ΔUD {a.max_ud_difference:.3f} (UD {uds}).\n"
+        f"Reference at batch {b1} against the reference at batch {b0} ({study.name}, epochs "
+        f"{', '.join(map(str, common))}): Spearman {a.spearman:.3f}, decisions {a.decisions:.1%}, "
+        f"max abs ΔUD {a.max_ud_difference:.3f} (UD {uds}).\n"
     )
 
 
@@ -479,9 +483,14 @@ def main() -> None:
         studies.append(study)
     report = ["# SAL estimators against the reference", ""]
     for study in studies:
-        for batch in study.case.probe_batches:
-            report.append(format_case(study, batch))
-        report.append(cross_batch(study))
+        done = [batch for batch, _ in study.case.probes if study.complete(batch)]
+        for batch, _ in study.case.probes:
+            if batch in done:
+                report.append(format_case(study, batch))
+            else:
+                report.append(f"### {study.name}, probe batch {batch}: incomplete\n")
+        if len(done) == len(study.case.probes):
+            report.append(cross_batch(study))
     text = "\n".join(report)
     (out / "report.md").write_text(text)
     print(text)
