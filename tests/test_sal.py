@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 from harness.backbone import TaskModel, scored_layers
-from harness.sal import SALSettings, compute_sal, project_to_ball
+from harness.sal import compute_sal, project_to_ball
+
+
+def settings(epsilon: float = 0.05, iterations: int = 10, inner_lr: float = 0.1) -> SimpleNamespace:
+    """The reference's settings, as any object with these attributes (the spec's SAL section)."""
+    return SimpleNamespace(epsilon=epsilon, iterations=iterations, inner_lr=inner_lr)
 
 
 def one_weight_model(w0: float) -> nn.Module:
@@ -32,7 +38,7 @@ def test_quadratic_loss_reaches_the_edge_of_the_ball_uphill():
         model,
         ["weight"],
         nn.functional.mse_loss,
-        SALSettings(epsilon=0.5, iterations=10, inner_lr=0.1),
+        settings(epsilon=0.5, iterations=10, inner_lr=0.1),
         batches_of(x, y),
     )
     assert result.base_loss == pytest.approx(1.0)
@@ -49,7 +55,7 @@ def test_concave_loss_takes_the_larger_drop_downhill():
         model,
         ["weight"],
         lambda out, t: -nn.functional.mse_loss(out, t),
-        SALSettings(epsilon=0.5, iterations=10, inner_lr=0.1),
+        settings(epsilon=0.5, iterations=10, inner_lr=0.1),
         batches_of(x, y),
     )
     assert result.values[0] == pytest.approx(1.25, abs=1e-5)
@@ -68,7 +74,7 @@ def test_linear_loss_gives_epsilon_times_weight_norm_times_gradient_norm():
         model,
         ["weight"],
         lambda out, _: out.mean(),
-        SALSettings(epsilon=eps, iterations=10, inner_lr=0.1),
+        settings(epsilon=eps, iterations=10, inner_lr=0.1),
         batches_of(x, torch.zeros(8)),
     )
     assert result.values[0] == pytest.approx(expected, rel=1e-4)
@@ -83,7 +89,7 @@ def test_reference_base_loss_option_is_used_as_given():
         model,
         ["weight"],
         nn.functional.mse_loss,
-        SALSettings(epsilon=0.5, iterations=10, inner_lr=0.1),
+        settings(epsilon=0.5, iterations=10, inner_lr=0.1),
         batches_of(x, y),
         base_loss=10.0,
     )
@@ -125,7 +131,7 @@ def test_sal_leaves_the_model_untouched_and_uses_running_batch_norm_statistics()
     layers = scored_layers(model)
     assert layers == ["backbone.features.0.weight", "head.weight"]  # conv and linear weights only
     result = compute_sal(
-        model, layers, nn.functional.cross_entropy, SALSettings(iterations=3), batches_of(x, y)
+        model, layers, nn.functional.cross_entropy, settings(iterations=3), batches_of(x, y)
     )
     assert len(result.values) == 2 and all(v >= 0 and math.isfinite(v) for v in result.values)
     assert model.training  # mode restored
