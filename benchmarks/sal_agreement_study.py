@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from harness.backbone import TaskModel, scored_layers
-from harness.data import DataBundle, stratified_indices
+from harness.context import BuildContext
+from harness.data import DataBundle, Subset, stratified_indices
 from harness.defence import Defence
 from harness.sal_agreement import Agreement, agreement
 from harness.sal_estimators import (
@@ -123,7 +124,8 @@ def load_data(case: Case, train: int, seed: int) -> DataBundle:
         Path("~/.cache/harness/data/cifar10-jpg").expanduser(),
     )
     return load_image_folder(
-        ImageFolderParams(root=str(root)), subset={"train": train, "test": 500, "seed": seed}
+        ImageFolderParams(root=str(root)),
+        BuildContext(subset=Subset(train=train, test=500, seed=seed)),
     )
 
 
@@ -162,7 +164,7 @@ def poisoned_inputs(
         build_model=build_model,
         task_loss=task.loss,
     )
-    x = record.factory(validated).generate(data, ctx)
+    x = record.factory(validated, BuildContext()).generate(data, ctx)
     seconds = time.perf_counter() - started
     cache.save(key, x, {"seconds": seconds})
     print(f"  generated {arm} in {seconds:.0f} s", flush=True)
@@ -186,7 +188,9 @@ class Study:
 
         record = get_components().get("backbone", name or self.case.backbone).record
         chosen = (params or {}) if name else self.case.params
-        backbone = record.factory(record.params.model_validate(chosen), self.data.input_shape)
+        backbone = record.factory(
+            record.params.model_validate(chosen), BuildContext(input_shape=self.data.input_shape)
+        )
         return TaskModel(backbone, self.task.build(backbone.num_features, self.data))
 
     def prepare(self) -> None:

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from harness.backbone import TaskModel, scored_layers
-from harness.data import DataBundle, stratified_indices
+from harness.context import BuildContext
+from harness.data import DataBundle, Subset, stratified_indices
 from harness.defence import Defence
 from harness.sal_estimators import (
     NormalizedStepsEstimator,
@@ -79,7 +80,8 @@ def load(case: Case, train: int) -> DataBundle:
 
     root = extract_archive(ARCHIVE, Path("~/.cache/harness/data/cifar10-jpg").expanduser())
     return load_image_folder(
-        ImageFolderParams(root=str(root)), subset={"train": train, "test": 200, "seed": 0}
+        ImageFolderParams(root=str(root)),
+        BuildContext(subset=Subset(train=train, test=200, seed=0)),
     )
 
 
@@ -87,7 +89,9 @@ def build(case: Case, data: DataBundle, task) -> TaskModel:
     from harness.pluginmanager import get_components
 
     record = get_components().get("backbone", case.backbone).record
-    backbone = record.factory(record.params.model_validate(case.params), data.input_shape)
+    backbone = record.factory(
+        record.params.model_validate(case.params), BuildContext(input_shape=data.input_shape)
+    )
     return TaskModel(backbone, task.build(backbone.num_features, data))
 
 
