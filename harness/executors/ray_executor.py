@@ -36,6 +36,7 @@ run with that error.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -171,12 +172,16 @@ def ray_session(address: str | None, reporter: Reporter) -> Iterator[Any]:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address is None:
-        ray.init(address="local", include_dashboard=False, **options)
-        where = "a local Ray instance started for this run"
-    else:
-        ray.init(address=address, **options)
-        where = f"the Ray cluster at {address}"
+    try:
+        if address is None:
+            ray.init(address="local", include_dashboard=False, **options)
+            where = "a local Ray instance started for this run"
+        else:
+            ray.init(address=address, **options)
+            where = f"the Ray cluster at {address}"
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        target = address or "a new local instance"
+        raise RunStateError(f"cannot start Ray on {target}: {_first_line(exc)}") from None
     try:
         resources = ray.cluster_resources()
         reporter.stage(
@@ -229,11 +234,28 @@ class RayRunner:
     def prepare(self) -> Assembly:
         require_ray()
         self.reporter.stage(f"loading data set {self.spec.data.name}")
-        self.assembly = preflight(
-            self.loaded, self.components, folder=self.folder, fresh=self.fresh
-        )
+        here = self._checked_here()
+        if here is self.loaded:
+            self.assembly = preflight(
+                self.loaded, self.components, folder=self.folder, fresh=self.fresh
+            )
+        else:
+            self.assembly = preflight(here, self.components)
+            self.folder.check_target(self.loaded.hash, self.fresh)
         check_poison_storage(self.assembly)
         return self.assembly
+
+    def _checked_here(self) -> LoadedSpec:
+        """The spec as the driver checks it: a CUDA device is the workers' affair when the arms
+        are granted GPUs and this machine has none (the run itself keeps the spec as written)."""
+        spec, training = self.spec, self.spec.training
+        gpus = self.execution.gpus_per_arm > 0
+        if gpus and training.device.startswith("cuda") and not torch.cuda.is_available():
+            here = spec.model_copy(
+                update={"training": training.model_copy(update={"device": "cpu"})}
+            )
+            return LoadedSpec(here, self.loaded.source)
+        return self.loaded
 
     def run(self) -> list[Entry]:
         assembly = self.assembly or self.prepare()
@@ -337,7 +359,8 @@ class _Execution:
                     self._step(generator)
         except BaseException:
             for generator in self.running:
-                ray.cancel(generator, force=True)
+                with contextlib.suppress(Exception):  # ending the run matters, not each cancel
+                    ray.cancel(generator, force=True)
             raise
 
     def _step(self, generator: Any) -> None:
