@@ -68,15 +68,26 @@ class RayCluster:
         self.temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: socket paths
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0"}
+        # loopback only: no token authentication (Ray turns it on when ~/.ray/auth_token exists,
+        # which a local `ray.init()` elsewhere on the machine may have written)
+        self.env = {
+            **os.environ,
+            **(env or {}),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_AUTH_MODE": "disabled",
+        }
         self.env.pop("RAY_ADDRESS", None)
         self.nodes: list[int] = []  # node manager ports, in start order
         self.start_node(cpus, head=True)
 
     def _ray(self, *args: str) -> None:
-        subprocess.run(
-            [RAY, *args], env=self.env, check=True, capture_output=True, text=True, timeout=120
+        done = subprocess.run(
+            [RAY, *args], env=self.env, capture_output=True, text=True, timeout=120
         )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"ray {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+            )
 
     def start_node(self, cpus: int = 1, *, head: bool = False) -> int:
         port = free_port()
@@ -111,7 +122,7 @@ class RayCluster:
 
     def processes(self) -> set[int]:
         """Every process of this cluster: those naming its folder or port, and their children."""
-        marks = (str(self.temp), f"127.0.0.1:{self.port}", f"--gcs-address={self.address}")
+        marks = (str(self.temp), f"127.0.0.1:{self.port}", f":{self.port} ")
         roots = {pid for pid in _pids() if any(m in _cmdline(pid) for m in marks)}
         return descendants(roots)
 
