@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ from harness.training import evaluate_all, make_optimizer, make_scheduler, on_de
 from harness.trajectory import ParameterTracer
 
 
+@runtime_checkable
 class ArmRecorder(Protocol):
     """Where an arm's progress goes, in the crash-safe order; `RunFolder` is one.
 

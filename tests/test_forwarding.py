@@ -18,7 +18,7 @@ from harness.executors.forwarding import ArmLedger, Begin, EpochDone, Finish, Fo
 from harness.plan import plan_arms
 from harness.pluginmanager import get_components
 from harness.runfolder import RunFolder
-from harness.runner import Runner, run_arm
+from harness.runner import ArmRecorder, Runner, run_arm
 from harness.specfile import load_spec
 
 
@@ -53,6 +53,11 @@ def attempt(loaded, arm, number: int, state, stop_after: int | None = None) -> l
     with contextlib.suppress(Died):
         run_arm(loaded, arm, forwarder, reporter=forwarder)
     return sent
+
+
+def test_the_run_folder_and_the_forwarder_are_both_arm_recorders(tmp_path: Path) -> None:
+    assert isinstance(RunFolder(tmp_path), ArmRecorder)
+    assert isinstance(Forwarder("a", 1, None, print), ArmRecorder)
 
 
 def test_a_forwarded_arm_writes_what_a_local_run_writes(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from harness.assembly import Assembly
-from harness.checkpoint import load_state
+from harness.checkpoint import ArmState, load_state
 from harness.errors import RunStateError
 from harness.plan import Arm, plan_arms
 from harness.pluginmanager import Components
@@ -201,7 +201,7 @@ def dry_run(
     )
 
 
-def _checkpoint(folder: RunFolder, arm: Arm):
+def _checkpoint(folder: RunFolder, arm: Arm) -> ArmState | None:
     try:
         return load_state(folder.checkpoint(arm.id))
     except RunStateError:
