@@ -29,7 +29,18 @@ from __future__ import annotations
 from harness._version import __version__
 from harness.backbone import Backbone, FeatureKind
 from harness.context import BuildContext
-from harness.data import DataBundle, Split, Subset, stratified_indices, take_targets, targets_to
+from harness.data import (
+    DataBundle,
+    DiskImages,
+    Split,
+    StoragePolicy,
+    Subset,
+    storage_key,
+    store_pixels,
+    stratified_indices,
+    take_targets,
+    targets_to,
+)
 from harness.defence import Defence, StepContext
 from harness.errors import DataError, HarnessError
 from harness.hookspecs import hookimpl
@@ -70,6 +81,7 @@ __all__ = [
     "DatasetRecord",
     "Defence",
     "DefenceRecord",
+    "DiskImages",
     "FeatureKind",
     "HarnessError",
     "LossFn",
@@ -83,6 +95,7 @@ __all__ = [
     "RunInfo",
     "Split",
     "StepContext",
+    "StoragePolicy",
     "Subset",
     "TaskHead",
     "TaskHeadRecord",
@@ -98,6 +111,8 @@ __all__ = [
     "run_in_threads",
     "sign_pgd",
     "sign_step",
+    "storage_key",
+    "store_pixels",
     "stratified_indices",
     "take_targets",
     "targets_to",

@@ -28,7 +28,7 @@ from harness.armconfig import (
 )
 from harness.backbone import backbone_layers, scored_layers
 from harness.context import BuildContext
-from harness.data import DataBundle, Subset, subset
+from harness.data import DataBundle, Subset, storage_policy, subset
 from harness.errors import DataError, PluginError, SpecError
 from harness.plan import Arm
 from harness.pluginmanager import Components
@@ -50,7 +50,9 @@ def load_data(spec: Spec, components: Components, where: Where) -> DataBundle:
             "dataset",
             ref.name,
             ref.params,
-            BuildContext(subset=Subset(sub.train, sub.test, sub.seed)),
+            BuildContext(
+                subset=Subset(sub.train, sub.test, sub.seed), storage=storage_policy(spec)
+            ),
         )
     except DataError as exc:
         raise DataError(f"{where(('data',))}: data set {ref.name!r}: {exc}") from None

@@ -156,17 +156,62 @@ def _describe_component(components, name: str, as_json: bool) -> int:
     return 0
 
 
+def _apply_execution_options(args: argparse.Namespace, loaded) -> None:
+    """`harness eval`'s execution options over the spec's `execution` section (never its hash)."""
+    from pydantic import ValidationError
+
+    from harness.errors import SpecError
+    from harness.spec import ExecutionSpec
+
+    options = {
+        "executor": ("--executor", args.executor),
+        "address": ("--address", args.address),
+        "cpus_per_arm": ("--cpus-per-arm", args.cpus_per_arm),
+        "gpus_per_arm": ("--gpus-per-arm", args.gpus_per_arm),
+        "max_attempts": ("--max-attempts", args.max_attempts),
+        "memory_budget_mb": ("--memory-budget", args.memory_budget),
+        "data_workers": ("--data-workers", args.data_workers),
+    }
+    given = {field: value for field, (_, value) in options.items() if value is not None}
+    try:
+        execution = ExecutionSpec.model_validate(loaded.spec.execution.model_dump() | given)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            option = options.get(field, (field, None))[0]
+            problems.append(f"{option}: {err['msg']}")
+        raise SpecError("\n".join(problems)) from None
+    if execution.executor != "ray" and args.address is not None:
+        raise SpecError("--address: a Ray cluster's address is for --executor ray")
+    loaded.spec.execution = execution
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from harness.atomic import atomic_write_text
+    from harness.executors import make_runner
     from harness.progress import make_reporter
-    from harness.runner import Runner
     from harness.table import markdown, print_table
 
     started = time.perf_counter()
-    loaded = _load_spec(args, _components(args.strict))
-    runner = Runner(
+    components = _components(args.strict)
+    loaded = _load_spec(args, components)
+    _apply_execution_options(args, loaded)
+    if args.dry_run:
+        from harness.executors.dryrun import dry_run
+
+        plan = dry_run(
+            loaded,
+            components,
+            output_root=args.output,
+            fresh=args.fresh,
+            reporter=make_reporter(args.quiet),
+        )
+        print(plan.text())
+        return 0
+    runner = make_runner(
         loaded,
-        _components(args.strict),
+        components,
         output_root=args.output,
         fresh=args.fresh,
         reporter=make_reporter(args.quiet),
@@ -432,6 +477,51 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN",
         help="adopt the complete clean arms of another run folder of the same track instead of "
         "training them (the leaderboard's scoring queue does this)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the arms, the poison generations they wait on and an estimated cost per arm "
+        "from a few timed steps; train nothing, write nothing",
+    )
+    x = p.add_argument_group(
+        "execution",
+        "where the arms run; over the spec's `execution` section, never part of its hash",
+    )
+    x.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default=None,
+        help="local: every arm in this process (default); ray: each poison generation and arm a "
+        "Ray task",
+    )
+    x.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster (host:port, ray://host:port, auto); default: RAY_ADDRESS, else a local "
+        "Ray instance for this run",
+    )
+    x.add_argument("--cpus-per-arm", type=float, default=None, help="CPUs per arm (Ray; default 1)")
+    x.add_argument("--gpus-per-arm", type=float, default=None, help="GPUs per arm (Ray; default 0)")
+    x.add_argument(
+        "--max-attempts",
+        type=int,
+        default=None,
+        help="attempts per arm when a worker or node is lost (Ray; default 3)",
+    )
+    x.add_argument(
+        "--memory-budget",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="largest split held in memory; larger ones stream from a uint8 file in the cache "
+        "(default: no limit)",
+    )
+    x.add_argument(
+        "--data-workers",
+        type=int,
+        default=None,
+        help="worker processes reading streamed batches (default 2)",
     )
     p.set_defaults(func=cmd_eval)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.data import Subset
+from harness.data import StoragePolicy, Subset
 
 __all__ = ["BuildContext"]
 
@@ -23,3 +23,6 @@ class BuildContext:
     #: data sets: the stratified subset the spec asks for. A factory that can decode only those
     #: samples may honour it; the harness takes the same subset of whatever comes back anyway
     subset: Subset | None = None
+    #: data sets: where splits may be kept (in memory up to a budget, else streamed from disk);
+    #: set from the run's execution settings, never part of a result's identity
+    storage: StoragePolicy | None = None

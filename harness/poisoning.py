@@ -59,22 +59,32 @@ class PoisonedInputs:
             self._made[key] = self._make(arm)
         return self._made[key]
 
-    def _make(self, arm: Arm) -> Tensor:
+    def cache_key(self, arm: Arm) -> str:
+        """The disk cache's key of the arm's poison (everything that determines it)."""
         assert arm.poison is not None
         assembly, ref = self.assembly, arm.poison
         data, components = assembly.data, assembly.components
-        registered = components.get("poison", ref.name)
         dataset = dataset_info(components, assembly.spec)
         info = component_info(components, "poison", ref)
-        craft, craft_label = assembly.crafting_tasks(ref)
+        _, craft_label = assembly.crafting_tasks(ref)
         if ref.crafting_task is not None:
             info["crafting_task"] = (
                 craft_label  # absent otherwise, so older cache entries still match
             )
         train = data.train
-        cache_key = poison_key(
+        return poison_key(
             info, dataset, data_fingerprint(train.x, train.y, train.targets), arm.seed
         )
+
+    def _make(self, arm: Arm) -> Tensor:
+        assert arm.poison is not None
+        assembly, ref = self.assembly, arm.poison
+        data, components = assembly.data, assembly.components
+        registered = components.get("poison", ref.name)
+        info = component_info(components, "poison", ref)
+        craft, craft_label = assembly.crafting_tasks(ref)
+        train = data.train
+        cache_key = self.cache_key(arm)
         poison: Poison = components.build("poison", ref.name, ref.params)
         cacheable = poison.cacheable and info.get("code") is not None
         cached = None

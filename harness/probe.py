@@ -85,7 +85,7 @@ class SALProbe:
     ) -> SALResult:
         settings, train = self.settings, self.train
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        x = self.defence.transform_images(train.x[self.indices.to(train.x.device)], g)
+        x = self.defence.transform_images(train.rows(self.indices), g)
         y = take_targets(self.tasks.targets(train), self.indices)
         n, bs = len(x), settings.probe_batch_size
 

@@ -15,21 +15,32 @@ written, and a killed run loses at most the epoch it was in:
    data and every poison. Data and poisons are computed once and shared;
 4. score every arm from the HDF5 file and write one entry per arm.
 
-`run_arm` needs only the spec, the arm and the run folder: whatever it is not handed (the
-assembly, the poisons) it builds from the spec, so an arm can run in another process.
+`run_arm` needs only the spec, the arm and a recorder: whatever it is not handed (the assembly,
+the poisons) it builds from the spec, so an arm can run in another process. It records through
+`ArmRecorder`, four calls in the crash-safe order (`resume_arm`, `begin_arm`, `record_epoch`,
+`finish_arm`): `RunFolder` is the recorder of a local run, and a Ray worker hands the same calls
+to a forwarder that streams them to the driver, the run folder's one writer
+(`harness.executors`).
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
+from torch import Tensor
 
+from harness.armconfig import ArmConfig
 from harness.assembly import Assembly
 from harness.checkpoint import ArmState
+from harness.data import float_to_pixels
 from harness.entries import Entry, compute_entries, write_entries
+from harness.errors import SpecError
 from harness.plan import Arm, plan_arms
 from harness.pluginmanager import Components, get_components
 from harness.poison_cache import PoisonCache
@@ -42,29 +53,112 @@ from harness.runfolder import RunFolder
 from harness.specfile import LoadedSpec
 from harness.store import EpochRow
 from harness.sysinfo import hardware
-from harness.tracking import RunInfo, TrackingReporter
+from harness.tracking import TrackingReporter, tracked_reporter
 from harness.training import evaluate_all, make_optimizer, make_scheduler, on_device, train_epoch
 from harness.trajectory import ParameterTracer
+
+
+@runtime_checkable
+class ArmRecorder(Protocol):
+    """Where an arm's progress goes, in the crash-safe order; `RunFolder` is one.
+
+    `resume_arm` gives the state after the last complete epoch (None for a new arm),
+    `begin_arm` a new arm's empty record, `record_epoch` one finished epoch (snapshots, then
+    checkpoint, then row), `finish_arm` the arm marked complete.
+    """
+
+    def resume_arm(
+        self, arm_id: str, config: ArmConfig | None = None, hardware: dict | None = None
+    ) -> ArmState | None: ...
+    def begin_arm(self, arm_id: str, state: ArmState) -> None: ...
+    def record_epoch(
+        self,
+        arm_id: str,
+        state: ArmState,
+        row: EpochRow,
+        snapshots: tuple[list[int], list[np.ndarray]],
+        every_steps: int,
+    ) -> None: ...
+    def finish_arm(self, arm_id: str) -> None: ...
+
+
+class ArmInputs(Protocol):
+    """The training inputs of a poisoned arm (`PoisonedInputs` generates them)."""
+
+    def for_arm(self, arm: Arm) -> Tensor: ...
+
+
+def stored_poison(x: Tensor, storage: str) -> Tensor:
+    """A poisoned training set as the spec keeps it: float32, or uint8 (`poison_storage`)."""
+    if storage == "uint8" and x.dtype != torch.uint8:
+        return float_to_pixels(x)
+    return x
+
+
+def check_poison_storage(assembly: Assembly) -> None:
+    """uint8 poisons need images in [0, 1]; refused before anything is written otherwise."""
+    spec = assembly.spec
+    if spec.training.poison_storage == "uint8" and (
+        not assembly.data.is_image or assembly.data.value_range != (0.0, 1.0)
+    ):
+        raise SpecError(
+            f"{assembly.where(('training', 'poison_storage'))}: training.poison_storage: uint8 "
+            f"keeps images in [0, 1] as k/255; data set {spec.data.name!r} has inputs of shape "
+            f"{assembly.data.input_shape} in {assembly.data.value_range}"
+        )
+
+
+class SharedPoisons:
+    """Each (seed, poison) of a local run made once (or read from the disk cache), kept as the
+    spec stores it (`training.poison_storage`) and dropped after the last arm that trains on it."""
+
+    def __init__(
+        self,
+        assembly: Assembly,
+        arms: Sequence[Arm],
+        cache: PoisonCache | None = None,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.assembly, self.cache, self.reporter = assembly, cache, reporter
+        self.uses = Counter((a.seed, a.poison.key) for a in arms if a.poison is not None)
+        self.made: dict[tuple[int, str], Tensor] = {}
+
+    def for_arm(self, arm: Arm) -> Tensor:
+        assert arm.poison is not None
+        key = (arm.seed, arm.poison.key)
+        if key not in self.made:
+            x = PoisonedInputs(self.assembly, self.cache, self.reporter).for_arm(arm)
+            self.made[key] = stored_poison(x, self.assembly.spec.training.poison_storage)
+            self.assembly.data.train.release()  # the float32 copy a poison may have needed
+        return self.made[key]
+
+    def done(self, arm: Arm) -> None:
+        if arm.poison is None:
+            return
+        key = (arm.seed, arm.poison.key)
+        self.uses[key] -= 1
+        if self.uses[key] <= 0:
+            self.made.pop(key, None)
 
 
 def run_arm(
     loaded: LoadedSpec,
     arm: Arm,
-    folder: RunFolder,
+    folder: ArmRecorder,
     *,
     components: Components | None = None,
     assembly: Assembly | None = None,
-    poisons: PoisonedInputs | None = None,
+    poisons: ArmInputs | None = None,
     reporter: Reporter | None = None,
 ) -> None:
     """Train one arm to its last epoch, resuming from its checkpoint, recording into `folder`.
 
-    The folder must be open (`RunFolder.open`). `assembly` and `poisons` let arms of one process
-    share the data and generated poisons; without them they are built from the spec.
+    `folder` is an open `RunFolder` (`RunFolder.open`) or any other `ArmRecorder`. `assembly`
+    and `poisons` let arms of one process share the data and generated poisons; without them
+    they are built from the spec.
     """
     reporter = reporter or Reporter()
     assembly = assembly or Assembly.from_spec(loaded, components or get_components())
-    poisons = poisons or PoisonedInputs(assembly, reporter=reporter)
     spec, tasks, device = loaded.spec, assembly.tasks, assembly.device
     recipe = spec.training
     state = folder.resume_arm(arm.id, assembly.arm_config(arm), hardware(device))
@@ -72,7 +166,14 @@ def run_arm(
         reporter.arm_done(arm.id, skipped=True)
         return
 
-    train_x = poisons.for_arm(arm)
+    data = assembly.data
+    if arm.poison is None:
+        train_split = data.train
+    else:
+        poisons = poisons or PoisonedInputs(assembly, reporter=reporter)
+        train_split = data.train.with_inputs(
+            stored_poison(poisons.for_arm(arm), recipe.poison_storage)
+        )
     defence = assembly.components.build("defence", arm.defence.name, arm.defence.params)
     torch.manual_seed(arm.seed)
     model = assembly.build_model().to(device)
@@ -109,8 +210,7 @@ def run_arm(
     if done == 0:
         tracer.snapshot()  # step 0: the initial parameters, written with the first epoch
 
-    data = assembly.data
-    train = on_device(data.train.with_inputs(train_x), device)
+    train = on_device(train_split, device)
     test = on_device(data.test, device)
     probe = SALProbe(
         spec.sal,
@@ -220,6 +320,7 @@ class Runner:
         self.assembly = preflight(
             self.loaded, self.components, folder=self.folder, fresh=self.fresh, log_to=self.log_to
         )
+        check_poison_storage(self.assembly)
         return self.assembly
 
     def run(self) -> list[Entry]:
@@ -232,21 +333,24 @@ class Runner:
             self.spec.name,
             stage=self.reporter.stage,
         )
+        arms = plan_arms(self.spec)
         if self.reuse_clean is not None:
-            adopted = adopt_clean_arms(
-                self.folder, self.reuse_clean, assembly, plan_arms(self.spec)
-            )
+            adopted = adopt_clean_arms(self.folder, self.reuse_clean, assembly, arms)
             if adopted:
                 self.reporter.stage(
                     f"clean arms from {self.reuse_clean.path}: {', '.join(adopted)}"
                 )
-        reporter = self._tracked(assembly)
-        poisons = PoisonedInputs(assembly, self.poison_cache, reporter)
+        reporter = tracked_reporter(
+            self.reporter, loaded, self.components, self.folder, assembly, self.log_to
+        )
+        reporter.plan([arm.id for arm in arms], self.spec.training.epochs)
+        poisons = SharedPoisons(assembly, arms, self.poison_cache, reporter)
         try:
-            for arm in plan_arms(self.spec):
+            for arm in arms:
                 run_arm(
                     loaded, arm, self.folder, assembly=assembly, poisons=poisons, reporter=reporter
                 )
+                poisons.done(arm)
             entries = compute_entries(self.folder.path)
             write_entries(self.folder.path, entries)
             if isinstance(reporter, TrackingReporter):
@@ -255,25 +359,3 @@ class Runner:
             reporter.close()
             self.folder.unlock()
         return entries
-
-    def _tracked(self, assembly: Assembly) -> Reporter:
-        """The reporter, sending the run's events to the spec's trackers and those of --log-to."""
-        refs = [(ref.name, ref.name, ref.params) for ref in self.spec.trackers]
-        refs += [(name, name, {}) for name in self.log_to if name not in {r[0] for r in refs}]
-        if not refs:
-            return self.reporter
-        trackers = {
-            label: self.components.build("tracker", name, params) for label, name, params in refs
-        }
-        reporter = TrackingReporter(self.reporter, trackers)
-        reporter.run_start(
-            RunInfo(
-                self.spec.name,
-                self.loaded.hash,
-                self.loaded.resolved(),
-                self.folder.path,
-                assembly.layers,
-                assembly.task_layers,
-            )
-        )
-        return reporter

@@ -21,9 +21,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     Strict,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -150,6 +152,20 @@ class TrainingSpec(Closed):
         default=False, description="mixed precision (bfloat16/float16 autocast on CUDA)"
     )
     grad_clip: Real | None = Field(default=None, gt=0)
+    poison_storage: Literal["float32", "uint8"] = Field(
+        default="float32",
+        description="how a poisoned training set is held: float32 as generated, or uint8 (4x smaller; "
+        "each value rounded to the nearest k/255, at most 0.5/255 away; an L-inf budget that is a whole "
+        "number of 255ths stays within itself). Part of the track when uint8",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_float32_storage(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # added after the first runs: left out at its default, so older runs keep hash and track
+        data = handler(self)
+        if self.poison_storage == "float32":
+            data.pop("poison_storage", None)
+        return data
 
 
 class SALSpec(Closed):
@@ -213,6 +229,45 @@ class LandscapeSpec(Closed):
     )
 
 
+class ExecutionSpec(Closed):
+    """Where and how the arms run. Never part of a result's identity: left out of the resolved
+    spec, its hash and the track, so the same spec gives the same entries on any executor."""
+
+    executor: Literal["local", "ray"] = Field(
+        default="local",
+        description="local: every arm in this process, one after another; ray: each poison generation and "
+        "each arm a Ray task",
+    )
+    address: str | None = Field(
+        default=None,
+        description="Ray cluster address as Ray spells it (host:port, ray://host:port, auto); unset: "
+        "RAY_ADDRESS, else a local Ray instance started for the run",
+    )
+    cpus_per_arm: float = Field(default=1, gt=0, description="CPUs Ray grants each arm")
+    gpus_per_arm: float = Field(default=0, ge=0, description="GPUs Ray grants each arm")
+    cpus_per_poison: float | None = Field(
+        default=None, gt=0, description="CPUs per poison generation (unset: cpus_per_arm)"
+    )
+    gpus_per_poison: float | None = Field(
+        default=None, ge=0, description="GPUs per poison generation (unset: gpus_per_arm)"
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="attempts per arm and per poison when a worker or node is lost (each attempt "
+        "resumes from the arm's last checkpoint)",
+    )
+    memory_budget_mb: float | None = Field(
+        default=None,
+        gt=0,
+        description="largest split (as stored, e.g. uint8 images) held in memory; a larger one is written "
+        "once into the cache and streamed from disk; unset: every split in memory",
+    )
+    data_workers: int = Field(
+        default=2, ge=0, description="worker processes reading streamed batches ahead of training"
+    )
+
+
 class Spec(Closed):
     name: str = Field(pattern=SLUG, description="run name; the run folder is <output>/<name>")
     description: str = ""
@@ -242,6 +297,12 @@ class Spec(Closed):
         default_factory=list,
         description="experiment trackers that watch the run (tensorboard, mlflow, ...); they change "
         "nothing that is trained or scored and are not part of the spec hash",
+    )
+    execution: ExecutionSpec = Field(
+        default_factory=ExecutionSpec,
+        exclude=True,
+        description="where and how the arms run (executor, resources, memory budget); never part of the "
+        "resolved spec, its hash or the track; `harness eval` options override it",
     )
     output: str = Field(
         default="runs", description="relative folder for runs; no '..', not absolute"

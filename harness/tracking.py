@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,8 +27,12 @@ from typing import TYPE_CHECKING, Any
 from harness.progress import Reporter
 
 if TYPE_CHECKING:
+    from harness.assembly import Assembly
     from harness.context import BuildContext
     from harness.entries import Entry
+    from harness.pluginmanager import Components
+    from harness.runfolder import RunFolder
+    from harness.specfile import LoadedSpec
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,9 @@ class TrackingReporter(Reporter):
         self._send("close")
 
     # --- the Reporter interface, forwarded --------------------------------------------------
+    def plan(self, arm_ids: Sequence[str], epochs: int) -> None:
+        self.inner.plan(arm_ids, epochs)
+
     def stage(self, message: str) -> None:
         self.inner.stage(message)
 
@@ -117,3 +125,35 @@ class TrackingReporter(Reporter):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def tracked_reporter(
+    reporter: Reporter,
+    loaded: LoadedSpec,
+    components: Components,
+    folder: RunFolder,
+    assembly: Assembly,
+    log_to: Sequence[str] = (),
+) -> Reporter:
+    """`reporter`, also sending the run's events to the spec's trackers and those of --log-to.
+
+    The run's start is sent at once; the caller sends its end (`TrackingReporter.run_end`).
+    """
+    spec = loaded.spec
+    refs = [(ref.name, ref.params) for ref in spec.trackers]
+    refs += [(name, {}) for name in log_to if name not in {r[0] for r in refs}]
+    if not refs:
+        return reporter
+    trackers = {name: components.build("tracker", name, params) for name, params in refs}
+    tracking = TrackingReporter(reporter, trackers)
+    tracking.run_start(
+        RunInfo(
+            spec.name,
+            loaded.hash,
+            loaded.resolved(),
+            folder.path,
+            assembly.layers,
+            assembly.task_layers,
+        )
+    )
+    return tracking

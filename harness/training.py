@@ -2,6 +2,8 @@
 
 All randomness (shuffling, augmentation, defences) comes from an explicit `torch.Generator`
 whose state is checkpointed, so a resumed run continues exactly where the killed one stopped.
+Inputs are read a batch at a time (`Split.batches`): uint8 images are converted per batch and a
+split on disk streams, with the batch order drawn before any is read.
 """
 
 from __future__ import annotations
@@ -96,13 +98,9 @@ def augment(x: Tensor, specs: Sequence[AugmentationSpec], generator: torch.Gener
 
 
 def on_device(split: Split, device: torch.device) -> Split:
-    """The split with its inputs, labels and targets moved to `device`."""
-    return Split(
-        split.x.to(device),
-        split.y.to(device),
-        split.indices,
-        {k: v.to(device) for k, v in split.targets.items()},
-    )
+    """The split with its inputs (as stored: float32 or uint8; a split on disk stays there),
+    labels and targets moved to `device`."""
+    return split.to(device)
 
 
 def batch_order(
@@ -144,8 +142,9 @@ def train_epoch(
     )
     total, count = 0.0, 0
     all_targets = task.targets(train)
-    for idx in batch_order(len(train), recipe.batch_size, generator):
-        x = train.x[idx].to(device, non_blocking=True)
+    order = batch_order(len(train), recipe.batch_size, generator)
+    for idx, x in zip(order, train.batches(order), strict=True):
+        x = x.to(device, non_blocking=True)
         y = targets_to(take_targets(all_targets, idx), device)
         x = defence.transform_images(x, generator)
         x = aug(x, generator)
@@ -199,9 +198,12 @@ def evaluate_all(
     autocast = autocast_for(device, amp)
     total, count = 0.0, 0
     all_targets = task.targets(split)
-    for start in range(0, len(split), batch_size):
-        index = torch.arange(start, min(start + batch_size, len(split)))
-        x = split.x[index].to(device)
+    order = [
+        torch.arange(start, min(start + batch_size, len(split)))
+        for start in range(0, len(split), batch_size)
+    ]
+    for index, x in zip(order, split.batches(order), strict=True):
+        x = x.to(device)
         y = targets_to(take_targets(all_targets, index), device)
         with autocast if autocast is not None else contextlib.nullcontext():
             out = model(x)

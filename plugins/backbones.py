@@ -7,9 +7,10 @@ Each returns pooled features; the task head sits on top. The larger backbones of
 from __future__ import annotations
 
 import math
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import Tensor, nn
 
 from harness.api import Backbone, BackboneRecord, BuildContext, NoParams, Params, hookimpl
@@ -119,6 +120,19 @@ class ResNetParams(Params):
     width: int = Field(
         default=64, gt=0, le=512, description="channels of the first stage (64 in the paper)"
     )
+    stem: Literal["cifar", "imagenet"] = Field(
+        default="cifar",
+        description="cifar: 3x3 stride-1 convolution, no max-pool (32x32 inputs); imagenet: 7x7 "
+        "stride-2 convolution and 3x3 stride-2 max-pool (224x224 inputs, torchvision's ResNet-18)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_cifar_stem(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # added after the first runs: left out at its default, so older runs keep hash and track
+        data = handler(self)
+        if self.stem == "cifar":
+            data.pop("stem", None)
+        return data
 
 
 class BasicBlock(nn.Module):
@@ -143,7 +157,8 @@ class BasicBlock(nn.Module):
 class CifarResNet18(Backbone):
     """ResNet-18 in its CIFAR form (3×3 stride-1 stem, no max-pool), as the paper and the UE
     literature train it: 20 convolutions (17 plus 3 shortcut projections), so with the
-    classification head the 21 scored layers of the reference."""
+    classification head the 21 scored layers of the reference. `stem: imagenet` gives
+    torchvision's stem (7×7 stride 2, max-pool) for 224-pixel inputs, with the same 21 layers."""
 
     def __init__(self, params: ResNetParams, context: BuildContext) -> None:
         super().__init__()
@@ -151,9 +166,17 @@ class CifarResNet18(Backbone):
         if len(input_shape) != 3:
             raise ValueError(f"resnet18 needs image inputs [C, H, W], got shape {input_shape}")
         w = params.width
-        self.stem = nn.Sequential(
-            nn.Conv2d(input_shape[0], w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()
-        )
+        if params.stem == "imagenet":
+            self.stem = nn.Sequential(
+                nn.Conv2d(input_shape[0], w, 7, 2, 3, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(),
+                nn.MaxPool2d(3, 2, 1),
+            )
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(input_shape[0], w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()
+            )
         stages, c_in = [], w
         for i, c_out in enumerate((w, 2 * w, 4 * w, 8 * w)):
             stride = 1 if i == 0 else 2
@@ -256,7 +279,7 @@ def harness_register_backbones() -> list[BackboneRecord]:
             name="resnet18",
             factory=CifarResNet18,
             params=ResNetParams,
-            description="ResNet-18, CIFAR form (3×3 stride-1 stem, no max-pool); 21 scored layers with its head",
+            description="ResNet-18, CIFAR form (3×3 stride-1 stem, no max-pool) or `stem: imagenet`; 21 scored layers with its head",
         ),
         BackboneRecord(
             name="small-unet",

@@ -3,8 +3,15 @@
 Nothing here downloads: the machines the harness runs on have no network, so every data set that
 is not bundled with a library is read from a local path and a missing one fails with a message
 that says exactly which path was expected. Subsetting is the core's job (it must be identical
-for every data set); the only exception is `image-folder`, which accepts the core's subset
-request so that a 2,000-image run does not decode 60,000 files first.
+for every data set); `cifar10`, `cifar100` and `image-folder` accept the core's subset request
+(`context.subset`, drawn with the core's own `stratified_indices`) so that a 500-image run
+neither converts nor decodes 60,000 images first.
+
+Images that are 8-bit at the source (CIFAR's pickles, image files) are kept as uint8, 4× smaller
+than float32 and converted per batch with the same division as before, so the values are
+unchanged. A split larger than `context.storage`'s memory budget is written once into the cache
+as a uint8 array and streamed from disk (`store_pixels`); image folders decode straight into
+that file, a chunk at a time, so the whole split is never in memory.
 """
 
 from __future__ import annotations
@@ -26,11 +33,15 @@ from harness.api import (
     DataBundle,
     DataError,
     DatasetRecord,
+    DiskImages,
     Params,
     Split,
+    StoragePolicy,
     Subset,
     hookimpl,
     run_in_threads,
+    storage_key,
+    store_pixels,
     stratified_indices,
 )
 
@@ -274,11 +285,53 @@ def _cifar_batches(
             raise DataError(f"{path} has labels outside 0..{num_classes - 1}")
         xs.append(data)
         ys.append(labels)
-    x = np.concatenate(xs).reshape(-1, 3, 32, 32).astype(np.float32) / np.float32(255.0)
-    return x, np.concatenate(ys)
+    return np.concatenate(xs).reshape(-1, 3, 32, 32), np.concatenate(ys)
 
 
-def _load_cifar(key: str, params: CifarParams) -> DataBundle:
+def _chosen(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray | None:
+    """The core's stratified subset of a split (None: all of it), drawn as harness.data.subset does."""
+    if size is None or size >= len(labels):
+        return None
+    return stratified_indices(labels, size, seed)
+
+
+def _files_identity(paths: Sequence[Path]) -> list[tuple[str, int, int]]:
+    """What a cached copy of decoded files depends on: each file's path, size and mtime."""
+    out = []
+    for path in paths:
+        stat = path.stat()
+        out.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return out
+
+
+def _pixel_split(
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    size: int | None,
+    seed: int,
+    policy: StoragePolicy | None,
+    identity: object,
+) -> Split:
+    """uint8 images with the core's subset taken before anything is converted or stored."""
+    chosen = _chosen(labels, size, seed)
+    rows = pixels if chosen is None else pixels[chosen]
+    if (policy or StoragePolicy()).fits(rows.nbytes):
+        stored: Tensor | DiskImages = torch.from_numpy(np.ascontiguousarray(rows))
+    else:
+        stored = store_pixels(
+            tuple(rows.shape),
+            lambda start, stop: rows[start:stop],
+            policy,
+            storage_key(identity, None if chosen is None else chosen.tolist()),
+        )
+    if chosen is None:
+        return Split(stored, torch.as_tensor(labels))
+    return Split(
+        stored, torch.as_tensor(labels[chosen]), torch.as_tensor(chosen, dtype=torch.int64)
+    )
+
+
+def _load_cifar(key: str, params: CifarParams, context: BuildContext | None) -> DataBundle:
     spec = _CIFAR[key]
     root = Path(params.root).expanduser()
     folder = _cifar_folder(root, spec)
@@ -292,12 +345,18 @@ def _load_cifar(key: str, params: CifarParams) -> DataBundle:
     if spec["names_key"] not in meta:
         raise DataError(f"{meta_path} has no {spec['names_key']!r} entry")
     classes = [str(c) for c in meta[spec["names_key"]]]
-    x_train, y_train = _cifar_batches(folder, spec["train"], spec["labels_key"], len(classes))
-    x_test, y_test = _cifar_batches(folder, spec["test"], spec["labels_key"], len(classes))
+    sub = (context.subset if context is not None else None) or Subset()
+    policy = context.storage if context is not None else None
+    splits = []
+    for part, size in (("train", sub.train), ("test", sub.test)):
+        names = spec[part]
+        x, y = _cifar_batches(folder, names, spec["labels_key"], len(classes))
+        identity = (key, part, _files_identity([folder / name for name in names]))
+        splits.append(_pixel_split(x, y, size, sub.seed, policy, identity))
     return DataBundle(
         name=key,
-        train=_to_split(x_train, y_train),
-        test=_to_split(x_test, y_test),
+        train=splits[0],
+        test=splits[1],
         classes=classes,
         value_range=(0.0, 1.0),
         metadata={"root": str(folder)},
@@ -306,12 +365,12 @@ def _load_cifar(key: str, params: CifarParams) -> DataBundle:
 
 def load_cifar10(params: CifarParams, context: BuildContext | None = None) -> DataBundle:
     """CIFAR-10 read directly, since torchvision's loader verifies md5 sums of the full release."""
-    return _load_cifar("cifar10", params)
+    return _load_cifar("cifar10", params, context)
 
 
 def load_cifar100(params: CifarParams, context: BuildContext | None = None) -> DataBundle:
     """CIFAR-100 (fine labels) read directly, for the same reason as `load_cifar10`."""
-    return _load_cifar("cifar100", params)
+    return _load_cifar("cifar100", params, context)
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,27 +427,37 @@ def list_image_folder(root: Path, split_dir: str) -> tuple[list[Path], np.ndarra
     return paths, np.asarray(labels, dtype=np.int64), classes
 
 
+def _first_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception as exc:
+        raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc})") from exc
+
+
 def decode_images(
-    paths: Sequence[Path], image_size: int | None, channels: Literal[1, 3], *, workers: int = 4
+    paths: Sequence[Path],
+    image_size: int | None,
+    channels: Literal[1, 3],
+    *,
+    workers: int = 4,
+    reference: Path | None = None,
 ) -> Tensor:
-    """Decode images into one float32 [N, C, H, W] tensor in [0, 1].
+    """Decode images into one uint8 [N, C, H, W] tensor, the 8-bit values as stored.
 
     Decoding goes straight into a preallocated uint8 array, so no per-image tensors are built,
     from a few threads: Pillow releases the GIL while decoding, which pays off for larger images
     (for 32x32 JPEGs the per-file Python overhead dominates; 60,000 take about 10 s on 2 cores).
-    Without `image_size` the first image fixes the size and any other size is an error, because
-    silently resizing would change what a poison's pixel budget means.
+    Without `image_size` the first image (or `reference`, for a chunk of a longer list) fixes the
+    size and any other size is an error, because silently resizing would change what a poison's
+    pixel budget means.
     """
     if not paths:
         raise DataError("no images to decode")
     mode = "RGB" if channels == 3 else "L"
+    first = reference if reference is not None else paths[0]
     if image_size is None:
-        first = paths[0]
-        try:
-            with Image.open(first) as img:
-                width, height = img.size
-        except Exception as exc:
-            raise DataError(f"cannot read image {first} ({type(exc).__name__}: {exc})") from exc
+        width, height = _first_size(first)
     else:
         width = height = image_size
     out = np.empty((len(paths), channels, height, width), dtype=np.uint8)
@@ -399,7 +468,7 @@ def decode_images(
             with Image.open(path) as img:
                 if image_size is None and img.size != (width, height):
                     raise DataError(
-                        f"image {path} is {img.size[0]}x{img.size[1]} but {paths[0]} is "
+                        f"image {path} is {img.size[0]}x{img.size[1]} but {first} is "
                         f"{width}x{height}; set image_size to resize all images to one size"
                     )
                 if img.mode != mode:  # convert() copies even when the mode matches
@@ -413,20 +482,46 @@ def decode_images(
             raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc})") from exc
         out[i] = pixels.transpose(2, 0, 1) if channels == 3 else pixels[None]
 
-    run_in_threads(len(paths), decode, chunk_size=256, workers=workers)  # the first bad file raises
-    return torch.from_numpy(out).to(torch.float32).div_(255.0)
+    # chunks small enough that every thread gets one (the first bad file still raises first)
+    chunk = max(16, min(256, -(-len(paths) // max(workers, 1))))
+    run_in_threads(len(paths), decode, chunk_size=chunk, workers=workers)
+    return torch.from_numpy(out)
 
 
 def _load_split(
-    paths: list[Path], labels: np.ndarray, size: int | None, seed: int, params: ImageFolderParams
+    paths: list[Path],
+    labels: np.ndarray,
+    size: int | None,
+    seed: int,
+    params: ImageFolderParams,
+    policy: StoragePolicy | None,
 ) -> Split:
+    """One split's chosen files as uint8: decoded into memory, or (over the memory budget) into
+    a uint8 file in the cache, a chunk at a time, reused by later runs while the files are
+    unchanged."""
     # Same rule as harness.data.subset, so a pre-decode subset equals the one the core would draw.
-    if size is None or size >= len(labels):
-        return Split(
-            decode_images(paths, params.image_size, params.channels), torch.as_tensor(labels)
+    chosen = _chosen(labels, size, seed)
+    picked = paths if chosen is None else [paths[i] for i in chosen]
+    if params.image_size is None:
+        width, height = _first_size(picked[0])
+    else:
+        width = height = params.image_size
+    shape = (len(picked), params.channels, height, width)
+    policy = policy or StoragePolicy()
+    if policy.fits(int(np.prod(shape))):
+        x: Tensor | DiskImages = decode_images(picked, params.image_size, params.channels)
+    else:
+        identity = ("image-folder", _files_identity(picked), params.image_size, params.channels)
+        x = store_pixels(
+            shape,
+            lambda start, stop: decode_images(
+                picked[start:stop], params.image_size, params.channels, reference=picked[0]
+            ).numpy(),
+            policy,
+            storage_key(identity),
         )
-    chosen = stratified_indices(labels, size, seed)
-    x = decode_images([paths[i] for i in chosen], params.image_size, params.channels)
+    if chosen is None:
+        return Split(x, torch.as_tensor(labels))
     return Split(x, torch.as_tensor(labels[chosen]), torch.as_tensor(chosen, dtype=torch.int64))
 
 
@@ -446,12 +541,13 @@ def load_image_folder(params: ImageFolderParams, context: BuildContext | None = 
             f"class folders differ between {root / params.train_dir} ({', '.join(classes)}) and "
             f"{root / params.test_dir} ({', '.join(test_classes)})"
         )
-    train = _load_split(train_paths, train_labels, train_size, seed, params)
-    test = _load_split(test_paths, test_labels, test_size, seed, params)
-    if train.x.shape[1:] != test.x.shape[1:]:
+    policy = context.storage if context is not None else None
+    train = _load_split(train_paths, train_labels, train_size, seed, params, policy)
+    test = _load_split(test_paths, test_labels, test_size, seed, params, policy)
+    if train.shape[1:] != test.shape[1:]:
         raise DataError(
-            f"test images ({root / params.test_dir}) are {tuple(test.x.shape[2:])} but train "
-            f"images are {tuple(train.x.shape[2:])}; set image_size to resize both"
+            f"test images ({root / params.test_dir}) are {tuple(test.shape[2:])} but train "
+            f"images are {tuple(train.shape[2:])}; set image_size to resize both"
         )
     return DataBundle(
         name="image-folder",
@@ -501,6 +597,6 @@ def harness_register_datasets() -> list[DatasetRecord]:
             name="image-folder",
             factory=load_image_folder,
             params=ImageFolderParams,
-            description="any train/<class>/*.jpg|png tree (torchvision ImageFolder layout) decoded to [0, 1]",
+            description="any train/<class>/*.jpg|png tree (torchvision ImageFolder layout), 8-bit images in [0, 1]",
         ),
     ]

@@ -74,3 +74,20 @@ def test_backbones_without_a_map_say_so():
         assert backbone.has_feature_map is False
         with pytest.raises(NotImplementedError, match="gives no feature map"):
             backbone.forward_features(torch.rand(1, *shape))
+
+
+def test_resnet18_imagenet_stem_takes_224_pixels_with_the_same_21_layers():
+    torch.manual_seed(0)
+    model = build("resnet18", (3, 224, 224), width=8, stem="imagenet")
+    assert model(torch.rand(2, 3, 224, 224)).shape == (2, 10)
+    assert len(scored_layers(model)) == 21
+    assert model.backbone.stem[0].kernel_size == (7, 7)
+
+
+def test_resnet18_cifar_stem_is_left_out_of_the_resolved_params():
+    """Specs written before `stem` existed keep their hash and track."""
+    from harness.specfile import validate_params
+
+    params = get_components().get("backbone", "resnet18").record.params
+    assert validate_params(params, {}) == {"width": 64}
+    assert validate_params(params, {"stem": "imagenet"}) == {"width": 64, "stem": "imagenet"}

@@ -1,0 +1,237 @@
+"""`harness eval --executor ray` on a real Ray cluster: a head and a second node started with
+`ray start` on the loopback interface by the tests (never local_mode), stopped at the end.
+
+What must hold: a Ray run writes the same SAL arrays and entries as a local run with one thread
+per arm; a worker killed in the middle of an arm is retried and resumes from its last complete
+epoch; a killed driver resumes when the command is run again; a node that disappears has its
+arms rescheduled. Nothing lost, nothing counted twice: every run is compared, array by array,
+with the uninterrupted local run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import tiny_spec, write_spec
+
+pytest.importorskip("ray")
+from raycluster import RayCluster  # noqa: E402
+
+from harness.checkpoint import load_state  # noqa: E402
+from harness.entries import read_entries  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+VOLATILE = {"wall_time_s", "hdf5"}
+TIMINGS = {"train_seconds", "sal_seconds"}
+
+
+def spec_dict(epochs: int) -> dict:
+    return tiny_spec("rayrun", training={"epochs": epochs, "batch_size": 50})
+
+
+def harness(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "eval", *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return err
+
+
+def arrays(run: Path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(run / "run.h5", "r") as f:
+
+        def visit(name: str, obj) -> None:
+            if isinstance(obj, h5py.Dataset) and name.rsplit("/", 1)[-1] not in TIMINGS:
+                out[name] = obj[()]
+
+        f.visititems(visit)
+    return out
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """Every dataset of run.h5 but the timings, bit for bit, and every entry but its timing."""
+    got, want = arrays(run), arrays(reference)
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    entries = {e.arm_id: e.model_dump(exclude=VOLATILE) for e in read_entries(run)}
+    assert entries == {e.arm_id: e.model_dump(exclude=VOLATILE) for e in read_entries(reference)}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A head node and a second node joining it, one CPU each."""
+    cache = tmp_path_factory.mktemp("ray-node-cache")  # the nodes' poison cache
+    cluster = RayCluster(cpus=1, env={"HARNESS_CACHE": str(cache), "OMP_NUM_THREADS": "1"})
+    try:
+        cluster.start_node(1)
+        yield cluster
+    finally:
+        cluster.stop()
+    assert not cluster.processes()
+
+
+EPOCHS = 8
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, Path]:
+    """The spec file and its uninterrupted local run, one thread (as Ray gives one per CPU)."""
+    root = tmp_path_factory.mktemp("ray-reference")
+    spec = write_spec(root / "rayrun.yaml", spec_dict(EPOCHS))
+    finish(harness(str(spec), "--output", str(root), "--executor", "local"))
+    return spec, root / "rayrun"
+
+
+def progress(run: Path) -> dict[str, int]:
+    """Epochs checkpointed per arm so far."""
+    done = {}
+    for path in (run / "checkpoints").glob("*.pt"):
+        try:
+            state = load_state(path)
+        except Exception:
+            continue
+        if state is not None:
+            done[path.stem] = state.epochs_done
+    return done
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before the fault: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("the run never reached the point of the fault")
+
+
+def caught_mid_arm(pids: list[int], arm_id: str, run: Path) -> bool:
+    """Stop `pids` (SIGSTOP), then look: True, still stopped, when the arm has a complete epoch
+    checkpointed and more to go; else they continue. No race between looking and killing."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    if 1 <= progress(run).get(arm_id, 0) < EPOCHS:
+        return True
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+    return False
+
+
+def arm_of(pid: int) -> str:
+    """The arm a worker process runs, from its title (`ray::arm <arm id>`)."""
+    title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    return title.split("arm ", 1)[1].strip()
+
+
+def test_a_ray_run_gives_the_local_runs_sal_arrays_and_entries(cluster, reference, tmp_path):
+    spec, local = reference
+    err = finish(
+        harness(
+            str(spec), "--output", str(tmp_path), "--executor", "ray", "--address", cluster.address
+        )
+    )
+    assert "2 node(s)" in err and "[arm 3/3]" in err and "ETA arm" in err
+    assert_same_run(tmp_path / "rayrun", local)
+
+
+def test_a_worker_killed_mid_arm_is_retried_and_resumes_from_its_last_epoch(
+    cluster, reference, tmp_path
+):
+    spec, local = reference
+    run = tmp_path / "rayrun"
+    proc = harness(
+        str(spec), "--output", str(tmp_path), "--executor", "ray", "--address", cluster.address
+    )
+
+    def mid_arm():
+        for pid in cluster.workers("arm "):
+            arm_id = arm_of(pid)
+            if caught_mid_arm([pid], arm_id, run):
+                return arm_id, pid
+        return None
+
+    arm_id, pid = wait_for(mid_arm, proc)
+    os.kill(pid, signal.SIGKILL)
+    err = finish(proc)
+    lost = re.search(rf"{arm_id}: attempt 1 lost \((\w+).*attempt 2 resumes after epoch (\d+)", err)
+    assert lost, err[-3000:]
+    assert int(lost.group(2)) >= 1  # from its checkpoint, not from the start
+    assert f"{arm_id}: training {EPOCHS} epochs (resuming after epoch {lost.group(2)})" in err
+    assert_same_run(run, local)
+
+
+def test_a_killed_driver_resumes_when_the_command_is_run_again(cluster, reference, tmp_path):
+    spec, local = reference
+    run = tmp_path / "rayrun"
+    args = (str(spec), "--output", str(tmp_path), "--executor", "ray", "--address", cluster.address)
+    proc = harness(*args)
+
+    def mid_run():
+        os.kill(proc.pid, signal.SIGSTOP)
+        done = progress(run)
+        if any(1 <= d < EPOCHS for d in done.values()):
+            return done
+        os.kill(proc.pid, signal.SIGCONT)
+        return None
+
+    before = wait_for(mid_run, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    err = finish(harness(*args))
+    resumed = [a for a, done in before.items() if 0 < done < EPOCHS]
+    assert any(f"{a}: training {EPOCHS} epochs (resuming after epoch" in err for a in resumed), err[
+        -3000:
+    ]
+    assert_same_run(run, local)
+
+
+def test_a_node_that_disappears_has_its_arms_rescheduled(cluster, reference, tmp_path):
+    spec, local = reference
+    run = tmp_path / "rayrun"
+    node = cluster.start_node(1)  # a third node, which will vanish
+    try:
+        proc = harness(
+            str(spec), "--output", str(tmp_path), "--executor", "ray", "--address", cluster.address
+        )
+
+        def arm_on_node():
+            for pid in cluster.workers("arm ", node_port=node):
+                arm_id = arm_of(pid)
+                if caught_mid_arm([pid], arm_id, run):
+                    return arm_id
+            return None
+
+        arm_id = wait_for(arm_on_node, proc)
+        cluster.kill_node(node)
+        err = finish(proc)
+    finally:
+        cluster.kill_node_if_alive(node)
+    lost = re.search(
+        rf"{arm_id}: attempt 1 lost \((.*)\); attempt 2 resumes after epoch [1-9]", err
+    )
+    assert lost, err[-3000:]
+    print(f"node lost: {lost.group(1)}")
+    assert_same_run(run, local)
