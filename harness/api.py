@@ -65,8 +65,16 @@ from harness.records import (
     Params,
     PoisonBudget,
     PoisonRecord,
+    SALEstimatorRecord,
     TaskHeadRecord,
     TrackerRecord,
+)
+from harness.sal_estimators import (
+    NormalizedStepsEstimator,
+    ProbeBatches,
+    ReferenceEstimator,
+    SALEstimator,
+    SALResult,
 )
 from harness.task import Metric, TaskHead
 from harness.tracking import RunInfo, Tracker
@@ -91,7 +99,13 @@ __all__ = [
     "Poison",
     "PoisonBudget",
     "PoisonContext",
+    "NormalizedStepsEstimator",
     "PoisonRecord",
+    "ProbeBatches",
+    "ReferenceEstimator",
+    "SALEstimator",
+    "SALEstimatorRecord",
+    "SALResult",
     "RunInfo",
     "Split",
     "StepContext",

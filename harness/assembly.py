@@ -33,6 +33,7 @@ from harness.errors import DataError, PluginError, SpecError
 from harness.plan import Arm
 from harness.pluginmanager import Components
 from harness.runfolder import RunFolder
+from harness.sal_estimators import SALEstimator
 from harness.spec import ComponentRef, PoisonRef, Spec
 from harness.specfile import LoadedSpec, SpecSource
 from harness.taskset import TaskSet
@@ -100,6 +101,8 @@ class Assembly:
         self.tasks = tasks
         self.device = resolve_device(spec.training.device)
         self.autocast = autocast_for(self.device, spec.training.amp)
+        #: SAL's autocast: float32 unless the spec asks for SAL under AMP too (`sal.amp`)
+        self.sal_autocast = self.autocast if spec.sal.amp else None
         # one model, built under the first seed, tells which layers SAL scores
         torch.manual_seed(spec.seeds[0])
         model = self.build_model()
@@ -135,6 +138,13 @@ class Assembly:
 
     def where(self, loc: tuple[Any, ...]) -> str:
         return self.source.where(loc)
+
+    def sal_estimator(self) -> SALEstimator:
+        """The spec's SAL estimator (`sal.estimator`), built with the spec's SAL section."""
+        ref = self.spec.sal.estimator
+        return self.components.build(
+            "sal_estimator", ref.name, ref.params, BuildContext(sal=self.spec.sal)
+        )
 
     @cached_property
     def data_fingerprint(self) -> str:

@@ -171,6 +171,7 @@ def _apply_execution_options(args: argparse.Namespace, loaded) -> None:
         "max_attempts": ("--max-attempts", args.max_attempts),
         "memory_budget_mb": ("--memory-budget", args.memory_budget),
         "data_workers": ("--data-workers", args.data_workers),
+        "save_snapshots": ("--save-snapshots", args.save_snapshots),
     }
     given = {field: value for field, (_, value) in options.items() if value is not None}
     try:
@@ -184,6 +185,11 @@ def _apply_execution_options(args: argparse.Namespace, loaded) -> None:
         raise SpecError("\n".join(problems)) from None
     if execution.executor != "ray" and args.address is not None:
         raise SpecError("--address: a Ray cluster's address is for --executor ray")
+    if execution.executor == "ray" and execution.save_snapshots:
+        raise SpecError(
+            "--save-snapshots: model snapshots are kept by the local executor only; run the "
+            "spec with --executor local to keep them"
+        )
     loaded.spec.execution = execution
 
 
@@ -249,6 +255,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     for path in figures:
         print(path)
     print(f"report: {page}")
+    return 0
+
+
+def cmd_sal_agreement(args: argparse.Namespace) -> int:
+    from harness.agreement_run import parse_estimator, sal_agreement
+
+    asked = [parse_estimator(text) for text in args.estimator]
+    stage = (lambda message: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    report = sal_agreement(Path(args.run), _components(False), asked, stage)
+    print(report.markdown())
+    print(f"written: {report.run / 'sal-agreement.md'} and sal-agreement.json")
     return 0
 
 
@@ -518,6 +535,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: no limit)",
     )
     x.add_argument(
+        "--save-snapshots",
+        type=int,
+        default=None,
+        metavar="K",
+        help="keep the model after every K-th epoch in the run folder (snapshots/), for "
+        "`harness sal-agreement RUN` (local executor)",
+    )
+    x.add_argument(
         "--data-workers",
         type=int,
         default=None,
@@ -589,6 +614,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder (holding run.h5)")
     _landscape_options(p)
     p.set_defaults(func=cmd_landscape)
+
+    p = sub.add_parser(
+        "sal-agreement",
+        help="each SAL estimator against the reference on a run's model snapshots "
+        "(run with `harness eval SPEC --save-snapshots K` first)",
+    )
+    p.add_argument("run", help="run folder (holding run.h5 and snapshots/)")
+    p.add_argument(
+        "--estimator",
+        action="append",
+        default=[],
+        metavar="NAME[:KEY=VALUE,...]",
+        help="an estimator to compare (repeatable), e.g. normalized-steps:steps=2; default: every "
+        "registered estimator with its default params",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_sal_agreement)
 
     p = sub.add_parser(
         "leaderboard",

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from harness.data import StoragePolicy, Subset
+
+if TYPE_CHECKING:
+    from harness.spec import SALSpec
 
 __all__ = ["BuildContext"]
 
@@ -26,3 +30,5 @@ class BuildContext:
     #: data sets: where splits may be kept (in memory up to a budget, else streamed from disk);
     #: set from the run's execution settings, never part of a result's identity
     storage: StoragePolicy | None = None
+    #: SAL estimators: the spec's SAL section (epsilon, iterations, inner_lr, the probe)
+    sal: SALSpec | None = None

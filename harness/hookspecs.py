@@ -27,6 +27,7 @@ from harness.records import (
     DatasetRecord,
     DefenceRecord,
     PoisonRecord,
+    SALEstimatorRecord,
     TaskHeadRecord,
     TrackerRecord,
 )
@@ -100,6 +101,20 @@ def harness_register_trackers() -> list[TrackerRecord]:
     """
 
 
+@hookspec
+def harness_register_sal_estimators() -> list[SALEstimatorRecord]:
+    """SAL estimators a spec can name under `sal.estimator` (`harness sal-agreement` compares them).
+
+    The factory returns a `SALEstimator` (`harness.sal_estimators`), built from its own params
+    and the spec's SAL section (`context.sal`: epsilon, iterations, inner_lr). `estimate` must
+    read the model without changing it (bind weights with `torch.func.functional_call`, restore
+    its mode) and report, per scored layer, the highest and lowest probe loss it found inside
+    the ball ‖v‖ ≤ ε‖θ_l‖ and the base loss. The record's `derivation` and `biases` say what its
+    values mean. Measure it against `reference` with `harness sal-agreement` before you rely on
+    it: its name and params are part of the track.
+    """
+
+
 HOOK_FOR_KIND = {
     "dataset": "harness_register_datasets",
     "backbone": "harness_register_backbones",
@@ -107,4 +122,5 @@ HOOK_FOR_KIND = {
     "poison": "harness_register_poisons",
     "defence": "harness_register_defences",
     "tracker": "harness_register_trackers",
+    "sal_estimator": "harness_register_sal_estimators",
 }

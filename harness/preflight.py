@@ -103,6 +103,7 @@ def preflight(
     if assembly is not None:
         _check_model(assembly, problems)
         _check_crafting_tasks(assembly, problems)
+        problems.attempt(assembly.sal_estimator)  # built once, so a broken estimator is named
     if folder is not None:
         target_ok = problems.attempt(lambda: folder.check_target(loaded.hash, fresh) or True)
         if target_ok and assembly is not None:

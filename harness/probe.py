@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from harness.data import Split, stratified_indices, take_targets
 from harness.defence import Defence
-from harness.sal import SALResult, SALSettings, compute_sal
+from harness.sal_estimators import ProbeBatches, ReferenceEstimator, SALEstimator, SALResult
 from harness.spec import AugmentationSpec, SALSpec
 from harness.taskset import TaskSet
 from harness.training import augment, batch_order
@@ -51,8 +51,14 @@ class SALProbe:
         seed: int,
         autocast=None,
         on_layer: Callable[[int, int], None] | None = None,
+        estimator: SALEstimator | None = None,
     ) -> None:
+        """`estimator` is the spec's (`Assembly.sal_estimator`); None: the reference with the
+        spec's settings. `autocast` None measures in float32 (`sal.amp` off)."""
         self.settings = settings
+        self.estimator = estimator or ReferenceEstimator(
+            settings.epsilon, settings.iterations, settings.inner_lr
+        )
         self.augmentation = augmentation
         self.tasks = tasks
         self.layers = layers
@@ -89,33 +95,33 @@ class SALProbe:
         y = take_targets(self.tasks.targets(train), self.indices)
         n, bs = len(x), settings.probe_batch_size
 
-        def batches(order: list[Tensor], augmented: bool) -> list[tuple[Tensor, Tensor]]:
-            out = []
-            for idx in order:
-                xb = x[idx.to(x.device)]
-                if augmented:
-                    xb = augment(xb, self.augmentation, g)
-                out.append((xb, take_targets(y, idx)))
-            return out
+        if settings.probe_augment:
 
-        def train_batches(_: int) -> list[tuple[Tensor, Tensor]]:
-            return batches(batch_order(n, bs, g, drop_last=True), settings.probe_augment)
+            def batches(order: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+                return [
+                    (augment(x[idx.to(x.device)], self.augmentation, g), take_targets(y, idx))
+                    for idx in order
+                ]
 
-        def eval_batches(_: int) -> list[tuple[Tensor, Tensor]]:
-            order = (
-                batch_order(n, bs, g) if settings.probe_augment else list(torch.arange(n).split(bs))
+            probe = ProbeBatches(
+                lambda _: batches(batch_order(n, bs, g, drop_last=True)),
+                lambda _: batches(batch_order(n, bs, g)),
+                fixed=False,
             )
-            return batches(order, settings.probe_augment)
-
-        fixed_eval = None if settings.probe_augment else eval_batches(0)
+        else:  # the same samples every pass: the estimators may cache the frozen prefix
+            in_order = list(torch.arange(n).split(bs))
+            probe = ProbeBatches.from_samples(
+                x,
+                y,
+                train_order=lambda _: batch_order(n, bs, g, drop_last=True),
+                eval_order=lambda _: in_order,
+            )
         total = len(self.layers)
-        return compute_sal(
+        return self.estimator.estimate(
             model,
             layers,
             loss_fn,
-            SALSettings(settings.epsilon, settings.iterations, settings.inner_lr),
-            train_batches=train_batches,
-            eval_batches=(lambda _: fixed_eval) if fixed_eval is not None else eval_batches,
+            probe,
             base_loss=train_loss
             if settings.base_loss == "train-running-mean" and train_loss is not None
             else None,

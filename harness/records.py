@@ -26,6 +26,7 @@ from harness.data import DataBundle
 from harness.defence import Defence
 from harness.names import COMPONENT_NAME_RE
 from harness.poison import Poison
+from harness.sal_estimators import SALEstimator
 from harness.task import TaskHead
 from harness.tracking import Tracker
 
@@ -159,6 +160,21 @@ class TrackerRecord(ComponentRecord):
     builds: ClassVar[type] = Tracker
 
 
+@dataclass(frozen=True)
+class SALEstimatorRecord(ComponentRecord):
+    """factory(params, context) -> SALEstimator; `context.sal` holds the spec's SAL section.
+
+    The record states how the estimator is derived and where it is known to be biased: an
+    estimator is part of a result's identity (entries from different estimators are never ranked
+    together), and a reader must be able to tell what its values mean.
+    """
+
+    derivation: str = ""
+    biases: str = ""
+    kind: ClassVar[str] = "sal_estimator"
+    builds: ClassVar[type] = SALEstimator
+
+
 RECORD_TYPES: dict[str, type[ComponentRecord]] = {
     cls.kind: cls
     for cls in (
@@ -168,5 +184,6 @@ RECORD_TYPES: dict[str, type[ComponentRecord]] = {
         PoisonRecord,
         DefenceRecord,
         TrackerRecord,
+        SALEstimatorRecord,
     )
 }

@@ -37,14 +37,16 @@ import os
 import shutil
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from harness.armconfig import ArmConfig, plugin_changes
-from harness.atomic import atomic_write_text, open_folder
+from harness.atomic import atomic_write, atomic_write_text, open_folder
 from harness.checkpoint import ArmState, load_state, save_state
 from harness.errors import DivergedError, RunStateError, UnsafePathError
 from harness.store import EpochRow, RunStore
@@ -116,6 +118,27 @@ class RunFolder:
 
     def checkpoint(self, arm_id: str) -> Path:
         return self.checkpoints_dir / f"{arm_id}.pt"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.path / "snapshots"
+
+    def snapshot(self, arm_id: str, epoch: int) -> Path:
+        return self.snapshots_dir / arm_id / f"epoch-{epoch:04d}.pt"
+
+    def snapshot_epochs(self, arm_id: str) -> list[int]:
+        """The epochs of the arm whose model snapshot is kept (`harness eval --save-snapshots`)."""
+        folder = self.snapshots_dir / arm_id
+        if not folder.is_dir():
+            return []
+        return sorted(
+            int(p.stem.removeprefix("epoch-"))
+            for p in folder.glob("epoch-*.pt")
+            if p.stem.removeprefix("epoch-").isdigit()
+        )
+
+    def snapshots(self, every: int) -> ModelSnapshots:
+        return ModelSnapshots(self, every)
 
     # --- writing ------------------------------------------------------------------------------------
     def write_text(self, path: Path, text: str) -> None:
@@ -535,3 +558,20 @@ def _holder(fd: int) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return found if isinstance(found, dict) else {}
+
+
+@dataclass
+class ModelSnapshots:
+    """Writes the model after every `every`-th epoch into the run folder, atomically.
+
+    A snapshot goes in before its epoch is recorded; one of an epoch a kill left unrecorded is
+    written again when the resumed arm reaches that epoch.
+    """
+
+    folder: RunFolder
+    every: int
+
+    def save(self, arm_id: str, epoch: int, model_state: dict[str, Any]) -> None:
+        path = self.folder.snapshot(arm_id, epoch)
+        state = {k: v.detach().cpu() for k, v in model_state.items()}
+        atomic_write(path, lambda f: torch.save(state, f), root=self.folder.path)

@@ -82,6 +82,14 @@ class ArmRecorder(Protocol):
     def finish_arm(self, arm_id: str) -> None: ...
 
 
+class SnapshotSink(Protocol):
+    """Where the model after every `every`-th epoch goes (`harness sal-agreement` reads them)."""
+
+    every: int
+
+    def save(self, arm_id: str, epoch: int, model_state: dict[str, Tensor]) -> None: ...
+
+
 class ArmInputs(Protocol):
     """The training inputs of a poisoned arm (`PoisonedInputs` generates them)."""
 
@@ -150,6 +158,7 @@ def run_arm(
     assembly: Assembly | None = None,
     poisons: ArmInputs | None = None,
     reporter: Reporter | None = None,
+    snapshots: SnapshotSink | None = None,
 ) -> None:
     """Train one arm to its last epoch, resuming from its checkpoint, recording into `folder`.
 
@@ -221,8 +230,9 @@ def run_arm(
         train,
         defence,
         arm.seed,
-        assembly.autocast,
+        assembly.sal_autocast,
         on_layer=lambda i, total: reporter.sal_layer(arm.id, i, total),
+        estimator=assembly.sal_estimator(),
     )
     for epoch in range(done + 1, recipe.epochs + 1):
         t0 = time.perf_counter()
@@ -272,6 +282,8 @@ def run_arm(
         state.scheduler, state.generator = scheduler.state_dict(), generator.get_state()
         state.scaler = scaler.state_dict() if scaler is not None else {}
         state.steps = tracer.step
+        if snapshots is not None and epoch % snapshots.every == 0:
+            snapshots.save(arm.id, epoch, state.model)  # before the epoch is recorded
         folder.record_epoch(arm.id, state, row, tracer.take(), every)
         reporter.epoch_done(arm.id, epoch, recipe.epochs, {**row.metrics, "sal": row.sal})
     tracer.close()
@@ -346,9 +358,17 @@ class Runner:
         reporter.plan([arm.id for arm in arms], self.spec.training.epochs)
         poisons = SharedPoisons(assembly, arms, self.poison_cache, reporter)
         try:
+            every = self.spec.execution.save_snapshots
+            snapshots = self.folder.snapshots(every) if every else None
             for arm in arms:
                 run_arm(
-                    loaded, arm, self.folder, assembly=assembly, poisons=poisons, reporter=reporter
+                    loaded,
+                    arm,
+                    self.folder,
+                    assembly=assembly,
+                    poisons=poisons,
+                    reporter=reporter,
+                    snapshots=snapshots,
                 )
                 poisons.done(arm)
             entries = compute_entries(self.folder.path)

@@ -24,6 +24,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     Strict,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_serializer,
     model_validator,
@@ -169,9 +170,11 @@ class TrainingSpec(Closed):
 
 
 class SALSpec(Closed):
-    estimator: Literal["reference"] = Field(
-        default="reference",
-        description="reference: the paper's code (relative L2 ball, SGD ascent and descent, max of the two)",
+    estimator: Component = Field(
+        default_factory=lambda: ComponentRef(name="reference"),
+        description="the SAL estimator (`harness plugins` lists them): reference, the paper's code "
+        "(relative L2 ball, SGD ascent and descent, max of the two), or a cheaper one measured "
+        "against it (docs/sal.md). Part of the track",
     )
     epsilon: Real = Field(
         default=0.05, gt=0, description="ball radius relative to the layer's L2 norm"
@@ -199,6 +202,27 @@ class SALSpec(Closed):
         description="eval: base loss in eval mode on the probe (consistent); "
         "train-running-mean: the epoch's running training loss, as the reference code does",
     )
+
+    amp: bool = Field(
+        default=False,
+        description="measure SAL under the training's autocast (bf16/fp16) when training.amp is "
+        "set; off: SAL in float32, as the paper's reference computes it. Part of the track when on",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_float32_sal(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # added after the first runs: left out at its default, so older runs keep hash and track
+        data = handler(self)
+        if not self.amp:
+            data.pop("amp", None)
+        return data
+
+    @field_serializer("estimator")
+    def _estimator_as_written(self, ref: ComponentRef) -> Any:
+        # the name alone when the estimator runs with its defaults (resolution keeps only
+        # params that differ from them): the form of every spec written before estimators were
+        # plugins, so those keep their hash and track
+        return ref.name if not ref.params else {"name": ref.name, "params": ref.params}
 
 
 class LandscapeSpec(Closed):
@@ -265,6 +289,13 @@ class ExecutionSpec(Closed):
     )
     data_workers: int = Field(
         default=2, ge=0, description="worker processes reading streamed batches ahead of training"
+    )
+    save_snapshots: Count = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description="keep the model after every k-th epoch in the run folder's snapshots/ for "
+        "`harness sal-agreement` (local executor); 0: none",
     )
 
 

@@ -365,6 +365,7 @@ def _component_refs(spec: Spec) -> list[tuple[Path_, str, ComponentRef]]:
     refs += [(("poisons", i), "poison", ref) for i, ref in enumerate(spec.poisons)]
     refs += [(("defences", i), "defence", ref) for i, ref in enumerate(spec.defences)]
     refs += [(("trackers", i), "tracker", ref) for i, ref in enumerate(spec.trackers)]
+    refs.append((("sal", "estimator"), "sal_estimator", spec.sal.estimator))
     return refs
 
 
@@ -400,7 +401,33 @@ def _raw_component_refs(data: dict[str, Any]) -> list[tuple[Path_, str, Componen
         for i, item in enumerate(items if isinstance(items, list) else []):
             with contextlib.suppress(ValidationError):
                 refs.append(((key, i), kind, _ARM_COMPONENT.validate_python(item)))
+    sal = data.get("sal")
+    if isinstance(sal, dict) and "estimator" in sal:
+        value = sal["estimator"]
+        with contextlib.suppress(ValidationError):
+            refs.append(
+                (
+                    ("sal", "estimator"),
+                    "sal_estimator",
+                    _COMPONENT.validate_python(
+                        {"name": value} if isinstance(value, str) else value
+                    ),
+                )
+            )
     return refs
+
+
+def _without_defaults(params_model: type[BaseModel], resolved: dict[str, Any]) -> dict[str, Any]:
+    """The params that differ from the model's defaults.
+
+    A SAL estimator is written as its name alone when it runs with its defaults, the form every
+    spec had before estimators were plugins, so that those keep their hash and track.
+    """
+    try:
+        defaults = params_model().model_dump(mode="json")
+    except ValidationError:  # a required param: nothing to leave out
+        return resolved
+    return {k: v for k, v in resolved.items() if k not in defaults or defaults[k] != v}
 
 
 def validate_params(params_model: type[BaseModel], given: dict[str, Any]) -> dict[str, Any]:
@@ -493,6 +520,8 @@ def resolve_spec(source: SpecSource, components: Components) -> LoadedSpec:
             continue
         try:
             ref.params = validate_params(registered.record.params, ref.params)
+            if kind == "sal_estimator":
+                ref.params = _without_defaults(registered.record.params, ref.params)
         except ValidationError as exc:
             problems += _validation_problems(source, exc, (*loc, "params"))
     if problems or spec is None:

@@ -254,12 +254,23 @@ def measure_epoch(assembly: Assembly, defence_ref: ArmComponentRef, steps: int =
             on_device(data.train, device),
             defence,
             spec.seeds[0],
-            assembly.autocast,
+            assembly.sal_autocast,
+            estimator=assembly.sal_estimator()
+            if iterations == sal.iterations
+            else None,  # the reference, at a chosen number of iterations
         )
         started = time.perf_counter()
         probe.measure(model, 1, loss)
         return time.perf_counter() - started
 
+    if sal.estimator.name != "reference":  # its cost does not grow with the iterations
+        sal_seconds(sal.iterations)  # warm-up
+        per_layer = sal_seconds(sal.iterations) / (1 + len(assembly.tasks.per_task_labels))
+        layers = len(assembly.layers) + len(assembly.tasks.per_task_labels) * len(
+            assembly.task_layers
+        )
+        probe_batches = max(1, math.ceil(min(sal.probe_size, n_train) / sal.probe_batch_size))
+        return EpochCost(train, evaluate, per_layer * layers * probe_batches)
     sal_seconds(1)  # warm-up
     one, two = sal_seconds(1), sal_seconds(2)
     per_iteration = max(two - one, 0.0)
