@@ -143,6 +143,8 @@ def _describe_component(components, name: str, as_json: bool) -> int:
                 "description": r.record.description,
                 "paper": getattr(r.record, "paper", None),
                 "deviations": list(getattr(r.record, "deviations", ())),
+                "derivation": getattr(r.record, "derivation", None),
+                "biases": getattr(r.record, "biases", None),
                 "params": [
                     dict(zip(("name", "type", "default", "description"), row, strict=True))
                     for row in parameter_rows(r.record.params)

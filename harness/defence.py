@@ -49,6 +49,12 @@ class StepContext:
 class Defence:
     """Built as `factory(params, context)`; subclasses used as the factory get `self.params`."""
 
+    #: True when `transform_images` is a fixed function of each image on its own (no generator,
+    #: no dependence on the batch, exact per-pixel or per-image arithmetic). The harness may then
+    #: apply it once per arm to a training split held in memory, instead of to every batch of
+    #: every epoch; the images are the same (JPEG, grayscale, bit-depth reduction).
+    per_image: bool = False
+
     def __init__(self, params: Any = None, context: BuildContext | None = None) -> None:
         self.params = params
         self.context = context
@@ -70,3 +76,43 @@ class Defence:
     def mixes_labels(self) -> bool:
         """Whether the defence rewrites class labels across a batch (meaningless for dense targets)."""
         return type(self).transform_batch is not Defence.transform_batch
+
+
+class ImagesApplied(Defence):
+    """A `per_image` defence whose image transform was already applied to the training split.
+
+    Everything else (batch transform, training step) is the wrapped defence's.
+    """
+
+    def __init__(self, inner: Defence) -> None:
+        super().__init__(inner.params, inner.context)
+        self.inner = inner
+
+    def transform_batch(
+        self, x: Tensor, targets: Tensor, num_classes: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        return self.inner.transform_batch(x, targets, num_classes, generator)
+
+    def training_loss(
+        self, model: nn.Module, x: Tensor, targets: Tensor, ctx: StepContext
+    ) -> Tensor:
+        return self.inner.training_loss(model, x, targets, ctx)
+
+    @property
+    def mixes_labels(self) -> bool:
+        return self.inner.mixes_labels
+
+
+def apply_images_once(defence: Defence, split: Any, chunk: int = 1024) -> tuple[Any, Defence]:
+    """(split, defence) with a `per_image` defence's transform applied once to an in-memory
+    float split; anything else is returned as it was."""
+    if not defence.per_image or split.storage in ("disk", "uint8"):
+        return split, defence
+    unused = torch.Generator()  # a per-image defence draws nothing from it
+    parts = [
+        defence.transform_images(
+            split.rows(torch.arange(start, min(start + chunk, len(split)))), unused
+        )
+        for start in range(0, len(split), chunk)
+    ]
+    return split.with_inputs(torch.cat(parts)), ImagesApplied(defence)

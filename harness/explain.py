@@ -98,6 +98,12 @@ def describe(registered: Registered) -> str:
         lines.append(
             f"  budget:      {budget.norm} ≤ {budget.bound} (checked on every poison it generates)"
         )
+    for label, text in (
+        ("derivation", getattr(record, "derivation", "")),
+        ("biases", getattr(record, "biases", "")),
+    ):
+        if text:
+            lines.append(f"  {label + ':':<12} {' '.join(text.split())}")
     if getattr(record, "task_aware", False):
         lines.append("  task-aware:  yes (a spec may set `crafting_task`)")
     rows = parameter_rows(record.params)

@@ -39,6 +39,7 @@ from harness.armconfig import ArmConfig
 from harness.assembly import Assembly
 from harness.checkpoint import ArmState
 from harness.data import float_to_pixels
+from harness.defence import apply_images_once
 from harness.entries import Entry, compute_entries, write_entries
 from harness.errors import SpecError
 from harness.plan import Arm, plan_arms
@@ -54,7 +55,14 @@ from harness.specfile import LoadedSpec
 from harness.store import EpochRow
 from harness.sysinfo import hardware
 from harness.tracking import TrackingReporter, tracked_reporter
-from harness.training import evaluate_all, make_optimizer, make_scheduler, on_device, train_epoch
+from harness.training import (
+    evaluate_all,
+    make_optimizer,
+    make_scheduler,
+    on_device,
+    prefer_channels_last,
+    train_epoch,
+)
 from harness.trajectory import ParameterTracer
 
 
@@ -184,8 +192,10 @@ def run_arm(
             stored_poison(poisons.for_arm(arm), recipe.poison_storage)
         )
     defence = assembly.components.build("defence", arm.defence.name, arm.defence.params)
+    # JPEG and the like once per arm, not per batch and epoch (same images, see Defence.per_image)
+    train_split, defence = apply_images_once(defence, train_split)
     torch.manual_seed(arm.seed)
-    model = assembly.build_model().to(device)
+    model = prefer_channels_last(assembly.build_model().to(device), device)
     optimizer = make_optimizer(model, recipe.optimizer)
     scheduler = make_scheduler(optimizer, recipe.schedule, recipe.epochs)
     scaler = None

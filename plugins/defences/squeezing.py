@@ -47,6 +47,8 @@ class JPEG(Defence):
     L∞-bounded poisons. Compression of a 1-channel image is plain grayscale JPEG.
     """
 
+    per_image = True
+
     def transform_images(self, x: Tensor, generator: torch.Generator) -> Tensor:
         require_images(x, "jpeg")
         if x.shape[1] not in (1, 3):
@@ -71,6 +73,8 @@ class Grayscale(Defence):
     against L2-bounded and colour-based poisons. A 1-channel image is already gray: unchanged.
     """
 
+    per_image = True
+
     def transform_images(self, x: Tensor, generator: torch.Generator) -> Tensor:
         require_images(x, "grayscale")
         if x.shape[1] == 1:
@@ -92,6 +96,8 @@ class BitDepthReduction(Defence):
     With 2 bits only the levels 0, 64, 128 and 192 (of 255) remain, so perturbations smaller than
     a quarter of the range mostly vanish; ISS found it effective against low-L0 poisons.
     """
+
+    per_image = True
 
     def transform_images(self, x: Tensor, generator: torch.Generator) -> Tensor:
         require_images(x, "bdr")

@@ -51,6 +51,46 @@ class UEraserParams(Params):
     )
 
 
+def trivial_augment_per_image(augment: v2.TrivialAugmentWide, images: Tensor) -> Tensor:
+    """`torch.stack([augment(image) for image in images])`, batched by drawn operation.
+
+    TrivialAugmentWide draws, per call, an operation, then (for operations with a magnitude) a
+    magnitude bin and a sign, from the global RNG; applying the operation draws nothing. So the
+    draws are made first, image by image in the same order (the same random numbers as the
+    loop), and each distinct (operation, magnitude) is then applied once to all its images: the
+    same images as the loop, with a few dozen calls per batch instead of one per image copy.
+    """
+    height, width = images.shape[-2:]
+    space = augment._AUGMENTATION_SPACE
+    names = tuple(space)
+    bins = augment.num_magnitude_bins
+    drawn: list[tuple[str, float]] = []
+    for _ in range(images.shape[0]):  # the draws of one forward call, in its order
+        name = names[int(torch.randint(len(names), ()))]
+        magnitudes_fn, signed = space[name]
+        magnitudes = magnitudes_fn(bins, height, width)
+        magnitude = 0.0
+        if magnitudes is not None:
+            magnitude = float(magnitudes[int(torch.randint(bins, ()))])
+            if signed and torch.rand(()) <= 0.5:
+                magnitude *= -1
+        drawn.append((name, magnitude))
+    out = torch.empty_like(images)
+    groups: dict[tuple[str, float], list[int]] = {}
+    for i, key in enumerate(drawn):
+        groups.setdefault(key, []).append(i)
+    for (name, magnitude), rows in groups.items():
+        index = torch.tensor(rows, device=images.device)
+        out[index] = augment._apply_image_or_video_transform(
+            images[index],
+            name,
+            magnitude,
+            interpolation=augment.interpolation,
+            fill=augment._fill,
+        )
+    return out
+
+
 class UEraser(Defence):
     """The UEraser augmentation and its max-over-K-copies loss.
 
@@ -90,7 +130,7 @@ class UEraser(Defence):
             tiled = self.channel_shuffle(self.plasma_contrast(self.plasma_brightness(tiled)))
             u8 = to_uint8(tiled)
             if self.params.per_image_trivial_augment:
-                u8 = torch.stack([self.trivial_augment(image) for image in u8])
+                u8 = trivial_augment_per_image(self.trivial_augment, u8)
             else:
                 u8 = torch.cat([self.trivial_augment(chunk) for chunk in u8.split(x.shape[0])])
         return from_uint8(u8, x)
