@@ -470,3 +470,34 @@ def test_tensor_errors_name_the_file(tmp_path: Path) -> None:
         from_files(sub, path=str(bad))
     with pytest.raises(DataError, match="kind 'tensor' expects a file"):
         from_files(sub, path=str(tmp_path), kind="tensor")
+
+
+def test_ar_sequential_search_accepts_processes_as_the_authors_did(rgb: DataBundle) -> None:
+    """The authors' rule: in sampling order, a process joins when every accepted process's
+    residual filter responds to its field with at least 10 (on 3×32×32); seeded, repeatable."""
+    from harness_plugins.poisons.ar import (
+        AUTHORS_THRESHOLD,
+        residual_filters,
+        responses,
+        search_sequential,
+        stable_processes,
+    )
+
+    first = search_sequential(4, 3, 32, None, torch.Generator().manual_seed(0))
+    again = search_sequential(4, 3, 32, None, torch.Generator().manual_seed(0))
+    assert first.shape == (4, 3, 3, 3) and torch.equal(first, again)
+    assert torch.allclose(first.sum(dim=(2, 3)), torch.ones(4, 3), atol=1e-5)
+    # replaying the stream: each accepted process passed the threshold against the earlier ones
+    stream = stable_processes(3, 32, torch.Generator().manual_seed(0))
+    accepted: list[torch.Tensor] = []
+    for process, field in stream:
+        if accepted:
+            r = responses(residual_filters(torch.stack(accepted)), field[None])
+            if float(r.min()) < AUTHORS_THRESHOLD:
+                continue
+        accepted.append(process)
+        if len(accepted) == 4:
+            break
+    assert torch.equal(torch.stack(accepted), first)
+    poisoned = build("ar", search="sequential").generate(rgb, context(rgb))
+    assert poisoned.shape == rgb.train.x.shape
