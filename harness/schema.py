@@ -105,6 +105,7 @@ def spec_schema(components: Components, distributions: set[str] | None = None) -
         "poisons": ("poison", "PoisonRef"),
         "defences": ("defence", "ArmComponentRef"),
         "trackers": ("tracker", "ComponentRef"),
+        "sal.estimator": ("sal_estimator", "ComponentRef"),
     }
     built = {
         field: _component_schema(components, kind, defs[base], defs, distributions)
@@ -116,6 +117,9 @@ def spec_schema(components: Components, distributions: set[str] | None = None) -
         props[field] = {**built[field], **keep}
     for field in ("tasks", "poisons", "defences", "trackers"):
         props[field]["items"] = built[field]
+    estimator = defs["SALSpec"]["properties"]["estimator"]
+    keep = {k: v for k, v in estimator.items() if k in ("description", "default")}
+    defs["SALSpec"]["properties"]["estimator"] = {**built["sal.estimator"], **keep}
     augmentation = defs["TrainingSpec"]["properties"]["augmentation"]
     names = defs["AugmentationSpec"]["properties"]["name"]
     augmentation["items"] = {

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.backbone import TaskModel, scored_layers
+from harness.context import BuildContext
 from harness.sal_agreement import agreement, jaccard, spearman
 from harness.sal_estimators import (
     NormalizedStepsEstimator,
@@ -280,7 +281,11 @@ def test_the_cached_reference_equals_the_plain_reference_on_cifar_resnet18():
     torch.manual_seed(0)
     x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 10, (8,))
     model = trained_statistics(
-        TaskModel(CifarResNet18(ResNetParams(width=4), (3, 8, 8)), nn.Linear(32, 10)), x
+        TaskModel(
+            CifarResNet18(ResNetParams(width=4), BuildContext(input_shape=(3, 8, 8))),
+            nn.Linear(32, 10),
+        ),
+        x,
     )
     layers = scored_layers(model)
     assert len(layers) == 21
