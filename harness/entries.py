@@ -93,6 +93,16 @@ class HDF5Ref(Model):
     sha256: str
 
 
+class CleanReference(Model):
+    """The clean arm an entry was scored against: β and the UD denominator come from it."""
+
+    run: str = Field(
+        description="the run that trained it (this run, or one adopted with --reuse-clean)"
+    )
+    spec_hash: str
+    arm_id: str
+
+
 class Entry(Model):
     schema_version: Literal[1] = SCHEMA_VERSION
     run: str = Field(pattern=SLUG, description="the run's name (it names the entry's file)")
@@ -124,6 +134,11 @@ class Entry(Model):
     hardware: dict[str, Any]
     wall_time_s: float
     hdf5: HDF5Ref
+    clean_reference: CleanReference | None = Field(
+        default=None,
+        description="the clean run and arm β and the UD denominator came from (the leaderboard's "
+        "scoring queue trains a track's clean arms once and every submission adopts them)",
+    )
 
     @property
     def entry_id(self) -> str:
@@ -284,6 +299,7 @@ def compute_entries(run_dir: Path) -> list[Entry]:
             "training.optimizer.lr) and run it again with --fresh"
         )
     h5 = HDF5Ref(path=RUN_FILE, sha256=sha256_file(path))
+    adopted = folder.adopted_clean_arms()
     entries = []
     for arm in arms.values():
         if not arm.complete:
@@ -299,10 +315,17 @@ def compute_entries(run_dir: Path) -> list[Entry]:
             undefended = arms.get(arm_id(arm.config.poison_key, UNDEFENDED, seed))
             if undefended is not None and not undefended.complete:
                 undefended = None
+        source = adopted.get(clean.arm_id)
+        reference = CleanReference(
+            run=source["run"] if source else name,
+            spec_hash=source["spec_hash"] if source else str(root["spec_hash"]),
+            arm_id=clean.arm_id,
+        )
         if arm.task_sal:
-            entries += [_entry(arm, clean, undefended, root, h5, task) for task in arm.task_sal]
+            found = [_entry(arm, clean, undefended, root, h5, task) for task in arm.task_sal]
         else:
-            entries.append(_entry(arm, clean, undefended, root, h5))
+            found = [_entry(arm, clean, undefended, root, h5)]
+        entries += [e.model_copy(update={"clean_reference": reference}) for e in found]
     return entries
 
 

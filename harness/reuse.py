@@ -54,7 +54,7 @@ def adopt_clean_arms(
             "folder": str(source.path),
             "arms": adopted,
         }
-        previous = folder.path / REUSED_FILE
+        previous = folder.clean_reference_file
         if previous.exists():
             old = json.loads(previous.read_text(encoding="utf-8"))
             record["arms"] = sorted(set(old.get("arms", [])) | set(adopted))

@@ -120,6 +120,26 @@ class RunFolder:
         return self.checkpoints_dir / f"{arm_id}.pt"
 
     @property
+    def clean_reference_file(self) -> Path:
+        """Which clean arms were adopted from another run (`harness eval --reuse-clean`)."""
+        return self.path / "clean_reference.json"
+
+    def adopted_clean_arms(self) -> dict[str, dict[str, str]]:
+        """arm id -> {run, spec_hash} of each clean arm adopted from another run; {} if none."""
+        path = self.clean_reference_file
+        if not path.is_file():
+            return {}
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            source = {"run": str(record["run"]), "spec_hash": str(record["spec_hash"])}
+            return {str(arm): source for arm in record.get("arms", [])}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RunStateError(
+                f"{path}: cannot be read ({type(exc).__name__}); it names the run whose clean "
+                "arms this run adopted. Restore it, or rerun with --fresh"
+            ) from None
+
+    @property
     def snapshots_dir(self) -> Path:
         return self.path / "snapshots"
 

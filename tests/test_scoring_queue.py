@@ -208,6 +208,13 @@ def test_the_clean_arms_run_once_and_every_submission_is_scored_against_them(sco
     assert len(betas) == 1
     for sid in ("builtin", "builtin-2", "third-party"):
         assert scored["first"][sid].clean_run.endswith("work/clean/tiny/runs/tiny")
+    # and every filed entry says which clean run and arm it was scored against
+    clean_hash = json.loads((board / "entries" / "tiny__clean__none__s0.json").read_text())[
+        "spec_hash"
+    ]
+    for path in (board / "entries").glob("*.json"):
+        reference = json.loads(path.read_text())["clean_reference"]
+        assert reference == {"run": "tiny", "spec_hash": clean_hash, "arm_id": "clean__none__s0"}
 
 
 def test_resubmitting_the_same_submission_rescores_nothing(scored) -> None:
