@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from ruamel.yaml import YAML
 
 from harness.cli import main
@@ -249,4 +250,21 @@ def test_the_official_digits_track_composes_with_a_built_in_poison(capsys) -> No
     tracks = REPO / "leaderboard" / "tracks"
     assert (tracks / "digits-small-cnn.yaml").exists()
     submission = REPO / "tests" / "data" / "submission-digits.yaml"
+    assert main(["validate", str(submission), "--tracks", str(tracks)]) == 0
+
+
+@pytest.mark.parametrize(
+    "track", sorted(p.stem for p in (REPO / "leaderboard" / "tracks").glob("*.yaml"))
+)
+def test_every_official_track_takes_a_built_in_poison(track: str, tmp_path: Path, capsys) -> None:
+    """The CPU tracks of the paper's tables, the paper-scale GPU tracks and the digits track all
+    compose with a submission (GPU tracks are checked as far as a machine without CUDA can)."""
+    tracks = REPO / "leaderboard" / "tracks"
+    submission = tmp_path / "submission.yaml"
+    dump(submission, {"track": track, "poisons": [{"name": "ops"}]})
+    text = (tracks / f"{track}.yaml").read_text()
+    if "device: cuda" in text and not torch.cuda.is_available():
+        assert main(["validate", str(submission), "--tracks", str(tracks)]) == 2
+        assert "training.device: 'cuda' asks for a CUDA device" in capsys.readouterr().err
+        return
     assert main(["validate", str(submission), "--tracks", str(tracks)]) == 0
