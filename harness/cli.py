@@ -308,6 +308,27 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _execution_args(args: argparse.Namespace) -> list[str]:
+    """`harness leaderboard score`'s execution options, as each evaluation's `harness eval` takes them."""
+    from harness.errors import SpecError
+
+    if args.address is not None and not args.no_sandbox:
+        raise SpecError(
+            "--address: submissions run in a sandbox without network, so they cannot reach a Ray "
+            "cluster; add --no-sandbox, or leave --address out for a local Ray instance per "
+            "evaluation"
+        )
+    if args.address is not None and args.executor != "ray":
+        raise SpecError("--address: a Ray cluster's address is for --executor ray")
+    pairs = [
+        ("--executor", args.executor),
+        ("--address", args.address),
+        ("--cpus-per-arm", args.cpus_per_arm),
+        ("--gpus-per-arm", args.gpus_per_arm),
+    ]
+    return [str(part) for option, value in pairs if value is not None for part in (option, value)]
+
+
 def cmd_leaderboard_score(args: argparse.Namespace) -> int:
     from harness.scoring_queue import Limits, score_submissions
 
@@ -318,6 +339,7 @@ def cmd_leaderboard_score(args: argparse.Namespace) -> int:
         args.leaderboard,
         tracks,
         limits=limits,
+        eval_args=_execution_args(args),
         log=lambda message: print(message, file=sys.stderr),
     )
     for st in statuses:
@@ -682,6 +704,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run without bubblewrap's read-only file system and no network (limits still apply)",
     )
+    x = p.add_argument_group(
+        "execution", "where each evaluation's arms run (passed to its `harness eval`)"
+    )
+    x.add_argument("--executor", choices=["local", "ray"], default=None, help="default: local")
+    x.add_argument(
+        "--address",
+        default=None,
+        help="an existing Ray cluster (needs --no-sandbox: the sandbox has no network); default: "
+        "a local Ray instance per evaluation",
+    )
+    x.add_argument("--cpus-per-arm", type=float, default=None, help="CPUs per arm (Ray)")
+    x.add_argument("--gpus-per-arm", type=float, default=None, help="GPUs per arm (Ray)")
     p.set_defaults(func=cmd_leaderboard_score)
 
     p = sub.add_parser(

@@ -268,3 +268,25 @@ def test_every_official_track_takes_a_built_in_poison(track: str, tmp_path: Path
         assert "training.device: 'cuda' asks for a CUDA device" in capsys.readouterr().err
         return
     assert main(["validate", str(submission), "--tracks", str(tracks)]) == 0
+
+
+def test_execution_options_reach_each_evaluation_and_a_cluster_needs_the_network(capsys):
+    from harness.cli import _execution_args, build_parser
+
+    def parsed(*extra: str):
+        return build_parser().parse_args(
+            ["leaderboard", "score", "subs", "--leaderboard", "lb", *extra]
+        )
+
+    assert _execution_args(parsed()) == []
+    assert _execution_args(parsed("--executor", "ray", "--cpus-per-arm", "2")) == [
+        "--executor",
+        "ray",
+        "--cpus-per-arm",
+        "2.0",
+    ]
+    assert main(["leaderboard", "score", "subs", "--leaderboard", "lb", "--executor", "ray",
+                 "--address", "10.0.0.1:6379"]) == 2  # fmt: skip
+    assert "sandbox without network" in capsys.readouterr().err
+    args = parsed("--executor", "ray", "--address", "10.0.0.1:6379", "--no-sandbox")
+    assert _execution_args(args)[:4] == ["--executor", "ray", "--address", "10.0.0.1:6379"]
