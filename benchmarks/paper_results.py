@@ -256,6 +256,36 @@ def claims(t1, t2, t3) -> list[str]:
     ]
 
 
+RUNS = [
+    "paper-table1-cpu",
+    "paper-table1-seeds-cpu",
+    "paper-table2-cpu",
+    *[name for name in T3_BACKBONES.values() if name != "paper-table1-cpu"],
+]
+
+
+def status(runs: Path) -> list[str]:
+    """Which run folders exist and how many of their arms have entries (complete arms)."""
+    lines = ["## Status of the runs", "", "| run | state |", "|---|---|"]
+    for name in RUNS:
+        folder = runs / name
+        if not (folder / "run.h5").exists():
+            state = "not started"
+        else:
+            done = (
+                len(list((folder / "entries").glob("*.json")))
+                if (folder / "entries").is_dir()
+                else 0
+            )
+            state = (
+                f"started; {done} complete arm(s) scored"
+                if done
+                else "started; no arm complete yet"
+            )
+        lines.append(f"| {name} | {state} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, required=True)
@@ -274,6 +304,8 @@ def main() -> None:
         "widths in Table 3), 2,000 CIFAR-10 training images, 20 epochs, SAL every epoch with the "
         "reference (convergence stop) on a 128-image probe. The paper trains on all 50,000 "
         "images at width 64. Mean ± sd over seeds where there are several.",
+        "",
+        *status(runs),
         "",
         *l1,
         "",
