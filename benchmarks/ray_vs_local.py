@@ -57,7 +57,8 @@ def differences(a: Path, b: Path) -> list[str]:
             np.array_equal(x, y, equal_nan=kind) if kind else np.array_equal(x, y)
         ):
             out.append(f"differs: {name}")
-    volatile = {"wall_time_s", "hdf5"}
+    # provenance, not results: when and from which commit (run.h5 records its creation time)
+    volatile = {"wall_time_s", "hdf5", "git_revision"}
     ea = {e.arm_id: e.model_dump(exclude=volatile) for e in read_entries(a)}
     eb = {e.arm_id: e.model_dump(exclude=volatile) for e in read_entries(b)}
     out += [
