@@ -112,7 +112,8 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
 
 
 def test_an_interrupted_run_exits_130_and_says_how_to_resume(tmp_path: Path) -> None:
-    spec = spec_file(tmp_path, training={"epochs": 200, "batch_size": 64})
+    # more epochs than any machine trains in the time this test waits: the run cannot end by itself
+    spec = spec_file(tmp_path, training={"epochs": 10_000, "batch_size": 64})
     env = {"OMP_NUM_THREADS": "1"}
     import os
 
@@ -128,11 +129,16 @@ def test_an_interrupted_run_exits_130_and_says_how_to_resume(tmp_path: Path) -> 
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    while process.poll() is None:  # Python drops an interrupt that lands in a finaliser: repeat
+    assert checkpoint.exists(), "the run wrote no checkpoint in 300 s"
+    deadline = time.monotonic() + 300
+    # Python drops an interrupt that lands in a finaliser: repeat until the process ends
+    while process.poll() is None and time.monotonic() < deadline:
         process.send_signal(signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
+    if process.poll() is None:
+        process.kill()
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, (process.returncode, err, out[-2000:])
     assert "interrupted; rerun the same command to resume" in err
     assert "Traceback" not in err
