@@ -286,6 +286,46 @@ def status(runs: Path) -> list[str]:
     return lines
 
 
+def figures(runs: Path, out_dir: Path) -> list[str]:
+    """SAL heat maps (log scale) and learnable proportions of clean, EM, OPS and TAP (Table 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from harness import figures as draw
+    from harness.results import open_run
+    from harness.scoring import learnable_proportion, learnable_threshold
+
+    folder = runs / "paper-table1-cpu"
+    if not (folder / "run.h5").exists():
+        return ["(figures: the Table 1 run has not started)"]
+    run = open_run(folder)
+    wanted = [a for a in ("clean__none__s0", "em__none__s0", "ops__none__s0", "tap__none__s0")]
+    arms = [run[a] for a in wanted if a in run.arms and run[a].complete]
+    clean = next((a for a in arms if a.id == "clean__none__s0"), None)
+    if clean is None or len(arms) < 2:
+        return ["(figures: drawn once the clean arm and a poisoned one of Table 1 are complete)"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    beta, _ = learnable_threshold(clean.sal)
+    label = {a.id: a.id.split("__")[0] for a in arms}
+    heat = draw.sal_heatmap([(label[a.id], a.sal) for a in arms], clean.layers, log=True)
+    heat.savefig(out_dir / "table1-sal-heatmap.png", dpi=110, bbox_inches="tight")
+    lam = draw.learnable_proportion(
+        [(label[a.id], learnable_proportion(a.sal, beta)) for a in arms], len(clean.layers)
+    )
+    lam.savefig(out_dir / "table1-learnable-proportion.png", dpi=110, bbox_inches="tight")
+    return [
+        "## Figures (Table 1 run, seed 0)",
+        "",
+        "SAL per layer and epoch (log colour scale; layers down, epochs across):",
+        "",
+        "![SAL heat maps](figures/table1-sal-heatmap.png)",
+        "",
+        f"Proportion of learnable layers per epoch (β = {beta:.3g} from the clean arm):",
+        "",
+        "![learnable proportion](figures/table1-learnable-proportion.png)",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, required=True)
@@ -314,6 +354,8 @@ def main() -> None:
         *l3,
         "",
         *claims(t1, t2, t3),
+        "",
+        *figures(runs, args.out.parent / "figures"),
         "",
     ]
     args.out.write_text("\n".join(text))
