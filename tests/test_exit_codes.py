@@ -124,6 +124,9 @@ def test_an_interrupted_run_exits_130_and_says_how_to_resume(tmp_path: Path) -> 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a test run started in the background (`bash .ci/run &`) ignores SIGINT, and a child
+        # inherits that: give the harness the disposition a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     checkpoint = tmp_path / "runs" / "t" / "checkpoints" / "clean__none__s0.pt"
     deadline = time.monotonic() + 300
