@@ -1,4 +1,5 @@
-"""`harness`: eval, validate, schema, plugins, score, report, landscape, leaderboard, submit, cache."""
+"""`harness`: eval, validate, schema, plugins, score, report, landscape, sal-agreement, leaderboard,
+submit, cache, data."""
 
 from __future__ import annotations
 
