@@ -241,6 +241,17 @@ def measure_epoch(assembly: Assembly, defence_ref: ArmComponentRef, steps: int =
     evaluate_all(model, test, assembly.tasks, eval_bs, device, recipe.amp)
     evaluate = (time.perf_counter() - started) * math.ceil(len(data.test) / eval_bs)
 
+    def sample(layers: list[str]) -> list[str]:
+        # the first, a middle and the last layer: with the exact prefix cache a layer's cost
+        # falls with its depth, so the first alone would overstate a deep network's SAL
+        return [layers[i] for i in sorted({0, len(layers) // 2, len(layers) - 1})] if layers else []
+
+    sampled, sampled_tasks = sample(assembly.layers), sample(assembly.task_layers)
+    tasks = assembly.tasks
+    measured_layers = len(sampled) + len(tasks.per_task_labels) * len(sampled_tasks)
+    layers = len(assembly.layers) + len(tasks.per_task_labels) * len(assembly.task_layers)
+    probe_batches = max(1, math.ceil(min(sal.probe_size, n_train) / sal.probe_batch_size))
+
     def sal_seconds(iterations: int) -> float:
         one_batch = sal.model_copy(
             update={"iterations": iterations, "probe_size": sal.probe_batch_size}
@@ -249,8 +260,8 @@ def measure_epoch(assembly: Assembly, defence_ref: ArmComponentRef, steps: int =
             one_batch,
             recipe.augmentation,
             assembly.tasks,
-            assembly.layers[:1],
-            assembly.task_layers[:1],
+            sampled,
+            sampled_tasks,
             on_device(data.train, device),
             defence,
             spec.seeds[0],
@@ -263,21 +274,15 @@ def measure_epoch(assembly: Assembly, defence_ref: ArmComponentRef, steps: int =
         probe.measure(model, 1, loss)
         return time.perf_counter() - started
 
-    if sal.estimator.name != "reference":  # its cost does not grow with the iterations
+    if sal.estimator.name != "reference" or sal.estimator.params:
+        # not the plain reference (another estimator, or the convergence stop): timed as the
+        # run will compute it, since its cost does not follow the iterations
         sal_seconds(sal.iterations)  # warm-up
-        per_layer = sal_seconds(sal.iterations) / (1 + len(assembly.tasks.per_task_labels))
-        layers = len(assembly.layers) + len(assembly.tasks.per_task_labels) * len(
-            assembly.task_layers
-        )
-        probe_batches = max(1, math.ceil(min(sal.probe_size, n_train) / sal.probe_batch_size))
+        per_layer = sal_seconds(sal.iterations) / measured_layers
         return EpochCost(train, evaluate, per_layer * layers * probe_batches)
     sal_seconds(1)  # warm-up
     one, two = sal_seconds(1), sal_seconds(2)
     per_iteration = max(two - one, 0.0)
     fixed = max(one - per_iteration, 0.0)  # per layer: the base loss, the copies
-    tasks = assembly.tasks
-    measured_layers = 1 + len(tasks.per_task_labels)
-    layers = len(assembly.layers) + len(tasks.per_task_labels) * len(assembly.task_layers)
-    probe_batches = max(1, math.ceil(min(sal.probe_size, n_train) / sal.probe_batch_size))
     per_layer = (fixed + sal.iterations * per_iteration) / measured_layers
     return EpochCost(train, evaluate, per_layer * layers * probe_batches)
