@@ -68,6 +68,15 @@ class LeaderboardError(HarnessError):
     """Sources that hold no entries at all."""
 
 
+def estimator_text(estimator: Any) -> str:
+    """`reference`, or `normalized-steps (steps=2)`: a track's SAL estimator as a title shows it."""
+    if isinstance(estimator, dict):
+        params = ", ".join(f"{k}={v}" for k, v in sorted((estimator.get("params") or {}).items()))
+        name = str(estimator.get("name", "?"))
+        return f"{name} ({params})" if params else name
+    return str(estimator)
+
+
 def warn_stderr(message: str) -> None:
     """The default for `warn`: one line on stderr, as the CLI prints its other warnings."""
     print(f"warning: {message}", file=sys.stderr)
@@ -266,7 +275,7 @@ def track_summary(entry: Entry) -> str:
         recipe += ", " + "+".join(a.get("name", "?") for a in tr["augmentation"])
     s = t.sal
     sal = (
-        f"SAL {s.get('estimator')} ε {s.get('epsilon')}, {s.get('iterations')} iterations, "
+        f"SAL {estimator_text(s.get('estimator'))} ε {s.get('epsilon')}, {s.get('iterations')} iterations, "
         f"probe {s.get('probe_size')}, base {s.get('base_loss')}"
     )
     task = t.task.name
@@ -319,7 +328,7 @@ def track_title(track: EntryTrack) -> str:
     if tr.get("augmentation"):
         recipe += ", " + "+".join(str(a.get("name", "?")) for a in tr["augmentation"])
     s = track.sal
-    sal = f"SAL {s.get('estimator')} ε {_short(s.get('epsilon'))}, {s.get('iterations')} it, probe {s.get('probe_size')}"
+    sal = f"SAL {estimator_text(s.get('estimator'))} ε {_short(s.get('epsilon'))}, {s.get('iterations')} it, probe {s.get('probe_size')}"
     if s.get("base_loss") not in (None, "eval"):
         sal += f", base {s.get('base_loss')}"
     return " · ".join((data, task, model, recipe, sal))

@@ -85,6 +85,13 @@ def test_the_estimator_is_recorded_in_entries_and_hdf5_and_splits_the_track(tmp_
     with h5py.File(steps / "run.h5") as f:
         spec = json.loads(f.attrs["spec"])
     assert spec["sal"]["estimator"] == {"name": "normalized-steps", "params": {"steps": 2}}
+    # the leaderboard shows them as two tracks whose titles name the estimator
+    assert (
+        main(["leaderboard", "build", str(reference), str(steps), "--out", str(tmp_path / "lb")])
+        == 0
+    )
+    page = (tmp_path / "lb" / "leaderboard.md").read_text()
+    assert "SAL normalized-steps (steps=2)" in page and "SAL reference" in page
     # the values do differ: it is another estimator, not a label
     with h5py.File(reference / "run.h5") as a, h5py.File(steps / "run.h5") as b:
         arm = "clean__none__s0"
