@@ -191,6 +191,7 @@ def measure_snapshots(
     assembly: Assembly,
     estimators: dict[str, SALEstimator],
     stage: Callable[[str], None] = lambda message: None,
+    only: set[str] | None = None,
 ) -> SnapshotValues:
     """Every estimator's SAL on every snapshot of every arm, on the arm's own probe."""
     spec, device = assembly.spec, assembly.device
@@ -206,6 +207,8 @@ def measure_snapshots(
     )
     differences: list[float] = []
     for arm in plan_arms(spec):
+        if only is not None and arm.id not in only:
+            continue
         epochs = folder.snapshot_epochs(arm.id)
         if not epochs:
             continue
@@ -244,6 +247,25 @@ def measure_snapshots(
     return out
 
 
+def _chosen_arms(planned: Sequence[Arm], asked: Sequence[str]) -> set[str] | None:
+    if not asked:
+        return None
+    wanted = set(asked)
+    chosen = {
+        arm.id
+        for arm in planned
+        if arm.id in wanted or arm.poison_key in wanted or arm.is_clean_reference
+    }
+    unknown = sorted(w for w in wanted if not any(w in (arm.id, arm.poison_key) for arm in planned))
+    if unknown:
+        raise SpecError(
+            f"--arms: {', '.join(unknown)} is not an arm of this run (arms: "
+            + ", ".join(arm.id for arm in planned)
+            + ")"
+        )
+    return chosen
+
+
 def _probe(assembly: Assembly, arm: Arm, train, defence, estimator: SALEstimator) -> SALProbe:
     spec = assembly.spec
     return SALProbe(
@@ -265,8 +287,13 @@ def sal_agreement(
     components: Components,
     asked: Sequence[ComponentRef] = (),
     stage: Callable[[str], None] = lambda message: None,
+    arms: Sequence[str] = (),
 ) -> AgreementReport:
-    """Measure, score and write `RUN/sal-agreement.md` and `.json`; the report."""
+    """Measure, score and write `RUN/sal-agreement.md` and `.json`; the report.
+
+    `arms`: arm ids or labels (`em` for every seed's `em__none__sN`) to measure; none: every arm
+    with snapshots. The clean arm of each seed is always measured: it sets β and UD's denominator.
+    """
     folder = RunFolder(run)
     with folder.locked("sal-agreement"):
         assembly = Assembly.for_run(folder, components)
@@ -276,7 +303,8 @@ def sal_agreement(
                 f"{folder.snapshots_dir}: no model snapshots in this run. Run its spec with "
                 "`harness eval SPEC --save-snapshots K` (K: every how many epochs) first"
             )
-        values = measure_snapshots(folder, assembly, estimators, stage)
+        only = _chosen_arms(plan_arms(assembly.spec), arms)
+        values = measure_snapshots(folder, assembly, estimators, stage, only)
         results: dict[tuple[str, int], Agreement] = {}
         arms = [arm for arm in plan_arms(assembly.spec) if arm.id in values.epochs]
         for seed in sorted({arm.seed for arm in arms}):

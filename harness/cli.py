@@ -266,7 +266,8 @@ def cmd_sal_agreement(args: argparse.Namespace) -> int:
 
     asked = [parse_estimator(text) for text in args.estimator]
     stage = (lambda message: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    report = sal_agreement(Path(args.run), _components(False), asked, stage)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else []
+    report = sal_agreement(Path(args.run), _components(False), asked, stage, arms)
     print(report.markdown())
     print(f"written: {report.run / 'sal-agreement.md'} and sal-agreement.json")
     return 0
@@ -653,6 +654,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME[:KEY=VALUE,...]",
         help="an estimator to compare (repeatable), e.g. normalized-steps:steps=2; default: every "
         "registered estimator with its default params",
+    )
+    p.add_argument(
+        "--arms",
+        default=None,
+        metavar="ARM,...",
+        help="arm ids or poison labels to measure (e.g. em,ops,tap); the clean arms are always "
+        "measured; default: every arm with snapshots",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_sal_agreement)

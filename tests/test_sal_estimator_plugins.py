@@ -120,6 +120,10 @@ def test_sal_agreement_on_snapshots_reproduces_the_run_and_scores_each_estimator
         "noise-class__none__s0",
     }
     assert "| normalized-steps | 0 |" in (folder / "sal-agreement.md").read_text()
+    # a spot check on some arms: the clean arm comes along (β and UD's denominator)
+    assert main(["sal-agreement", str(folder), "--arms", "noise-sample", "--quiet"]) == 0
+    report = json.loads((folder / "sal-agreement.json").read_text())
+    assert set(report["epochs"]) == {"clean__none__s0", "noise-sample__none__s0"}
 
 
 def test_sal_agreement_without_snapshots_says_how_to_get_them(tmp_path, capsys):
