@@ -99,7 +99,7 @@ class AgreementReport:
             lines.append(
                 f"| {label} | {seed} | {result.spearman:.3f} | {result.decisions:.1%} | "
                 f"{result.jaccard:.3f} | {result.max_ud_difference:.3f} | {ratio} | "
-                f"{'met' if result.passes() else 'not met'} |"
+                f"{_bar(result)} |"
             )
         lines += [
             "",
@@ -137,7 +137,7 @@ class AgreementReport:
                     "jaccard": _finite(r.jaccard),
                     "max_ud_difference": _finite(r.max_ud_difference),
                     "cost_ratio": r.cost_ratio,
-                    "passes": r.passes(),
+                    "passes": r.passes() if len(r.arms) > 1 else None,
                     "arms": [
                         {
                             "arm": a.arm,
@@ -155,6 +155,13 @@ class AgreementReport:
                 for (label, seed), r in sorted(self.results.items())
             ],
         }
+
+
+def _bar(result: Agreement) -> str:
+    """Whether the bar is met; not judged on a clean arm alone, whose UD is 1 by definition."""
+    if len(result.arms) < 2:
+        return "not judged (no poisoned arm)"
+    return "met" if result.passes() else "not met"
 
 
 def _num(value: float | None) -> str:
