@@ -9,11 +9,16 @@ under OMP_NUM_THREADS=1, once with `--executor ray` on a cluster of `--nodes` no
 dataset of the two run.h5 files but the timings, bit for bit, and every entry but its wall time.
 `--epochs` cuts the spec's training short (the poisons are unchanged). Prints the times; nothing
 is asserted.
+
+`--only local` / `--only ray` runs one half (each time is kept in OUT/times.json), so that on a
+shared machine the one-thread local half can run beside other work and the Ray half on idle
+cores; the comparison is printed once both halves are there.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -88,6 +93,7 @@ def main() -> None:
     parser.add_argument("--cpus-per-node", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("/tmp/ray-vs-local"))
+    parser.add_argument("--only", choices=("local", "ray"), default=None)
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -100,29 +106,36 @@ def main() -> None:
         yaml.dump(spec, handle)
     name = spec["name"]
 
-    local = timed(
-        [str(path), "--output", str(out / "local"), "--executor", "local", "--fresh"],
-        {"HARNESS_CACHE": str(out / "cache-local")},
-        out / "local.log",
-    )
-    print(f"local, one thread: {local:.1f} s", flush=True)
-
-    cluster = RayCluster(args.cpus_per_node, env={"HARNESS_CACHE": str(out / "cache-ray")})
-    try:
-        for _ in range(args.nodes - 1):
-            cluster.start_node(args.cpus_per_node)
-        ray = timed(
-            [str(path), "--output", str(out / "ray"), "--fresh"]
-            + ["--executor", "ray", "--address", cluster.address, "--cpus-per-arm", "1"],
-            {},
-            out / "ray.log",
+    times_file = out / "times.json"
+    times = json.loads(times_file.read_text()) if times_file.exists() else {}
+    if args.only in (None, "local"):
+        times["local"] = timed(
+            [str(path), "--output", str(out / "local"), "--executor", "local", "--fresh"],
+            {"HARNESS_CACHE": str(out / "cache-local")},
+            out / "local.log",
         )
-    finally:
-        cluster.stop()
-    cpus = args.nodes * args.cpus_per_node
-    print(f"ray, {args.nodes} node(s), {cpus} CPUs, one per arm: {ray:.1f} s", flush=True)
-    problems = differences(out / "local" / name, out / "ray" / name)
-    print("results: " + ("identical" if not problems else "; ".join(problems)))
+        times_file.write_text(json.dumps(times))
+        print(f"local, one thread: {times['local']:.1f} s", flush=True)
+    if args.only in (None, "ray"):
+        cluster = RayCluster(args.cpus_per_node, env={"HARNESS_CACHE": str(out / "cache-ray")})
+        try:
+            for _ in range(args.nodes - 1):
+                cluster.start_node(args.cpus_per_node)
+            times["ray"] = timed(
+                [str(path), "--output", str(out / "ray"), "--fresh"]
+                + ["--executor", "ray", "--address", cluster.address, "--cpus-per-arm", "1"],
+                {},
+                out / "ray.log",
+            )
+        finally:
+            cluster.stop()
+        times_file.write_text(json.dumps(times))
+        cpus = args.nodes * args.cpus_per_node
+        print(f"ray, {args.nodes} node(s), {cpus} CPUs, one per arm: {times['ray']:.1f} s")
+    if {"local", "ray"} <= set(times):
+        problems = differences(out / "local" / name, out / "ray" / name)
+        print(f"local {times['local']:.1f} s, ray {times['ray']:.1f} s")
+        print("results: " + ("identical" if not problems else "; ".join(problems)))
 
 
 if __name__ == "__main__":

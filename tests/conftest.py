@@ -47,11 +47,17 @@ def spec_file(tmp_path: Path):
 
 
 def pytest_configure(config) -> None:
-    """Generated poisons are cached under $HARNESS_CACHE; tests keep theirs out of the user's cache."""
+    """Generated poisons are cached under $HARNESS_CACHE; tests keep theirs out of the user's cache.
+
+    One torch thread per test process (and the `harness` processes tests start), unless the
+    caller chose otherwise: the suite runs on pytest-xdist with one worker per core, and two
+    multi-threaded torch processes on the same cores slow each other several times over.
+    """
     import os
     import tempfile
 
     os.environ["HARNESS_CACHE"] = tempfile.mkdtemp(prefix="harness-test-cache-")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def figures_spec() -> dict:

@@ -157,7 +157,6 @@ def test_a_ray_run_gives_the_local_runs_sal_arrays_and_entries(cluster, referenc
     assert_same_run(tmp_path / "rayrun", local)
 
 
-@pytest.mark.slow  # with the other fault test, ~1-2 min: `pytest -m slow` (CI keeps 10 min)
 def test_a_worker_killed_mid_arm_is_retried_and_resumes_from_its_last_epoch(
     cluster, reference, tmp_path
 ):
@@ -209,7 +208,6 @@ def test_a_killed_driver_resumes_when_the_command_is_run_again(cluster, referenc
     assert_same_run(run, local)
 
 
-@pytest.mark.slow  # with the other fault test, ~1-2 min: `pytest -m slow` (CI keeps 10 min)
 def test_a_node_that_disappears_has_its_arms_rescheduled(cluster, reference, tmp_path):
     spec, local = reference
     run = tmp_path / "rayrun"
