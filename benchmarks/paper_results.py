@@ -357,6 +357,13 @@ def main() -> None:
         "",
         *figures(runs, args.out.parent / "figures"),
         "",
+        "## Sensitivity",
+        "",
+        "Which settings these verdicts depend on (epochs counted, scored layers, probe size, SAL "
+        "iterations, base loss, augmented probe): [sensitivity.md](sensitivity.md), generated "
+        "by `python benchmarks/sensitivity.py RUNS/paper-table1-cpu --small-cnn "
+        "RUNS/table1-cifar10-cpu` once Table 1's clean, EM and TAP arms are complete.",
+        "",
     ]
     args.out.write_text("\n".join(text))
     print(f"written {args.out}")
