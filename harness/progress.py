@@ -16,6 +16,10 @@ from typing import Any
 class Reporter:
     """Silent; the base of the others and what `--quiet` uses."""
 
+    #: whether it shows progress to someone (a Ray worker's poison progress is then printed on
+    #: the worker, whose output Ray forwards to the driver's terminal)
+    shows_progress = False
+
     def plan(self, arm_ids: Sequence[str], epochs: int) -> None: ...
     def stage(self, message: str) -> None: ...
     def arm_start(self, arm_id: str, epochs: int, done: int) -> None: ...
@@ -127,6 +131,8 @@ def _epoch_seconds(row: dict[str, Any]) -> float:
 
 
 class LineReporter(Reporter):
+    shows_progress = True
+
     def __init__(self, stream=None) -> None:
         self.stream = stream or sys.stderr
         self._last_tenth: dict[str, int] = {}
@@ -170,6 +176,8 @@ class LineReporter(Reporter):
 
 
 class RichReporter(Reporter):
+    shows_progress = True
+
     def __init__(self) -> None:
         from rich.console import Console
         from rich.progress import (

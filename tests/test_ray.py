@@ -208,6 +208,32 @@ def test_a_killed_driver_resumes_when_the_command_is_run_again(cluster, referenc
     assert_same_run(run, local)
 
 
+def test_a_poisons_progress_reaches_the_driver_and_quiet_silences_it(cluster, tmp_path):
+    em = {
+        "name": "em",
+        "params": {
+            "max_rounds": 2,
+            "train_steps": 2,
+            "steps": 2,
+            "surrogate": {"backbone": "small-cnn", "backbone_params": {"width": 4, "blocks": 2}},
+        },
+    }
+    spec = tiny_spec("rayem", training={"epochs": 1, "batch_size": 50}, poisons=[em])
+    spec["data"]["subset"] = {"train": 100, "test": 100}
+    path = write_spec(tmp_path / "rayem.yaml", spec)
+    args = ("--output", str(tmp_path), "--executor", "ray", "--address", cluster.address)
+    proc = harness(str(path), *args)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-3000:]
+    # the worker's lines, forwarded by Ray under the task's name
+    assert re.search(r"poison em: round 1: .*\(50%\)", out + err), (out + err)[-3000:]
+    # another seed: a poison not in the nodes' cache yet, generated in silence
+    quiet = harness(str(path), *args, "--fresh", "--quiet", "--seeds", "1")
+    out, err = quiet.communicate(timeout=400)
+    assert quiet.returncode == 0, err[-3000:]
+    assert "poison em:" not in out + err
+
+
 def test_a_node_that_disappears_has_its_arms_rescheduled(cluster, reference, tmp_path):
     spec, local = reference
     run = tmp_path / "rayrun"

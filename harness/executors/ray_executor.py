@@ -65,7 +65,7 @@ from harness.plan import Arm, plan_arms
 from harness.pluginmanager import Components, get_components
 from harness.poisoning import PoisonedInputs
 from harness.preflight import preflight
-from harness.progress import Reporter
+from harness.progress import LineReporter, Reporter
 from harness.reuse import adopt_clean_arms
 from harness.runfolder import RunFolder
 from harness.runner import check_poison_storage, run_arm, stored_poison
@@ -102,12 +102,20 @@ def _assembly(loaded: LoadedSpec, data: DataBundle | None) -> Assembly:
     return Assembly(loaded.spec, loaded.source, components, data, tasks)
 
 
-def generate_poison(loaded: LoadedSpec, data: DataBundle | None, arm: Arm, cpus: float) -> Tensor:
+def generate_poison(
+    loaded: LoadedSpec, data: DataBundle | None, arm: Arm, cpus: float, show_progress: bool
+) -> Tensor:
     """One (seed, poison): generated on the worker (or read from its node's poison cache), as
-    the spec stores it."""
+    the spec stores it.
+
+    With `show_progress`, the generator's progress lines go to the worker's stderr, which Ray
+    forwards to the driver's terminal under the task's name (`(poison em s0 pid=…)`): a
+    generation can take longer than all the arms waiting on it, and should not be silent.
+    """
     torch.set_num_threads(_threads(cpus))
     assembly = _assembly(loaded, data)
-    x = PoisonedInputs(assembly).for_arm(arm)
+    reporter = LineReporter() if show_progress else Reporter()
+    x = PoisonedInputs(assembly, reporter=reporter).for_arm(arm)
     return stored_poison(x, loaded.spec.training.poison_storage)
 
 
@@ -223,6 +231,8 @@ class RayRunner:
         self.spec = loaded.spec
         self.components = components
         self.reporter = reporter or Reporter()
+        #: what the person running it sees (during a run `reporter` wraps it with the trackers)
+        self.display = self.reporter
         self.fresh = fresh
         self.execution = execution or loaded.spec.execution
         self.folder = RunFolder.for_spec(
@@ -270,7 +280,7 @@ class RayRunner:
     def run(self) -> list[Entry]:
         assembly = self.assembly or self.prepare()
         loaded = self.loaded
-        display = self.reporter
+        display = self.display = self.reporter
         try:
             with ray_session(self.execution.address, display) as ray:
                 self.folder.open(
@@ -346,6 +356,7 @@ class _Execution:
         self.poison_task = ray.remote(generate_poison)
         self.poisons: dict[tuple[int, str], Any] = {}
         self.running: dict[Any, Arm] = {}
+        self.show_progress = runner.display.shows_progress
 
     def poison(self, arm: Arm) -> Any:
         if arm.poison is None:
@@ -355,7 +366,7 @@ class _Execution:
             self.reporter.stage(f"poison {arm.poison.key} (seed {arm.seed}): submitted")
             self.poisons[key] = self.poison_task.options(
                 name=f"poison {arm.poison.key} s{arm.seed}", **self.poison_options
-            ).remote(self.spec_ref, self.data_ref, arm, self.poison_cpus)
+            ).remote(self.spec_ref, self.data_ref, arm, self.poison_cpus, self.show_progress)
         return self.poisons[key]
 
     def submit(self, arm: Arm, state: Any) -> None:
