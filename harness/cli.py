@@ -188,11 +188,6 @@ def _apply_execution_options(args: argparse.Namespace, loaded) -> None:
         raise SpecError("\n".join(problems)) from None
     if execution.executor != "ray" and args.address is not None:
         raise SpecError("--address: a Ray cluster's address is for --executor ray")
-    if execution.executor == "ray" and execution.save_snapshots:
-        raise SpecError(
-            "--save-snapshots: model snapshots are kept by the local executor only; run the "
-            "spec with --executor local to keep them"
-        )
     loaded.spec.execution = execution
 
 
@@ -566,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="K",
         help="keep the model after every K-th epoch in the run folder (snapshots/), for "
-        "`harness sal-agreement RUN` (local executor)",
+        "`harness sal-agreement RUN`",
     )
     x.add_argument(
         "--data-workers",

@@ -295,7 +295,7 @@ class ExecutionSpec(Closed):
         ge=0,
         le=10_000,
         description="keep the model after every k-th epoch in the run folder's snapshots/ for "
-        "`harness sal-agreement` (local executor); 0: none",
+        "`harness sal-agreement`; 0: none",
     )
 
 

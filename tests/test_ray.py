@@ -21,6 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_spec, write_spec
 
 pytest.importorskip("ray")
@@ -98,7 +99,9 @@ def reference(tmp_path_factory) -> tuple[Path, Path]:
     """The spec file and its uninterrupted local run, one thread (as Ray gives one per CPU)."""
     root = tmp_path_factory.mktemp("ray-reference")
     spec = write_spec(root / "rayrun.yaml", spec_dict(EPOCHS))
-    finish(harness(str(spec), "--output", str(root), "--executor", "local"))
+    finish(
+        harness(str(spec), "--output", str(root), "--executor", "local", "--save-snapshots", "4")
+    )
     return spec, root / "rayrun"
 
 
@@ -148,13 +151,20 @@ def arm_of(pid: int) -> str:
 
 def test_a_ray_run_gives_the_local_runs_sal_arrays_and_entries(cluster, reference, tmp_path):
     spec, local = reference
-    err = finish(
-        harness(
-            str(spec), "--output", str(tmp_path), "--executor", "ray", "--address", cluster.address
-        )
-    )
+    args = ("--executor", "ray", "--address", cluster.address, "--save-snapshots", "4")
+    err = finish(harness(str(spec), "--output", str(tmp_path), *args))
     assert "2 node(s)" in err and "[arm 3/3]" in err and "ETA arm" in err
-    assert_same_run(tmp_path / "rayrun", local)
+    run = tmp_path / "rayrun"
+    assert_same_run(run, local)
+    # the driver keeps the snapshots from the states the workers send: the local run's, exactly
+    snapshots = sorted(p.relative_to(local) for p in (local / "snapshots").rglob("*.pt"))
+    assert len(snapshots) == 3 * 2  # three arms, epochs 4 and 8
+    assert sorted(p.relative_to(run) for p in (run / "snapshots").rglob("*.pt")) == snapshots
+    for path in snapshots:
+        got, want = torch.load(run / path), torch.load(local / path)
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert torch.equal(got[key], value), f"{path}: {key}"
 
 
 def test_a_worker_killed_mid_arm_is_retried_and_resumes_from_its_last_epoch(

@@ -39,7 +39,7 @@ from harness.armconfig import ArmConfig
 from harness.checkpoint import ArmState
 from harness.plan import Arm
 from harness.progress import Reporter
-from harness.runner import ArmRecorder
+from harness.runner import ArmRecorder, SnapshotSink
 from harness.store import EpochRow
 
 
@@ -236,6 +236,9 @@ class ArmLedger:
 
     recorder: ArmRecorder
     reporter: Reporter = field(default_factory=Reporter)
+    #: `--save-snapshots K`: the model of every K-th epoch, taken from the state the epoch's
+    #: message carries (the worker sends the checkpoint anyway), kept by the driver
+    snapshots: SnapshotSink | None = None
     attempts: dict[str, _Attempt] = field(default_factory=dict)
     refused: list[Refusal] = field(default_factory=list)
 
@@ -285,6 +288,9 @@ class ArmLedger:
             state = decode_state(message.state)
             if state.epochs_done != message.epoch:
                 return self._refuse(message, f"its state holds {state.epochs_done} epochs")
+            if self.snapshots is not None and message.epoch % self.snapshots.every == 0:
+                # before the epoch is recorded, as a local run does
+                self.snapshots.save(message.arm_id, message.epoch, state.model)
             self.recorder.record_epoch(
                 message.arm_id,
                 state,

@@ -241,7 +241,10 @@ class RayRunner:
         self.log_to = list(log_to)
         self.reuse_clean = RunFolder(reuse_clean) if reuse_clean is not None else None
         self.assembly: Assembly | None = None
-        self.ledger = ArmLedger(self.folder, self.reporter)
+        every = self.execution.save_snapshots
+        self.ledger = ArmLedger(
+            self.folder, self.reporter, snapshots=self.folder.snapshots(every) if every else None
+        )
 
     @property
     def run_dir(self) -> Path:
