@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# Rebuild this folder from the CPU-scale runs of the specs in specs/, with the harness itself:
-# every entry file here is what `harness submit` wrote after checking its run (complete, spec
-# hash, entries recomputed from run.h5, plugin versions). Nothing in this folder is hand-written.
+# Rebuild this folder from the runs of the specs in specs/, with the harness itself: every entry
+# file here is what `harness submit` wrote after checking its run (complete, spec hash, entries
+# recomputed from run.h5, plugin versions). Nothing in this folder is hand-written.
 #
 #   harness data extract ../shared/data/cifar10-jpg.tar.xz   # once: the CIFAR-10 specs need it
-#   bash leaderboard/rebuild.sh                               # about 2.5 hours on 2 CPU cores
+#   OMP_NUM_THREADS=1 bash leaderboard/rebuild.sh             # the CPU-scale example runs (~2.5 h)
+#   PAPER=1 RUNS=~/paper-runs/runs bash leaderboard/rebuild.sh
+#       # and the paper's tables at CPU scale (ResNet-18 w16; ~13 h on 2 cores, docs/results.md),
+#       # reusing the run folders under RUNS where they are already complete
 #
 # Runs are resumed where they stopped (and reused when complete); poisons come from the cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+RUNS="${RUNS:-runs}"
 specs=(quickstart toy-linear cifar10-folder-cpu table1-cifar10-cpu table2-cifar10-cpu multitask-shapes-cpu)
+if [ "${PAPER:-0}" = 1 ]; then
+  specs+=(paper-table1-cpu paper-table1-seeds-cpu paper-table2-cpu
+          paper-table3-resnet50-cpu paper-table3-senet18-cpu paper-table3-vit-cpu)
+fi
 for name in "${specs[@]}"; do
-  harness eval "specs/$name.yaml" --quiet
-  harness submit "runs/$name" --leaderboard leaderboard --replace
+  harness eval "specs/$name.yaml" --output "$RUNS" --quiet
+  harness submit "$RUNS/$name" --leaderboard leaderboard --replace
 done
