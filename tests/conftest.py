@@ -29,6 +29,19 @@ def tiny_spec(name: str = "tiny", **overrides) -> dict:
     return spec
 
 
+def load_benchmark(name: str):
+    """A script of benchmarks/ imported as a module (`benchmarks/NAME.py`), to test its parts."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_spec(path: Path, spec: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:

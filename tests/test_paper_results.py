@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
-from conftest import tiny_spec, write_spec
+from conftest import load_benchmark, tiny_spec, write_spec
 
 from harness.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def generator():
-    spec = importlib.util.spec_from_file_location(
-        "paper_results", REPO / "benchmarks" / "paper_results.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["paper_results"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, monkeypatch):
@@ -34,7 +20,7 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     assert main(["eval", str(spec), "--output", str(runs), "--quiet"]) == 0
     out = tmp_path / "docs" / "results.md"
     monkeypatch.setattr(sys, "argv", ["paper_results", "--runs", str(runs), "--out", str(out)])
-    generator().main()
+    load_benchmark("paper_results").main()
     text = out.read_text()
     assert "| paper-table1-cpu | started; 3 complete arm(s) scored |" in text
     assert "| paper-table2-cpu | not started |" in text

@@ -3,28 +3,14 @@ own settings measured again on its snapshots give the UD the run recorded on tho
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import h5py
-from conftest import tiny_spec, write_spec
+from conftest import load_benchmark, tiny_spec, write_spec
 
 from harness.cli import main
 from harness.scoring import score
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def study():
-    spec = importlib.util.spec_from_file_location(
-        "sensitivity", REPO / "benchmarks" / "sensitivity.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sensitivity"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_every_variant_is_measured_and_the_runs_own_settings_reproduce_its_ud(
@@ -46,7 +32,7 @@ def test_every_variant_is_measured_and_the_runs_own_settings_reproduce_its_ud(
     run = runs / "paper-table1-cpu"
     out = tmp_path / "docs" / "sensitivity.md"
     monkeypatch.setattr(sys, "argv", ["sensitivity", str(run), "--out", str(out)])
-    module = study()
+    module = load_benchmark("sensitivity")
     module.main()
 
     rows = json.loads(out.with_suffix(".json").read_text())
