@@ -293,7 +293,7 @@ def figures(runs: Path, out_dir: Path) -> list[str]:
     matplotlib.use("Agg")
     from harness import figures as draw
     from harness.results import open_run
-    from harness.scoring import learnable_proportion, learnable_threshold
+    from harness.scoring import learnable_counts, learnable_threshold
 
     folder = runs / "paper-table1-cpu"
     if not (folder / "run.h5").exists():
@@ -309,8 +309,8 @@ def figures(runs: Path, out_dir: Path) -> list[str]:
     label = {a.id: a.id.split("__")[0] for a in arms}
     heat = draw.sal_heatmap([(label[a.id], a.sal) for a in arms], clean.layers, log=True)
     heat.savefig(out_dir / "table1-sal-heatmap.png", dpi=110, bbox_inches="tight")
-    lam = draw.learnable_proportion(
-        [(label[a.id], learnable_proportion(a.sal, beta)) for a in arms], len(clean.layers)
+    lam = draw.learnable_proportion(  # takes λ(t), the counts, and divides by the layers itself
+        [(label[a.id], learnable_counts(a.sal, beta)) for a in arms], len(clean.layers)
     )
     lam.savefig(out_dir / "table1-learnable-proportion.png", dpi=110, bbox_inches="tight")
     return [

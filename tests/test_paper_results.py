@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 
+import h5py
 from conftest import load_benchmark, tiny_spec, write_spec
 
+from harness import figures
 from harness.cli import main
+from harness.scoring import learnable_counts, learnable_threshold
 
 
 def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, monkeypatch):
@@ -20,6 +23,13 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     assert main(["eval", str(spec), "--output", str(runs), "--quiet"]) == 0
     out = tmp_path / "docs" / "results.md"
     monkeypatch.setattr(sys, "argv", ["paper_results", "--runs", str(runs), "--out", str(out)])
+    drawn = []
+    draw = figures.learnable_proportion
+    monkeypatch.setattr(
+        figures,
+        "learnable_proportion",
+        lambda series, n: drawn.append((series, n)) or draw(series, n),
+    )
     load_benchmark("paper_results").main()
     text = out.read_text()
     assert "| paper-table1-cpu | started; 3 complete arm(s) scored |" in text
@@ -33,3 +43,11 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     assert "| UD > 1 for TAP | not run yet |" in text
     assert (out.parent / "figures" / "table1-sal-heatmap.png").stat().st_size > 0
     assert (out.parent / "figures" / "table1-learnable-proportion.png").stat().st_size > 0
+    # the proportion figure is given λ(t), the counts of learnable layers, once per arm
+    ((series, layers),) = drawn
+    with h5py.File(runs / "paper-table1-cpu" / "run.h5", "r") as f:
+        sal = {a: f[f"arms/{a}__none__s0/sal"][()] for a in ("clean", "em", "ops")}
+    beta, _ = learnable_threshold(sal["clean"])
+    assert layers == sal["clean"].shape[1]
+    for label, counts in series:
+        assert list(counts) == list(learnable_counts(sal[label], beta))
