@@ -10,6 +10,7 @@ with the uninterrupted local run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -248,22 +249,37 @@ def test_a_node_that_disappears_has_its_arms_rescheduled(cluster, reference, tmp
     spec, local = reference
     run = tmp_path / "rayrun"
     node = cluster.start_node(1)  # a third node, which will vanish
+    held: set[int] = set()  # arm workers on the other nodes, stopped while they hold their CPU
     try:
         proc = harness(
             str(spec), "--output", str(tmp_path), "--executor", "ray", "--address", cluster.address
         )
 
         def arm_on_node():
-            for pid in cluster.workers("arm ", node_port=node):
-                arm_id = arm_of(pid)
-                if caught_mid_arm([pid], arm_id, run):
-                    return arm_id
+            # Ray may place every arm on the first two nodes (tiny arms finish in seconds): an
+            # arm worker elsewhere is stopped and keeps its CPU, so the next arm can only go to
+            # the third node
+            there = set(cluster.workers("arm ", node_port=node))
+            for pid in cluster.workers("arm "):
+                if pid in there:
+                    arm_id = arm_of(pid)
+                    if caught_mid_arm([pid], arm_id, run):
+                        return arm_id
+                elif pid not in held:
+                    os.kill(pid, signal.SIGSTOP)
+                    held.add(pid)
             return None
 
         arm_id = wait_for(arm_on_node, proc)
         cluster.kill_node(node)
+        for pid in held:
+            os.kill(pid, signal.SIGCONT)
+        held.clear()
         err = finish(proc)
     finally:
+        for pid in held:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         cluster.kill_node_if_alive(node)
     lost = re.search(
         rf"{arm_id}: attempt 1 lost \((.*)\); attempt 2 resumes after epoch [1-9]", err
