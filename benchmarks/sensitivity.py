@@ -106,19 +106,25 @@ def recorded(folder: RunFolder, arm_ids: dict[str, str], clean_id: str) -> list[
     return rows
 
 
+def seed0_arms(folder: RunFolder, labels: list[str]) -> tuple[str, dict[str, str]]:
+    """The run's clean arm of seed 0, and its seed-0 arm of each poison label it has."""
+    arms = [a for a in plan_arms(Spec.model_validate(folder.stored_spec())) if a.seed == 0]
+    clean_id = next(a.id for a in arms if a.is_clean_reference)
+    return clean_id, {a.poison_key: a.id for a in arms if a.poison_key in labels}
+
+
 def small_cnn(run: Path, labels: list[str]) -> Row | None:
     folder = RunFolder(run)
     store = folder.store()
-    arms = plan_arms(Spec.model_validate(folder.stored_spec()))
-    clean = next(a for a in arms if a.is_clean_reference and a.seed == 0)
-    found = {}
-    for label in labels:
-        arm = next((a for a in arms if a.poison_key == label and a.seed == 0), None)
-        if arm is not None and store.has_arm(arm.id):
-            found[label] = store.read_arm(arm.id).sal
-    if not found or not store.has_arm(clean.id):
+    clean_id, arm_ids = seed0_arms(folder, labels)
+    found = {
+        label: store.read_arm(arm_id).sal
+        for label, arm_id in arm_ids.items()
+        if store.has_arm(arm_id)
+    }
+    if not found or not store.has_arm(clean_id):
         return None
-    clean_sal = store.read_arm(clean.id).sal
+    clean_sal = store.read_arm(clean_id).sal
     epochs = min(clean_sal.shape[0], *(s.shape[0] for s in found.values()))
     return Row(
         "scored layers",
@@ -228,14 +234,10 @@ def main() -> None:
     args = parser.parse_args()
     labels = [p.strip() for p in args.arms.split(",") if p.strip()]
     folder = RunFolder(args.run)
-    arms = plan_arms(Spec.model_validate(folder.stored_spec()))
-    clean_id = next(a.id for a in arms if a.is_clean_reference and a.seed == 0)
-    arm_ids = {}
-    for label in labels:
-        arm = next((a for a in arms if a.poison_key == label and a.seed == 0), None)
-        if arm is None:
-            raise SystemExit(f"{args.run}: no arm {label!r}")
-        arm_ids[label] = arm.id
+    clean_id, arm_ids = seed0_arms(folder, labels)
+    missing = [label for label in labels if label not in arm_ids]
+    if missing:
+        raise SystemExit(f"{args.run}: no arm {', '.join(missing)}")
     rows = recorded(folder, arm_ids, clean_id)
     if args.small_cnn is not None:
         extra = small_cnn(args.small_cnn, labels)

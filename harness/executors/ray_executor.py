@@ -283,7 +283,7 @@ class RayRunner:
     def run(self) -> list[Entry]:
         assembly = self.assembly or self.prepare()
         loaded = self.loaded
-        display = self.display = self.reporter
+        display = self.display
         try:
             with ray_session(self.execution.address, display) as ray:
                 self.folder.open(
