@@ -55,7 +55,7 @@ from harness.pgd import (
     sign_step,
     uniform_start,
 )
-from harness.poison import Poison, PoisonContext, clamp_to_range
+from harness.poison import GenerationCheckpoint, Poison, PoisonContext, clamp_to_range
 from harness.records import (
     BackboneRecord,
     ComponentRecord,
@@ -91,6 +91,7 @@ __all__ = [
     "DefenceRecord",
     "DiskImages",
     "FeatureKind",
+    "GenerationCheckpoint",
     "HarnessError",
     "LossFn",
     "Metric",

@@ -393,6 +393,8 @@ def cmd_cache_list(args: argparse.Namespace) -> int:
         m = e.meta
         label = m.get("label", "")
         method = e.method + (f" ({label})" if label and label != e.method else "")
+        if e.partial:
+            method += " (unfinished)"
         print(
             f"  {e.key[:12]}  {method:<28} seed {m.get('seed', '?')!s:<5} "
             f"{m.get('dataset', '?')!s:<14} {_size(e.size):>10}  {_age(now - e.modified)} old"

@@ -13,6 +13,11 @@ can):
   different salt per independent stream; never the global RNG, an unseeded NumPy generator or the
   clock. (Model initialisation inside `ctx.build_model` should run under
   `torch.random.fork_rng` with a seed derived from `ctx.seed`.)
+- **Long generators may resume** through `ctx.checkpoint`: call `ctx.checkpoint.load()` once at
+  the start and `ctx.checkpoint.save_if_due(make_state)` at points where the generation could go
+  on; the state must hold everything the rest depends on (weights, optimizer, the step, the
+  state of every `torch.Generator`), so that a generation cut short and resumed gives the same
+  poison, bit for bit, as one that ran through.
 - **Surrogates from `ctx.build_model(backbone_name, backbone_params)`**: any registered backbone
   with the crafting task's head(s) on top, sized for this data; train it on `ctx.device` with
   `ctx.task_loss(outputs, targets)` and `ctx.train_targets(data)`.
@@ -35,6 +40,42 @@ if TYPE_CHECKING:
     from harness.context import BuildContext
 
 
+class GenerationCheckpoint:
+    """Where a long generator keeps its progress, so a generation cut short resumes.
+
+    Arms resume from their last complete epoch; a poison generation that takes an hour (REM's
+    surrogate at a paper's budget) would otherwise start over after every Ctrl-C, lost worker or
+    session limit. The harness hands each generation one of these, keyed by everything that
+    determines the poison (as the disk cache is: code, parameters, data, seed), so a saved state
+    is never resumed by other code or for other data, and deletes it once the poison is made.
+
+    This base keeps nothing (`load` gives None), which is what a generator sees when the poison
+    is not cached or called outside the harness; the disk one is `harness.poison_cache`'s.
+    """
+
+    def load(self) -> dict[str, Any] | None:
+        """The last saved state of this very generation, or None: start from the beginning."""
+        return None
+
+    def due(self) -> bool:
+        """Whether a state handed now would be written (saves are spaced in time)."""
+        return False
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Keep `state` (tensors, numbers, strings, lists and dicts of them) for `load`."""
+
+    def save_if_due(self, make_state: Callable[[], dict[str, Any]]) -> bool:
+        """Save `make_state()` when a save is due; `make_state` is called only then, so a
+        generator may offer its state after every step at no cost. True when it saved."""
+        if not self.due():
+            return False
+        self.save(make_state())
+        return True
+
+    def discard(self) -> None:
+        """Forget the saved state (the generation finished)."""
+
+
 @dataclass
 class PoisonContext:
     """Everything a generator may use besides the clean data.
@@ -48,6 +89,7 @@ class PoisonContext:
     label for several tasks); `classification` says whether they are plain class labels.
 
     `progress(message, fraction)` reports progress of long generators; `cache_dir` may be None.
+    `checkpoint` keeps a long generator's progress between attempts (see `GenerationCheckpoint`).
     """
 
     seed: int
@@ -60,6 +102,7 @@ class PoisonContext:
     targets: Any = None
     classification: bool = True
     crafting_task: str | None = None
+    checkpoint: GenerationCheckpoint = field(default_factory=GenerationCheckpoint)
 
     def train_targets(self, data: DataBundle) -> Any:
         """The crafting task's targets of every training sample (the class labels by default)."""

@@ -18,6 +18,11 @@ what it holds in `meta` (method, label, seed, data set, shape, when it was made)
 `harness cache list`. Entries are written atomically and hold the SHA-256 of their tensor's
 bytes: a damaged entry (unreadable, or whose bytes no longer match) is reported, deleted and
 generated again, never used. Generators whose code cannot be read are never cached.
+
+A generation under way keeps its checkpoint (`DiskCheckpoint`, the state a long generator hands
+`ctx.checkpoint`) in `partial/<key>.pt` under the same key, so it can only be resumed by the
+very generation that wrote it; it is deleted when the poison is stored, listed by
+`harness cache list` and removed by `harness cache clear` like an entry.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +42,8 @@ from torch import Tensor
 
 from harness.archive import cache_root
 from harness.atomic import atomic_write
+from harness.errors import HarnessError
+from harness.poison import GenerationCheckpoint
 
 FORMAT = 2
 
@@ -87,6 +95,83 @@ class CacheEntry:
     def method(self) -> str:
         return str(self.meta.get("poison", "?"))
 
+    @property
+    def partial(self) -> bool:
+        """A generation's checkpoint rather than a finished poison."""
+        return self.path.parent.name == PARTIAL
+
+
+#: the folder, under the cache's root, of checkpoints of unfinished generations
+PARTIAL = "partial"
+
+#: seconds between two checkpoints of a generation (`HARNESS_POISON_CHECKPOINT_S` overrides)
+CHECKPOINT_INTERVAL_S = 120.0
+
+
+def checkpoint_interval_s() -> float:
+    value = os.environ.get("HARNESS_POISON_CHECKPOINT_S")
+    if value is None:
+        return CHECKPOINT_INTERVAL_S
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        raise HarnessError(
+            f"environment variable HARNESS_POISON_CHECKPOINT_S: expected a number of seconds, "
+            f"got {value!r}"
+        ) from None
+
+
+class DiskCheckpoint(GenerationCheckpoint):
+    """A generation's state in `partial/<key>.pt`, written atomically at most every
+    `interval_s` seconds (the first save after `interval_s` from the start).
+
+    A checkpoint that cannot be read is reported to `on_damaged`, deleted and ignored (the
+    generation starts over); `on_resume(age_s)` is told when a saved state is handed back.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        meta: dict[str, Any],
+        interval_s: float,
+        root: Path,
+        on_resume: Callable[[float], None] | None = None,
+        on_damaged: Callable[[Path, str], None] | None = None,
+    ) -> None:
+        self.path, self.meta, self.interval_s, self.root = path, meta, interval_s, root
+        self.on_resume, self.on_damaged = on_resume, on_damaged
+        self._last = time.monotonic()
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            record = torch.load(self.path, weights_only=True)
+            state = record["state"]
+            if not isinstance(state, dict):
+                raise TypeError("its state is not a dict")
+        except Exception as exc:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            if self.on_damaged is not None:
+                self.on_damaged(self.path, f"it cannot be read ({type(exc).__name__})")
+            return None
+        if self.on_resume is not None:
+            self.on_resume(max(0.0, time.time() - float(record.get("meta", {}).get("saved", 0))))
+        return state
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.interval_s
+
+    def save(self, state: dict[str, Any]) -> None:
+        record = {"state": state, "meta": {**self.meta, "saved": time.time()}}
+        atomic_write(self.path, lambda f: torch.save(record, f), root=self.root)
+        self._last = time.monotonic()
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
 
 class PoisonCache:
     def __init__(self, root: Path | None = None) -> None:
@@ -94,6 +179,23 @@ class PoisonCache:
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.pt"
+
+    def checkpoint(
+        self,
+        key: str,
+        meta: dict[str, Any],
+        on_resume: Callable[[float], None] | None = None,
+        on_damaged: Callable[[Path, str], None] | None = None,
+    ) -> DiskCheckpoint:
+        """The checkpoint of the generation of the poison stored under `key`."""
+        return DiskCheckpoint(
+            self.root / PARTIAL / f"{key}.pt",
+            meta,
+            checkpoint_interval_s(),
+            self.root,
+            on_resume,
+            on_damaged,
+        )
 
     def load(
         self,
@@ -131,9 +233,11 @@ class PoisonCache:
         return path
 
     def entries(self) -> Iterator[CacheEntry]:
-        """Every entry, with its meta (read without loading the tensors); oldest first."""
+        """Every entry and every unfinished generation's checkpoint, with its meta (read
+        without loading the tensors); oldest first."""
         found = []
-        for path in self.root.glob("??/*.pt"):
+        paths = [*self.root.glob("??/*.pt"), *self.root.glob(f"{PARTIAL}/*.pt")]
+        for path in paths:
             if path.is_symlink() or not path.is_file():
                 continue
             try:
@@ -158,7 +262,7 @@ class PoisonCache:
             with contextlib.suppress(FileNotFoundError):
                 entry.path.unlink()
             removed.append(entry)
-        for folder in self.root.glob("??"):
+        for folder in [*self.root.glob("??"), self.root / PARTIAL]:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty
         return removed

@@ -29,9 +29,9 @@ from harness.assembly import Assembly
 from harness.data import DataBundle, Split
 from harness.errors import PoisonContractError
 from harness.plan import Arm
-from harness.poison import Poison, PoisonContext
+from harness.poison import GenerationCheckpoint, Poison, PoisonContext
 from harness.poison_cache import PoisonCache, data_fingerprint, poison_key
-from harness.progress import Reporter
+from harness.progress import Reporter, duration
 from harness.records import PoisonRecord
 from harness.registry import Registered
 from harness.spec import ComponentRef, PoisonRef
@@ -101,6 +101,30 @@ class PoisonedInputs:
             check_output(cached[0], data, registered, ref)
             return cached[0]
         self.reporter.stage(f"generating poison {ref.key} (seed {arm.seed})")
+        meta = {
+            "poison": ref.name,
+            "label": ref.key,
+            "params": ref.params,
+            "version": registered.version,
+            "seed": arm.seed,
+            "dataset": assembly.spec.data.name,
+            "shape": list(train.x.shape),
+        }
+        checkpoint = (
+            self.cache.checkpoint(
+                cache_key,
+                meta,
+                on_resume=lambda age: self.reporter.stage(
+                    f"poison {ref.key} (seed {arm.seed}): resuming its generation from the "
+                    f"checkpoint saved {duration(age)} ago"
+                ),
+                on_damaged=lambda path, why: self.reporter.stage(
+                    f"checkpoint {path} is damaged ({why}): deleted, generating from the start"
+                ),
+            )
+            if cacheable
+            else GenerationCheckpoint()
+        )
         handed = copy_data(data)
         ctx = PoisonContext(
             seed=arm.seed,
@@ -117,10 +141,14 @@ class PoisonedInputs:
             targets=craft.targets(handed.train),
             classification=craft.classification,
             crafting_task=craft_label,
+            checkpoint=checkpoint,
         )
         started = time.perf_counter()
         x = poison.generate(handed, ctx)
         seconds = time.perf_counter() - started
+        # finished: a state to resume from is of no further use, whether the result passes the
+        # checks below or not (resuming would only reproduce it)
+        checkpoint.discard()
         check_untouched(data, handed, registered, ref)
         if not isinstance(x, Tensor) or tuple(x.shape) != tuple(train.x.shape):
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -131,20 +159,7 @@ class PoisonedInputs:
         x = x.detach().to(torch.float32).cpu()
         check_output(x, data, registered, ref)
         if cacheable:
-            self.cache.save(
-                cache_key,
-                x,
-                {
-                    "seconds": seconds,
-                    "poison": ref.name,
-                    "label": ref.key,
-                    "params": ref.params,
-                    "version": registered.version,
-                    "seed": arm.seed,
-                    "dataset": assembly.spec.data.name,
-                    "shape": list(x.shape),
-                },
-            )
+            self.cache.save(cache_key, x, {"seconds": seconds, **meta})
         return x
 
 

@@ -79,3 +79,78 @@ def test_a_damaged_cache_entry_is_a_miss_not_an_error(tmp_path):
         entry.write_bytes(b"not a tensor")
     again, stages = poisoned(spec, tmp_path / "r2", tmp_path / "cache")
     assert any("generating poison" in s for s in stages) and torch.equal(first, again)
+
+
+REM_TINY = {
+    "name": "rem",
+    "params": {
+        "train_steps": 6,
+        "steps": 1,
+        "attack_steps": 1,
+        "eot_samples": 1,
+        "surrogate": {"backbone": "small-cnn", "backbone_params": {"width": 4, "blocks": 2}},
+    },
+}
+
+
+def cut_short(tmp_path: Path, monkeypatch, at_save: int) -> tuple[Path, Path]:
+    """A tiny REM spec whose generation, checkpointed at every step, stops (as on Ctrl-C) right
+    after its checkpoint's save number `at_save`; (spec, cache)."""
+    from harness.poison_cache import DiskCheckpoint
+
+    monkeypatch.setenv("HARNESS_POISON_CHECKPOINT_S", "0")
+    spec = write_spec(tmp_path / "rem.yaml", tiny_spec("rem", poisons=[REM_TINY]))
+    saves = []
+    original = DiskCheckpoint.save
+
+    def save(self, state):
+        original(self, state)
+        saves.append(1)
+        if len(saves) == at_save:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(DiskCheckpoint, "save", save)
+        with pytest.raises(KeyboardInterrupt):
+            poisoned(spec, tmp_path / "r1", tmp_path / "cache")
+    return spec, tmp_path / "cache"
+
+
+def test_a_generation_cut_short_resumes_from_its_checkpoint_in_the_cache(tmp_path, monkeypatch):
+    spec, cache = cut_short(tmp_path, monkeypatch, at_save=4)
+    [unfinished] = [e for e in PoisonCache(cache).entries() if e.partial]
+    assert unfinished.method == "rem" and unfinished.meta["seed"] == 0
+    resumed, stages = poisoned(spec, tmp_path / "r2", cache)
+    assert any("resuming its generation from the checkpoint" in s for s in stages)
+    reference, _ = poisoned(spec, tmp_path / "r0", tmp_path / "reference-cache")
+    assert torch.equal(resumed, reference)
+    assert [e.partial for e in PoisonCache(cache).entries()] == [False]  # stored, checkpoint gone
+
+
+def test_a_damaged_checkpoint_is_reported_and_the_generation_starts_over(tmp_path, monkeypatch):
+    spec, cache = cut_short(tmp_path, monkeypatch, at_save=2)
+    [checkpoint] = (cache / "partial").glob("*.pt")
+    checkpoint.write_bytes(b"cut off mid-write")
+    again, stages = poisoned(spec, tmp_path / "r2", cache)
+    assert any("is damaged" in s and "from the start" in s for s in stages)
+    assert not any("resuming" in s for s in stages)
+    reference, _ = poisoned(spec, tmp_path / "r0", tmp_path / "reference-cache")
+    assert torch.equal(again, reference)
+
+
+def test_clearing_the_cache_removes_unfinished_generations(tmp_path, monkeypatch):
+    _, cache = cut_short(tmp_path, monkeypatch, at_save=1)
+    removed = PoisonCache(cache).clear(method="rem")
+    assert [e.partial for e in removed] == [True]
+    assert not (tmp_path / "cache" / "partial").exists()
+
+
+def test_checkpoint_interval_must_be_a_number(monkeypatch):
+    from harness.errors import HarnessError
+    from harness.poison_cache import checkpoint_interval_s
+
+    monkeypatch.setenv("HARNESS_POISON_CHECKPOINT_S", "soon")
+    with pytest.raises(HarnessError, match="HARNESS_POISON_CHECKPOINT_S"):
+        checkpoint_interval_s()
+    monkeypatch.setenv("HARNESS_POISON_CHECKPOINT_S", "30")
+    assert checkpoint_interval_s() == 30.0

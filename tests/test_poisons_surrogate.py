@@ -7,6 +7,7 @@ so that the whole file runs in well under a minute on two CPU cores.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ from harness.api import BuildContext, sign_pgd
 from harness.backbone import TaskModel
 from harness.data import DataBundle, Split, subset
 from harness.pluginmanager import get_components
-from harness.poison import Poison, PoisonContext
+from harness.poison import GenerationCheckpoint, Poison, PoisonContext
 from harness_plugins.datasets import DigitsParams, load_digits_bundle
 from harness_plugins.poisons import dc, em, hypo, rem, tap
 from harness_plugins.poisons._surrogate import Augment, SurrogateParams
@@ -430,3 +431,47 @@ def test_overriding_one_surrogate_field_keeps_the_methods_other_defaults():
     assert isinstance(r.surrogate, SurrogateParams)
     d = dc.DCParams.model_validate({"classifier": {"lr": 0.02}})
     assert d.classifier.backbone == "small-cnn" and d.classifier.momentum == 0.0
+
+
+class StoppingCheckpoint(GenerationCheckpoint):
+    """Takes every state offered (through `torch.save`, as on disk) and stops the generation,
+    as a Ctrl-C would, right after save number `stop_after`."""
+
+    def __init__(self, stop_after: int | None) -> None:
+        self.stop_after = stop_after
+        self.saves = 0
+        self.saved: bytes | None = None
+
+    def load(self) -> dict[str, Any] | None:
+        return None if self.saved is None else torch.load(io.BytesIO(self.saved), weights_only=True)
+
+    def due(self) -> bool:
+        return True
+
+    def save(self, state: dict[str, Any]) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self.saved = buffer.getvalue()
+        self.saves += 1
+        if self.saves == self.stop_after:
+            raise KeyboardInterrupt
+
+
+# REM's tiny case offers a state after each of its 4 surrogate steps and 4 final-noise batches
+@pytest.mark.parametrize("stop_after", [1, 3, 4, 6])
+def test_rem_cut_short_resumes_where_it_stopped_and_gives_the_same_poison(
+    digits, generated, stop_after
+):
+    _, reference, _ = generated("rem")
+    cls, params = CASES["rem"]
+    checkpoint = StoppingCheckpoint(stop_after)
+    ctx = make_context(digits)
+    ctx.checkpoint = checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        cls(params).generate(digits, ctx)
+    checkpoint.stop_after, checkpoint.saves = None, 0
+    ctx = make_context(digits)  # a new attempt: a new process would build everything again
+    ctx.checkpoint = checkpoint
+    resumed = cls(params).generate(digits, ctx)
+    assert torch.equal(resumed, reference)
+    assert checkpoint.saves == 8 - stop_after  # it went on from the save, not from the start

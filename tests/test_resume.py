@@ -23,22 +23,17 @@ def comparable(run: Path) -> dict[str, dict]:
     return {e.arm_id: e.model_dump(exclude=VOLATILE) for e in read_entries(run)}
 
 
-def harness_eval(spec: Path, output: Path) -> subprocess.Popen:
+def harness_eval(spec: Path, output: Path, quiet: bool = True) -> subprocess.Popen:
+    """`harness eval SPEC --output OUTPUT` in a fresh interpreter; with `quiet=False` its
+    progress lines are on the process's stdout (a pipe)."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "eval",
-            str(spec),
-            "--output",
-            str(output),
-            "--quiet",
-        ],
+        [sys.executable, "-m", "harness.cli", "eval", str(spec), "--output", str(output)]
+        + (["--quiet"] if quiet else []),
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL if quiet else subprocess.PIPE,
         stderr=subprocess.PIPE,
+        text=not quiet,
     )
 
 
@@ -137,3 +132,47 @@ def test_a_run_file_that_opens_but_cannot_be_read_back_is_rebuilt(spec_and_refer
     finish(spec, out)
     assert comparable(run) == comparable(reference)
     assert (run / "run.h5.damaged").exists()
+
+
+def test_a_poison_generation_killed_mid_way_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """SIGKILL while REM's surrogate trains: the next run goes on from the generation's last
+    checkpoint (not from the start) and ends with the entries of a run that was never killed."""
+    monkeypatch.setenv("HARNESS_POISON_CHECKPOINT_S", "0")  # a checkpoint after every step
+    rem = {
+        "name": "rem",
+        "params": {
+            "train_steps": 60,
+            "steps": 2,
+            "attack_steps": 1,
+            "eot_samples": 1,
+            "surrogate": {"backbone": "small-cnn", "backbone_params": {"width": 4, "blocks": 2}},
+        },
+    }
+    spec = write_spec(
+        tmp_path / "rem.yaml",
+        tiny_spec("rem", poisons=[rem], training={"epochs": 1, "batch_size": 50}),
+    )
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "reference-cache"))
+    finish(spec, tmp_path / "reference")
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    partial = tmp_path / "cache" / "poisons" / "partial"
+    kill_when(harness_eval(spec, tmp_path / "runs"), lambda: any(partial.glob("*.pt")))
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "eval",
+            str(spec),
+            "--output",
+            str(tmp_path / "runs"),
+        ],
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming its generation from the checkpoint" in resumed.stdout + resumed.stderr
+    assert not any(partial.glob("*.pt"))
+    assert comparable(tmp_path / "runs" / "rem") == comparable(tmp_path / "reference" / "rem")

@@ -16,11 +16,17 @@ x + δ no longer sees δ as an easy shortcut. REM makes the noise survive that: 
 Schedule: SGD 0.1 (×0.1 every 2,000 steps), momentum 0.9, weight decay 5e-4, batch 128,
 ResNet-18. The crop padding (4 px at 32×32) scales with the image size; see `AugmentParams`.
 
+A generation cut short (Ctrl-C, a lost worker) resumes through `ctx.checkpoint` from its last
+saved surrogate step or final-noise batch, and gives the same poison as one that ran through.
+
 Cost: each surrogate step is steps × EOT × (attack steps + 1) forward/backward passes (550 at
 the defaults), so the defaults are GPU-scale; the budget parameters make tiny CPU runs possible.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -44,10 +50,10 @@ from harness.api import (
     uniform_start,
 )
 
+from ._resume import ResumableStream, generator_states, restore_generators
 from ._surrogate import (
     Augment,
     AugmentParams,
-    BatchStream,
     UnclippedSurrogateParams,
     batch_indices,
     build_surrogate,
@@ -178,15 +184,41 @@ class RobustErrorMinimizingNoise(Poison):
         augment = Augment.from_params(p.augment, data)
         x = data.train.x.to(ctx.device)
         y = data.train.y.to(ctx.device)
+        saved = ctx.checkpoint.load()
         with seeded(ctx, SALT_INIT + 1000):
             model = build_surrogate(ctx, p.surrogate, SALT_INIT)
             optimizer = make_sgd(model, p.surrogate)
-            stream = BatchStream(
+            stream = ResumableStream(
                 len(x), p.surrogate.batch_size, ctx.generator(SALT_ORDER), drop_last=True
             )
             g = ctx.generator(SALT_NOISE)
+            final = ctx.generator(SALT_FINAL)
+            generators = {"noise": g, "final": final}
+            out = torch.empty_like(x)
+            batches = batch_indices(len(x), p.surrogate.batch_size)
+            first_step, first_batch = 0, 0
+
+            def state(steps_done: int, batches_done: int) -> dict[str, Any]:
+                """Everything the rest of the generation depends on (see `_resume`)."""
+                return {
+                    "steps_done": steps_done,
+                    "batches_done": batches_done,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "stream": stream.state(),
+                    "rng": generator_states(generators, ctx.device),
+                    "out": out[: batches_done * p.surrogate.batch_size].cpu(),
+                }
+
+            if saved is not None:
+                model.load_state_dict(saved["model"])
+                optimizer.load_state_dict(saved["optimizer"])
+                stream.restore(saved["stream"])
+                restore_generators(generators, saved["rng"], ctx.device)
+                first_step, first_batch = saved["steps_done"], saved["batches_done"]
+                out[: len(saved["out"])] = saved["out"].to(ctx.device)
             total = p.train_steps + 1
-            for step in range(p.train_steps):
+            for step in range(first_step, p.train_steps):
                 for group in optimizer.param_groups:
                     group["lr"] = p.surrogate.lr * p.lr_decay ** (step // p.lr_decay_every)
                 idx = stream.next().to(ctx.device)
@@ -214,10 +246,11 @@ class RobustErrorMinimizingNoise(Poison):
                         f"surrogate step {step + 1}/{p.train_steps}, adversarial loss {loss:.3f}",
                         (step + 1) / total,
                     )
-            final = ctx.generator(SALT_FINAL)
-            out = torch.empty_like(x)
-            batches = batch_indices(len(x), p.surrogate.batch_size)
+                ctx.checkpoint.save_if_due(functools.partial(state, step + 1, 0))
+            # batch_indices without a generator is in order: batch i is rows i·B .. (i+1)·B
             for i, idx in enumerate(batches):
+                if i < first_batch:
+                    continue
                 idx = idx.to(ctx.device)
                 delta = self.defensive_noise(model, x[idx], y[idx], ctx, augment, vr, final)
                 out[idx] = clamp_to_range(x[idx] + delta, vr)
@@ -225,6 +258,7 @@ class RobustErrorMinimizingNoise(Poison):
                     f"final noise batch {i + 1}/{len(batches)}",
                     (p.train_steps + (i + 1) / len(batches)) / total,
                 )
+                ctx.checkpoint.save_if_due(functools.partial(state, p.train_steps, i + 1))
         ctx.progress("done", 1.0)
         return out.detach().to("cpu", torch.float32)
 
