@@ -195,6 +195,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harness.atomic import atomic_write_text
     from harness.executors import make_runner
     from harness.progress import make_reporter
+    from harness.reuse import ArmSources
     from harness.table import markdown, print_table
 
     started = time.perf_counter()
@@ -220,7 +221,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         reporter=make_reporter(args.quiet),
         log_to=[name.strip() for name in args.log_to.split(",") if name.strip()],
-        reuse_clean=args.reuse_clean,
+        reuse=ArmSources(clean=args.reuse_clean, any=args.reuse_arms),
     )
     runner.prepare()
     entries = runner.run()
@@ -517,6 +518,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN",
         help="adopt the complete clean arms of another run folder of the same track instead of "
         "training them (the leaderboard's scoring queue does this)",
+    )
+    p.add_argument(
+        "--reuse-arms",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="adopt every complete arm, clean or poisoned, of another run folder that this spec "
+        "would train identically (same track, poison, defence, seed and versions); the others "
+        "are trained",
     )
     p.add_argument(
         "--dry-run",

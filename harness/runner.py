@@ -49,7 +49,7 @@ from harness.poisoning import PoisonedInputs
 from harness.preflight import preflight
 from harness.probe import SALProbe
 from harness.progress import Reporter
-from harness.reuse import adopt_clean_arms
+from harness.reuse import ArmSources
 from harness.runfolder import RunFolder
 from harness.specfile import LoadedSpec
 from harness.store import EpochRow
@@ -318,7 +318,7 @@ class Runner:
         reporter: Reporter | None = None,
         poison_cache: PoisonCache | None = None,
         log_to: Sequence[str] = (),
-        reuse_clean: Path | str | None = None,
+        reuse: ArmSources | None = None,
     ) -> None:
         self.loaded = loaded
         self.spec = loaded.spec
@@ -330,7 +330,7 @@ class Runner:
         )
         self.poison_cache = poison_cache
         self.log_to = list(log_to)
-        self.reuse_clean = RunFolder(reuse_clean) if reuse_clean is not None else None
+        self.reuse = reuse or ArmSources()
         self.assembly: Assembly | None = None
 
     @property
@@ -356,12 +356,7 @@ class Runner:
             stage=self.reporter.stage,
         )
         arms = plan_arms(self.spec)
-        if self.reuse_clean is not None:
-            adopted = adopt_clean_arms(self.folder, self.reuse_clean, assembly, arms)
-            if adopted:
-                self.reporter.stage(
-                    f"clean arms from {self.reuse_clean.path}: {', '.join(adopted)}"
-                )
+        self.reuse.adopt(self.folder, assembly, arms, self.reporter.stage)
         reporter = tracked_reporter(
             self.reporter, loaded, self.components, self.folder, assembly, self.log_to
         )

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.pluginmanager import Components
 from harness.progress import Reporter
 from harness.specfile import LoadedSpec
+
+if TYPE_CHECKING:
+    from harness.reuse import ArmSources
 
 
 def make_runner(
@@ -30,7 +33,7 @@ def make_runner(
     fresh: bool = False,
     reporter: Reporter | None = None,
     log_to: Sequence[str] = (),
-    reuse_clean: Path | str | None = None,
+    reuse: ArmSources | None = None,
 ) -> Any:
     """The runner of the spec's executor (`loaded.spec.execution.executor`)."""
     execution = loaded.spec.execution
@@ -45,7 +48,7 @@ def make_runner(
             reporter=reporter,
             execution=execution,
             log_to=log_to,
-            reuse_clean=reuse_clean,
+            reuse=reuse,
         )
     from harness.runner import Runner
 
@@ -56,5 +59,5 @@ def make_runner(
         fresh=fresh,
         reporter=reporter,
         log_to=log_to,
-        reuse_clean=reuse_clean,
+        reuse=reuse,
     )

@@ -66,7 +66,7 @@ from harness.pluginmanager import Components, get_components
 from harness.poisoning import PoisonedInputs
 from harness.preflight import preflight
 from harness.progress import LineReporter, Reporter
-from harness.reuse import adopt_clean_arms
+from harness.reuse import ArmSources
 from harness.runfolder import RunFolder
 from harness.runner import check_poison_storage, run_arm, stored_poison
 from harness.spec import ExecutionSpec
@@ -225,7 +225,7 @@ class RayRunner:
         reporter: Reporter | None = None,
         execution: ExecutionSpec | None = None,
         log_to: Sequence[str] = (),
-        reuse_clean: Path | str | None = None,
+        reuse: ArmSources | None = None,
     ) -> None:
         self.loaded = loaded
         self.spec = loaded.spec
@@ -239,7 +239,7 @@ class RayRunner:
             self.spec.name, output_root if output_root is not None else self.spec.output
         )
         self.log_to = list(log_to)
-        self.reuse_clean = RunFolder(reuse_clean) if reuse_clean is not None else None
+        self.reuse = reuse or ArmSources()
         self.assembly: Assembly | None = None
         every = self.execution.save_snapshots
         self.ledger = ArmLedger(
@@ -294,12 +294,7 @@ class RayRunner:
                     stage=display.stage,
                 )
                 arms = plan_arms(self.spec)
-                if self.reuse_clean is not None:
-                    adopted = adopt_clean_arms(self.folder, self.reuse_clean, assembly, arms)
-                    if adopted:
-                        display.stage(
-                            f"clean arms from {self.reuse_clean.path}: {', '.join(adopted)}"
-                        )
+                self.reuse.adopt(self.folder, assembly, arms, display.stage)
                 # worker messages reach the trackers too: the ledger reports through this one
                 self.reporter = self.ledger.reporter = tracked_reporter(
                     display, loaded, self.components, self.folder, assembly, self.log_to
