@@ -19,6 +19,9 @@ if [ "${PAPER:-0}" = 1 ]; then
           paper-table3-resnet50-cpu paper-table3-senet18-cpu paper-table3-vit-cpu)
 fi
 for name in "${specs[@]}"; do
-  harness eval "specs/$name.yaml" --output "$RUNS" --quiet
+  reuse=()
+  # Table 2's undefended arms are Table 1's: adopted, not trained again
+  [ "$name" = paper-table2-cpu ] && reuse=(--reuse-arms "$RUNS/paper-table1-cpu")
+  harness eval "specs/$name.yaml" --output "$RUNS" --quiet "${reuse[@]}"
   harness submit "$RUNS/$name" --leaderboard leaderboard --replace
 done
