@@ -93,9 +93,12 @@ REM_TINY = {
 }
 
 
-def cut_short(tmp_path: Path, monkeypatch, at_save: int) -> tuple[Path, Path]:
+def cut_short(
+    tmp_path: Path, monkeypatch, at_save: int, cache: Path | None = None
+) -> tuple[Path, Path]:
     """A tiny REM spec whose generation, checkpointed at every step, stops (as on Ctrl-C) right
     after its checkpoint's save number `at_save`; (spec, cache)."""
+    cache = cache or tmp_path / "cache"
     from harness.poison_cache import DiskCheckpoint
 
     monkeypatch.setenv("HARNESS_POISON_CHECKPOINT_S", "0")
@@ -112,8 +115,8 @@ def cut_short(tmp_path: Path, monkeypatch, at_save: int) -> tuple[Path, Path]:
     with monkeypatch.context() as m:
         m.setattr(DiskCheckpoint, "save", save)
         with pytest.raises(KeyboardInterrupt):
-            poisoned(spec, tmp_path / "r1", tmp_path / "cache")
-    return spec, tmp_path / "cache"
+            poisoned(spec, tmp_path / "r1", cache)
+    return spec, cache
 
 
 def test_a_generation_cut_short_resumes_from_its_checkpoint_in_the_cache(tmp_path, monkeypatch):
@@ -136,6 +139,15 @@ def test_a_damaged_checkpoint_is_reported_and_the_generation_starts_over(tmp_pat
     assert not any("resuming" in s for s in stages)
     reference, _ = poisoned(spec, tmp_path / "r0", tmp_path / "reference-cache")
     assert torch.equal(again, reference)
+
+
+def test_a_dry_run_says_which_generation_will_resume(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "home"))
+    spec, _ = cut_short(tmp_path, monkeypatch, at_save=1, cache=tmp_path / "home" / "poisons")
+    assert main(["eval", str(spec), "--output", str(tmp_path / "runs"), "--dry-run"]) == 0
+    assert "rem (seed 0)  to generate, resuming an unfinished generation" in capsys.readouterr().out
 
 
 def test_clearing_the_cache_removes_unfinished_generations(tmp_path, monkeypatch):

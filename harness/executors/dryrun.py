@@ -80,6 +80,8 @@ class PoisonPlan:
     seed: int
     cached: bool
     arms: list[str] = field(default_factory=list)
+    #: a generation cut short left a checkpoint to resume from
+    unfinished: bool = False
 
 
 @dataclass
@@ -110,6 +112,8 @@ class DryRun:
                 state = (
                     "in this machine's poison cache"
                     if p.cached
+                    else "to generate, resuming an unfinished generation (cost not estimated)"
+                    if p.unfinished
                     else "to generate (cost not estimated)"
                 )
                 lines.append(
@@ -173,8 +177,13 @@ def dry_run(
         if arm.poison is not None:
             key = (arm.seed, arm.poison.key)
             if key not in poisons:
-                cached = cache.path(inputs.cache_key(arm)).exists()
-                poisons[key] = PoisonPlan(arm.poison.key, arm.seed, cached)
+                cache_key = inputs.cache_key(arm)
+                poisons[key] = PoisonPlan(
+                    arm.poison.key,
+                    arm.seed,
+                    cache.path(cache_key).exists(),
+                    unfinished=cache.checkpoint(cache_key, {}).path.exists(),
+                )
             poisons[key].arms.append(arm.id)
             waits = f"{arm.poison.key} (seed {arm.seed})"
         plans.append(
