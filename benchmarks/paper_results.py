@@ -73,6 +73,8 @@ PAPER_T3 = {
     "vit": {"em": None, "tap": 0.584, "ops": 0.818},
 }
 T1_ROWS = ["clean", "em", "rem", "dc", "tap", "lsp", "ops", "ar", "hypo", "cuda", "noise-class"]
+#: the rows of Table 1 run with three seeds (specs/paper-table1-seeds-cpu.yaml adds seeds 1 and 2)
+SEEDED = ["clean", "em", "ops", "tap"]
 T2_DEFENCES = ["jpeg", "adv-training", "ueraser-max", "mixup", "cutout"]
 T3_BACKBONES = {
     "resnet18": "paper-table1-cpu",
@@ -326,6 +328,53 @@ def figures(runs: Path, out_dir: Path) -> list[str]:
     ]
 
 
+def seed_noise(runs: Path) -> list[str]:
+    """UD of Table 1's seeded arms (clean, EM, OPS, TAP) scored against each seed's clean arm.
+
+    A clean arm scored against another seed's clean arm is what UD says when nothing is
+    poisoned: its spread is the noise floor a poisoned arm's UD must clear. Computed from the
+    recorded SAL of complete arms (`harness.scoring.score`, the scorer the entries use).
+    """
+    from harness.results import open_run
+    from harness.scoring import learnable_threshold, score
+
+    arms = {}
+    for name in ("paper-table1-cpu", "paper-table1-seeds-cpu"):
+        if (runs / name / "run.h5").exists():
+            run = open_run(runs / name)
+            for arm_id in run.arms:
+                poison, defence, seed = arm_id.split("__")
+                if defence == "none" and poison in SEEDED and run[arm_id].complete:
+                    arms[(poison, int(seed[1:]))] = run[arm_id].sal
+    cleans = sorted(seed for poison, seed in arms if poison == "clean")
+    head = [
+        "## Seed-to-seed noise of UD (Table 1's seeded arms)",
+        "",
+        "Each complete arm scored against each seed's clean arm (β from that clean arm). A clean "
+        "arm against another seed's clean arm is UD when nothing is poisoned: the noise floor.",
+        "",
+    ]
+    if len(cleans) < 2:
+        return [*head, "(drawn once two seeds of the clean arm are complete)"]
+    betas = [learnable_threshold(arms[("clean", s)])[0] for s in cleans]
+    lines = [
+        *head,
+        "| arm | "
+        + " | ".join(f"vs clean s{s} (β {b:.3g})" for s, b in zip(cleans, betas, strict=True))
+        + " |",
+        "|---|" + "---|" * len(cleans),
+    ]
+    for poison in SEEDED:
+        for seed in sorted(s for p, s in arms if p == poison):
+            uds = [score(arms[(poison, seed)], arms[("clean", c)]).ud for c in cleans]
+            cells = [
+                "1 (itself)" if (poison, seed) == ("clean", c) else f"{ud:.3f}"
+                for c, ud in zip(cleans, uds, strict=True)
+            ]
+            lines.append(f"| {poison} s{seed} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, required=True)
@@ -355,6 +404,8 @@ def main() -> None:
         *l3,
         "",
         *claims(t1, t2, t3),
+        "",
+        *seed_noise(runs),
         "",
         *figures(runs, args.out.parent / "figures"),
         "",

@@ -9,7 +9,7 @@ from conftest import load_benchmark, tiny_spec, write_spec
 
 from harness import figures
 from harness.cli import main
-from harness.scoring import learnable_counts, learnable_threshold
+from harness.scoring import learnable_counts, learnable_threshold, score
 
 
 def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, monkeypatch):
@@ -18,7 +18,9 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
         {"name": "random-noise", "label": "em", "params": {"epsilon": 0.1}},
         {"name": "random-noise", "label": "ops", "params": {"epsilon": 0.1, "mode": "class-wise"}},
     ]
-    spec = write_spec(tmp_path / "t1.yaml", tiny_spec("paper-table1-cpu", poisons=poisons))
+    spec = write_spec(
+        tmp_path / "t1.yaml", tiny_spec("paper-table1-cpu", poisons=poisons, seeds=[0, 1])
+    )
     runs = tmp_path / "runs"
     assert main(["eval", str(spec), "--output", str(runs), "--quiet"]) == 0
     out = tmp_path / "docs" / "results.md"
@@ -32,7 +34,7 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     )
     load_benchmark("paper_results").main()
     text = out.read_text()
-    assert "| paper-table1-cpu | started; 3 complete arm(s) scored |" in text
+    assert "| paper-table1-cpu | started; 6 complete arm(s) scored |" in text
     assert "| paper-table2-cpu | not started |" in text
     em = next(line for line in text.splitlines() if line.startswith("| em |"))
     assert "not run yet" not in em and "| 26.52 |" in em  # ours beside the paper's
@@ -47,7 +49,12 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     ((series, layers),) = drawn
     with h5py.File(runs / "paper-table1-cpu" / "run.h5", "r") as f:
         sal = {a: f[f"arms/{a}__none__s0/sal"][()] for a in ("clean", "em", "ops")}
+        clean_s1 = f["arms/clean__none__s1/sal"][()]
     beta, _ = learnable_threshold(sal["clean"])
     assert layers == sal["clean"].shape[1]
     for label, counts in series:
         assert list(counts) == list(learnable_counts(sal[label], beta))
+    # the noise floor: each seed's clean arm scored against the other's
+    floor = next(line for line in text.splitlines() if line.startswith("| clean s1 |"))
+    assert floor == f"| clean s1 | {score(clean_s1, sal['clean']).ud:.3f} | 1 (itself) |"
+    assert any(line.startswith("| em s1 |") for line in text.splitlines())
