@@ -401,7 +401,12 @@ def cmd_cache_list(args: argparse.Namespace) -> int:
             f"{m.get('dataset', '?')!s:<14} {_size(e.size):>10}  {_age(now - e.modified)} old"
         )
     total = sum(e.size for e in entries)
-    print(f"{len(entries)} poison(s), {_size(total)}")
+    unfinished = sum(e.partial for e in entries)
+    print(
+        f"{len(entries) - unfinished} poison(s)"
+        + (f" and {unfinished} unfinished generation(s)" if unfinished else "")
+        + f", {_size(total)}"
+    )
     return 0
 
 

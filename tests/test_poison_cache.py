@@ -141,13 +141,16 @@ def test_a_damaged_checkpoint_is_reported_and_the_generation_starts_over(tmp_pat
     assert torch.equal(again, reference)
 
 
-def test_a_dry_run_says_which_generation_will_resume(tmp_path, monkeypatch, capsys):
+def test_a_dry_run_and_the_cache_list_show_an_unfinished_generation(tmp_path, monkeypatch, capsys):
     from harness.cli import main
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "home"))
     spec, _ = cut_short(tmp_path, monkeypatch, at_save=1, cache=tmp_path / "home" / "poisons")
     assert main(["eval", str(spec), "--output", str(tmp_path / "runs"), "--dry-run"]) == 0
     assert "rem (seed 0)  to generate, resuming an unfinished generation" in capsys.readouterr().out
+    assert main(["cache", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "rem (unfinished)" in listed and "0 poison(s) and 1 unfinished generation(s)" in listed
 
 
 def test_clearing_the_cache_removes_unfinished_generations(tmp_path, monkeypatch):
