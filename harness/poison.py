@@ -75,6 +75,11 @@ class GenerationCheckpoint:
     def discard(self) -> None:
         """Forget the saved state (the generation finished)."""
 
+    @property
+    def earlier_seconds(self) -> float:
+        """Seconds the generation ran in earlier attempts, up to the state `load` handed back."""
+        return 0.0
+
 
 @dataclass
 class PoisonContext:

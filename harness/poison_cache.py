@@ -140,7 +140,8 @@ class DiskCheckpoint(GenerationCheckpoint):
     ) -> None:
         self.path, self.meta, self.interval_s, self.root = path, meta, interval_s, root
         self.on_resume, self.on_damaged = on_resume, on_damaged
-        self._last = time.monotonic()
+        self._last = self._started = time.monotonic()
+        self._earlier = 0.0
 
     def load(self) -> dict[str, Any] | None:
         if not self.path.exists():
@@ -156,15 +157,23 @@ class DiskCheckpoint(GenerationCheckpoint):
             if self.on_damaged is not None:
                 self.on_damaged(self.path, f"it cannot be read ({type(exc).__name__})")
             return None
+        meta = record.get("meta", {})
+        self._earlier = float(meta.get("seconds", 0.0))
+        self._started = time.monotonic()
         if self.on_resume is not None:
-            self.on_resume(max(0.0, time.time() - float(record.get("meta", {}).get("saved", 0))))
+            self.on_resume(max(0.0, time.time() - float(meta.get("saved", 0))))
         return state
+
+    @property
+    def earlier_seconds(self) -> float:
+        return self._earlier
 
     def due(self) -> bool:
         return time.monotonic() - self._last >= self.interval_s
 
     def save(self, state: dict[str, Any]) -> None:
-        record = {"state": state, "meta": {**self.meta, "saved": time.time()}}
+        seconds = self._earlier + time.monotonic() - self._started
+        record = {"state": state, "meta": {**self.meta, "saved": time.time(), "seconds": seconds}}
         atomic_write(self.path, lambda f: torch.save(record, f), root=self.root)
         self._last = time.monotonic()
 

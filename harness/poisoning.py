@@ -145,7 +145,7 @@ class PoisonedInputs:
         )
         started = time.perf_counter()
         x = poison.generate(handed, ctx)
-        seconds = time.perf_counter() - started
+        seconds = checkpoint.earlier_seconds + time.perf_counter() - started  # every attempt
         # finished: a state to resume from is of no further use, whether the result passes the
         # checks below or not (resuming would only reproduce it)
         checkpoint.discard()
