@@ -20,6 +20,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from harness.entries import Entry, read_entries
 
 #: Table 1, CIFAR-10 column: test accuracy (%), #LP, UD (the clean row has no UD)
@@ -375,6 +377,52 @@ def seed_noise(runs: Path) -> list[str]:
     return lines
 
 
+def layer_breakdown(runs: Path) -> list[str]:
+    """Which layers make each Table 1 arm's #LP (seed 0, β from the clean arm).
+
+    With 21 layers and β the mean of per-epoch 2-means thresholds, one layer with much larger
+    SAL than the rest sets β by itself; this table shows whether that happens and how much of
+    each arm's #LP it carries.
+    """
+    from harness.results import open_run
+    from harness.scoring import learnable_threshold
+
+    folder = runs / "paper-table1-cpu"
+    if not (folder / "run.h5").exists():
+        return []
+    run = open_run(folder)
+    if "clean__none__s0" not in run.arms or not run["clean__none__s0"].complete:
+        return []
+    beta, _ = learnable_threshold(run["clean__none__s0"].sal)
+    lines = [
+        "## Where the learnable layers are (Table 1, seed 0)",
+        "",
+        f"β = {beta:.3g} (from the clean arm). For each complete arm: #LP, the share of it that "
+        "the layer most often above β carries, and that layer's SAL over the next-highest "
+        "layer's (median over epochs).",
+        "",
+        "| arm | #LP | layer most often above β | its share of #LP | its SAL ÷ next layer's |",
+        "|---|---|---|---|---|",
+    ]
+    for row in T1_ROWS:
+        arm_id = f"{row}__none__s0"
+        if arm_id not in run.arms or not run[arm_id].complete:
+            continue
+        arm = run[arm_id]
+        sal = np.asarray(arm.sal, dtype=np.float64)
+        above = sal > beta
+        top = int(above.sum(axis=0).argmax())
+        total = int(above.sum())
+        share = above[:, top].sum() / total if total else float("nan")
+        others = np.delete(sal, top, axis=1).max(axis=1)
+        ratio = float(np.median(sal[:, top] / others))
+        lines.append(
+            f"| {row} | {above.sum(axis=1).mean():.2f} | {arm.layers[top]} | "
+            f"{share:.0%} | {ratio:.2f} |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, required=True)
@@ -406,6 +454,8 @@ def main() -> None:
         *claims(t1, t2, t3),
         "",
         *seed_noise(runs),
+        "",
+        *layer_breakdown(runs),
         "",
         *figures(runs, args.out.parent / "figures"),
         "",

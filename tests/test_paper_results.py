@@ -58,3 +58,10 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     floor = next(line for line in text.splitlines() if line.startswith("| clean s1 |"))
     assert floor == f"| clean s1 | {score(clean_s1, sal['clean']).ud:.3f} | 1 (itself) |"
     assert any(line.startswith("| em s1 |") for line in text.splitlines())
+    # which layer carries each arm's #LP: the clean arm's row, from the same arrays
+    above = sal["clean"] > beta
+    top = int(above.sum(axis=0).argmax())
+    section = text.split("## Where the learnable layers are")[1].split("## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| clean | "))
+    assert row.startswith(f"| clean | {above.sum(axis=1).mean():.2f} | ")
+    assert f"{above[:, top].sum() / above.sum():.0%}" in row
