@@ -6,7 +6,7 @@
 #   harness data extract ../shared/data/cifar10-jpg.tar.xz   # once: the CIFAR-10 specs need it
 #   OMP_NUM_THREADS=1 bash leaderboard/rebuild.sh             # the CPU-scale example runs (~2.5 h)
 #   PAPER=1 RUNS=~/paper-runs/runs bash leaderboard/rebuild.sh
-#       # and the paper's tables at CPU scale (ResNet-18 w16; ~13 h on 2 cores, docs/results.md),
+#       # and the paper's tables at CPU scale (ResNet-18 w16; ~17 h on 2 cores, docs/results.md),
 #       # reusing the run folders under RUNS where they are already complete
 #
 # Runs are resumed where they stopped (and reused when complete); poisons come from the cache.
