@@ -146,20 +146,22 @@ class PoisonedInputs:
         started = time.perf_counter()
         x = poison.generate(handed, ctx)
         seconds = checkpoint.earlier_seconds + time.perf_counter() - started  # every attempt
-        # finished: a state to resume from is of no further use, whether the result passes the
-        # checks below or not (resuming would only reproduce it)
-        checkpoint.discard()
-        check_untouched(data, handed, registered, ref)
-        if not isinstance(x, Tensor) or tuple(x.shape) != tuple(train.x.shape):
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise PoisonContractError(
-                f"{who(registered, ref)} returned inputs of shape {shape}, "
-                f"expected {tuple(train.x.shape)}"
-            )
-        x = x.detach().to(torch.float32).cpu()
-        check_output(x, data, registered, ref)
+        try:
+            check_untouched(data, handed, registered, ref)
+            if not isinstance(x, Tensor) or tuple(x.shape) != tuple(train.x.shape):
+                shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+                raise PoisonContractError(
+                    f"{who(registered, ref)} returned inputs of shape {shape}, "
+                    f"expected {tuple(train.x.shape)}"
+                )
+            x = x.detach().to(torch.float32).cpu()
+            check_output(x, data, registered, ref)
+        except PoisonContractError:
+            checkpoint.discard()  # resuming would only give the same refused result
+            raise
         if cacheable:
             self.cache.save(cache_key, x, {"seconds": seconds, **meta})
+        checkpoint.discard()  # only once the poison is stored: a kill before loses nothing
         return x
 
 

@@ -172,3 +172,18 @@ def test_checkpoint_interval_must_be_a_number(monkeypatch):
         checkpoint_interval_s()
     monkeypatch.setenv("HARNESS_POISON_CHECKPOINT_S", "30")
     assert checkpoint_interval_s() == 30.0
+
+
+def test_a_refused_poison_leaves_no_checkpoint_to_resume(tmp_path, monkeypatch):
+    from harness.errors import PoisonContractError
+    from harness_plugins.poisons import noise
+
+    def out_of_range(self, data, ctx):
+        ctx.checkpoint.save({"step": 1})
+        return data.train.x + 5.0
+
+    monkeypatch.setattr(noise.RandomNoise, "generate", out_of_range)
+    spec = write_spec(tmp_path / "g.yaml", tiny_spec("g"))
+    with pytest.raises(PoisonContractError):
+        poisoned(spec, tmp_path / "r", tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.pt"))
