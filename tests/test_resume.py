@@ -157,22 +157,9 @@ def test_a_poison_generation_killed_mid_way_resumes_from_its_checkpoint(tmp_path
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     partial = tmp_path / "cache" / "poisons" / "partial"
     kill_when(harness_eval(spec, tmp_path / "runs"), lambda: any(partial.glob("*.pt")))
-    resumed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "eval",
-            str(spec),
-            "--output",
-            str(tmp_path / "runs"),
-        ],
-        env={**os.environ, "PYTHONHASHSEED": "0"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming its generation from the checkpoint" in resumed.stdout + resumed.stderr
+    resumed = harness_eval(spec, tmp_path / "runs", quiet=False)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming its generation from the checkpoint" in out + err
     assert not any(partial.glob("*.pt"))
     assert comparable(tmp_path / "runs" / "rem") == comparable(tmp_path / "reference" / "rem")
