@@ -269,23 +269,27 @@ RUNS = [
 
 
 def status(runs: Path) -> list[str]:
-    """Which run folders exist and how many of their arms have entries (complete arms)."""
+    """Which run folders exist, how many of their arms are complete (in run.h5) and how many of
+    those have entries (scored: `harness eval` writes them at the end, `harness score` any time
+    the run is stopped); the tables above read the entries."""
+    from harness.results import open_run
+
     lines = ["## Status of the runs", "", "| run | state |", "|---|---|"]
     for name in RUNS:
         folder = runs / name
         if not (folder / "run.h5").exists():
-            state = "not started"
-        else:
-            done = (
-                len(list((folder / "entries").glob("*.json")))
-                if (folder / "entries").is_dir()
-                else 0
-            )
-            state = (
-                f"started; {done} complete arm(s) scored"
-                if done
-                else "started; no arm complete yet"
-            )
+            lines.append(f"| {name} | not started |")
+            continue
+        run = open_run(folder)
+        complete = sum(run[a].complete for a in run.arms)
+        scored = (
+            len(list((folder / "entries").glob("*.json"))) if (folder / "entries").is_dir() else 0
+        )
+        state = (
+            f"started; {complete} arm(s) complete, {scored} scored"
+            if complete
+            else "started; no arm complete yet"
+        )
         lines.append(f"| {name} | {state} |")
     return lines
 

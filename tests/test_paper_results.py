@@ -34,7 +34,7 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     )
     load_benchmark("paper_results").main()
     text = out.read_text()
-    assert "| paper-table1-cpu | started; 6 complete arm(s) scored |" in text
+    assert "| paper-table1-cpu | started; 6 arm(s) complete, 6 scored |" in text
     assert "| paper-table2-cpu | not started |" in text
     em = next(line for line in text.splitlines() if line.startswith("| em |"))
     assert "not run yet" not in em and "| 26.52 |" in em  # ours beside the paper's
