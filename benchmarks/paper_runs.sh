@@ -8,7 +8,7 @@
 # lane A: Table 1 (seed 0), then Table 2, which adopts Table 1's undefended arms (--reuse-arms)
 # lane B: Table 1's seeds 1-2, then Table 3 (ResNet-50, SENet-18, ViT)
 # Measured here: an arm of ResNet-18 w16 takes ~30 min (SAL ~80-110 s of each ~95-125 s epoch);
-# REM's generation ~2 h, EM's ~28 min. Then: python benchmarks/paper_results.py --runs ROOT/runs
+# REM's generation ~1.5 h, EM's 0.5-1 h, TAP's 7 min. Then: python benchmarks/paper_results.py --runs ROOT/runs
 set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 root="${1:-$HOME/paper-runs}"
