@@ -207,7 +207,8 @@ class RobustErrorMinimizingNoise(Poison):
                     "optimizer": optimizer.state_dict(),
                     "stream": stream.state(),
                     "rng": generator_states(generators, ctx.device),
-                    "out": out[: batches_done * p.surrogate.batch_size].cpu(),
+                    # a copy: a slice of `out` would carry its whole storage into the file
+                    "out": out[: batches_done * p.surrogate.batch_size].clone().cpu(),
                 }
 
             if saved is not None:
