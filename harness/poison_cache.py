@@ -189,6 +189,10 @@ class PoisonCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.pt"
 
+    def partial_path(self, key: str) -> Path:
+        """Where the checkpoint of an unfinished generation of `key` is kept."""
+        return self.root / PARTIAL / f"{key}.pt"
+
     def checkpoint(
         self,
         key: str,
@@ -198,7 +202,7 @@ class PoisonCache:
     ) -> DiskCheckpoint:
         """The checkpoint of the generation of the poison stored under `key`."""
         return DiskCheckpoint(
-            self.root / PARTIAL / f"{key}.pt",
+            self.partial_path(key),
             meta,
             checkpoint_interval_s(),
             self.root,

@@ -1,7 +1,7 @@
 """Reusing another run's arms instead of training them again.
 
-`--reuse-clean RUN`: a leaderboard track trains its clean reference once. Every submission to a track is scored against the track's clean arms (β and the UD denominator
-come from them). Rather than retrain them per submission, the scoring queue runs them once and
+`--reuse-clean RUN`: a leaderboard track trains its clean reference once. Every submission to a
+track is scored against the track's clean arms (β and the UD denominator come from them). Rather than retrain them per submission, the scoring queue runs them once and
 each submission's run adopts their checkpoints: an arm whose checkpoint is complete is never
 retrained, and its rows are written into the new run's `run.h5` from the checkpoint, exactly as a
 resumed run does. An arm is adopted only if its configuration (track, defence, seed, plugin
@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from harness.assembly import Assembly
 from harness.atomic import atomic_write_text
@@ -34,8 +35,11 @@ REUSED_FILE = "clean_reference.json"
 REUSED_ARMS_FILE = "reused_arms.json"
 
 
-def _adoptable(folder: RunFolder, source: RunFolder, assembly: Assembly, arm: Arm) -> str:
-    """ "yes", "missing" (not complete there, or already begun here) or "differs"."""
+def _adoptable(
+    folder: RunFolder, source: RunFolder, assembly: Assembly, arm: Arm
+) -> Literal["yes", "missing", "differs"]:
+    """Whether `source`'s arm can be adopted: "missing" when it is not complete there or has
+    begun here, "differs" when this run would train it otherwise."""
     if folder.checkpoint(arm.id).exists():
         return "missing"
     state = load_state(source.checkpoint(arm.id))

@@ -182,7 +182,7 @@ def dry_run(
                     arm.poison.key,
                     arm.seed,
                     cache.path(cache_key).exists(),
-                    unfinished=cache.checkpoint(cache_key, {}).path.exists(),
+                    unfinished=cache.partial_path(cache_key).exists(),
                 )
             poisons[key].arms.append(arm.id)
             waits = f"{arm.poison.key} (seed {arm.seed})"
