@@ -202,6 +202,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     components = _components(args.strict)
     loaded = _load_spec(args, components)
     _apply_execution_options(args, loaded)
+    reuse = ArmSources(clean=args.reuse_clean, any=args.reuse_arms)
     if args.dry_run:
         from harness.executors.dryrun import dry_run
 
@@ -211,6 +212,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             output_root=args.output,
             fresh=args.fresh,
             reporter=make_reporter(args.quiet),
+            reuse=reuse,
         )
         print(plan.text())
         return 0
@@ -221,7 +223,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         reporter=make_reporter(args.quiet),
         log_to=[name.strip() for name in args.log_to.split(",") if name.strip()],
-        reuse=ArmSources(clean=args.reuse_clean, any=args.reuse_arms),
+        reuse=reuse,
     )
     runner.prepare()
     entries = runner.run()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -36,11 +36,12 @@ REUSED_ARMS_FILE = "reused_arms.json"
 
 
 def _adoptable(
-    folder: RunFolder, source: RunFolder, assembly: Assembly, arm: Arm
+    folder: RunFolder | None, source: RunFolder, assembly: Assembly, arm: Arm
 ) -> Literal["yes", "missing", "differs"]:
     """Whether `source`'s arm can be adopted: "missing" when it is not complete there or has
-    begun here, "differs" when this run would train it otherwise."""
-    if folder.checkpoint(arm.id).exists():
+    begun here (`folder`; None for a run folder still to be made), "differs" when this run would
+    train it otherwise."""
+    if folder is not None and folder.checkpoint(arm.id).exists():
         return "missing"
     state = load_state(source.checkpoint(arm.id))
     if state is None or not state.complete:
@@ -87,51 +88,19 @@ def _record_poisoned(folder: RunFolder, source: RunFolder, adopted: list[str]) -
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
-def adopt_clean_arms(
-    folder: RunFolder, source: RunFolder, assembly: Assembly, arms: list[Arm]
-) -> list[str]:
-    """Copy `source`'s complete clean arms that match this run's into `folder`; their ids. A
-    clean arm configured otherwise there is an error: the track's reference must be this one."""
-    _check_source(source)
-    adopted = []
-    for arm in arms:
-        if arm.poison is not None:
-            continue
-        verdict = _adoptable(folder, source, assembly, arm)
-        if verdict == "differs":
-            raise RunStateError(
-                f"{source.checkpoint(arm.id)}: the clean arm {arm.id} there is not the one this spec "
-                "trains (another track, recipe or plugin version); it cannot be reused"
-            )
-        if verdict == "yes":
-            _copy_checkpoint(folder, source, arm.id)
-            adopted.append(arm.id)
-    if adopted:
-        _record_clean(folder, source, adopted)
-    return adopted
+@dataclass
+class ReusePlan:
+    """What `ArmSources.adopt` will copy in, worked out before anything is copied, so that a
+    dry run can say it and a real run does exactly that."""
 
+    #: arm id -> the run folder its complete checkpoint comes from
+    adopted: dict[str, RunFolder] = field(default_factory=dict)
+    #: arms complete in the `--reuse-arms` run but configured otherwise there (trained here)
+    differing: list[str] = field(default_factory=list)
 
-def adopt_matching_arms(
-    folder: RunFolder, source: RunFolder, assembly: Assembly, arms: list[Arm]
-) -> tuple[list[str], list[str]]:
-    """Copy every complete arm of `source` that this run would train identically into `folder`;
-    (the adopted ids, the ids complete there but configured otherwise, which are trained)."""
-    _check_source(source)
-    adopted, differing = [], []
-    for arm in arms:
-        verdict = _adoptable(folder, source, assembly, arm)
-        if verdict == "yes":
-            _copy_checkpoint(folder, source, arm.id)
-            adopted.append(arm)
-        elif verdict == "differs":
-            differing.append(arm.id)
-    clean = [arm.id for arm in adopted if arm.poison is None]
-    poisoned = [arm.id for arm in adopted if arm.poison is not None]
-    if clean:
-        _record_clean(folder, source, clean)
-    if poisoned:
-        _record_poisoned(folder, source, poisoned)
-    return [arm.id for arm in adopted], differing
+    def source_of(self, arm_id: str) -> Path | None:
+        source = self.adopted.get(arm_id)
+        return None if source is None else source.path
 
 
 @dataclass(frozen=True)
@@ -143,20 +112,63 @@ class ArmSources:
     clean: Path | None = None
     any: Path | None = None
 
+    def plan(self, folder: RunFolder | None, assembly: Assembly, arms: list[Arm]) -> ReusePlan:
+        """Which arms would be adopted into `folder` (None: one still to be made, as after
+        `--fresh`), and from where; copies nothing. A clean arm that `--reuse-clean`'s run
+        trained otherwise is an error: the track's reference must be this one."""
+        plan = ReusePlan()
+        if self.clean is not None:
+            source = RunFolder(self.clean)
+            _check_source(source)
+            for arm in arms:
+                if arm.poison is not None:
+                    continue
+                verdict = _adoptable(folder, source, assembly, arm)
+                if verdict == "differs":
+                    raise RunStateError(
+                        f"{source.checkpoint(arm.id)}: the clean arm {arm.id} there is not the "
+                        "one this spec trains (another track, recipe or plugin version); it "
+                        "cannot be reused"
+                    )
+                if verdict == "yes":
+                    plan.adopted[arm.id] = source
+        if self.any is not None:
+            source = RunFolder(self.any)
+            _check_source(source)
+            for arm in arms:
+                if arm.id in plan.adopted:
+                    continue
+                verdict = _adoptable(folder, source, assembly, arm)
+                if verdict == "yes":
+                    plan.adopted[arm.id] = source
+                elif verdict == "differs":
+                    plan.differing.append(arm.id)
+        return plan
+
     def adopt(
         self, folder: RunFolder, assembly: Assembly, arms: list[Arm], stage: Callable[[str], None]
-    ) -> None:
-        """Copy the arms in before any is trained, saying which (and which could not be)."""
-        if self.clean is not None:
-            adopted = adopt_clean_arms(folder, RunFolder(self.clean), assembly, arms)
-            if adopted:
-                stage(f"clean arms from {self.clean}: {', '.join(adopted)}")
-        if self.any is not None:
-            adopted, differing = adopt_matching_arms(folder, RunFolder(self.any), assembly, arms)
-            if adopted:
-                stage(f"arms from {self.any}: {', '.join(adopted)}")
-            if differing:
-                stage(
-                    f"not reused from {self.any} (configured otherwise there; trained here): "
-                    + ", ".join(differing)
-                )
+    ) -> ReusePlan:
+        """Copy the arms in before any is trained, saying which (and which could not be), and
+        record where each came from (`clean_reference.json`, `reused_arms.json`)."""
+        plan = self.plan(folder, assembly, arms)
+        poison_of = {arm.id: arm.poison for arm in arms}
+        for source_path in dict.fromkeys(s.path for s in plan.adopted.values()):
+            source = RunFolder(source_path)
+            ids = [a for a, s in plan.adopted.items() if s.path == source_path]
+            for arm_id in ids:
+                _copy_checkpoint(folder, source, arm_id)
+            clean = [a for a in ids if poison_of[a] is None]
+            poisoned = [a for a in ids if poison_of[a] is not None]
+            if clean:
+                _record_clean(folder, source, clean)
+            if poisoned:
+                _record_poisoned(folder, source, poisoned)
+            clean_flag = self.clean is not None and source_path == Path(self.clean)
+            what = "clean arms" if clean_flag else "arms"
+            stage(f"{what} from {source_path}: {', '.join(ids)}")
+        if plan.differing:
+            stage(
+                f"not reused from {self.any} (configured otherwise there; trained here): "
+                + ", ".join(plan.differing)
+            )
+        return plan

@@ -80,6 +80,31 @@ def test_reuse_arms_adopts_identical_arms_and_trains_the_others(first_run, tmp_p
     )
 
 
+def test_a_dry_run_says_which_arms_it_would_adopt_and_copies_nothing(first_run, tmp_path, capsys):
+    second = tiny_spec("second", poisons=[NOISE_SAMPLE, noise_class(0.2)], training={"epochs": 2})
+    spec = write_spec(tmp_path / "second.yaml", second)
+    out = tmp_path / "runs"
+    args = ["eval", str(spec), "--output", str(out), "--reuse-arms", str(first_run)]
+    assert main([*args, "--dry-run", "--quiet"]) == 0
+    said = capsys.readouterr().out
+    lines = {line.split()[2]: line for line in said.splitlines() if line.startswith("  arm ")}
+    for arm in ("clean__none__s0", "noise-sample__none__s0"):
+        assert f"adopted from {first_run}" in lines[arm] and "remaining 0s" in lines[arm]
+    assert (
+        "new" in lines["noise-class__none__s0"] and "adopted" not in lines["noise-class__none__s0"]
+    )
+    assert (
+        f"not reused from {first_run} (configured otherwise there; trained here): noise-class"
+        in said
+    )
+    assert not out.exists()  # nothing copied, nothing written
+
+    # the run then adopts exactly those
+    assert main(args) == 0
+    said = capsys.readouterr()
+    assert f"arms from {first_run}: clean__none__s0, noise-sample__none__s0" in said.out + said.err
+
+
 def test_reuse_clean_refuses_a_clean_arm_trained_otherwise(first_run, tmp_path, capsys):
     other = tiny_spec("other", poisons=[NOISE_SAMPLE], training={"epochs": 3})  # another recipe
     spec = write_spec(tmp_path / "other.yaml", other)

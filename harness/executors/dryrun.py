@@ -33,6 +33,7 @@ from harness.poisoning import PoisonedInputs
 from harness.preflight import preflight
 from harness.probe import SALProbe
 from harness.progress import Reporter, duration
+from harness.reuse import ArmSources
 from harness.runfolder import RunFolder
 from harness.runner import check_poison_storage
 from harness.spec import ArmComponentRef
@@ -62,13 +63,19 @@ class ArmPlan:
     complete: bool
     waits_on: str | None
     cost: EpochCost
+    #: the run folder (`--reuse-clean`, `--reuse-arms`) this arm's complete checkpoint would be
+    #: adopted from instead of training it
+    adopted_from: Path | None = None
 
     @property
     def remaining_seconds(self) -> float:
-        return 0.0 if self.complete else self.cost.total * (self.epochs - self.done)
+        done = self.complete or self.adopted_from is not None
+        return 0.0 if done else self.cost.total * (self.epochs - self.done)
 
     @property
     def status(self) -> str:
+        if self.adopted_from is not None:
+            return f"adopted from {self.adopted_from}"
         if self.complete:
             return "complete"
         return f"resumes after epoch {self.done}" if self.done else "new"
@@ -93,6 +100,9 @@ class DryRun:
     gpus_per_arm: float
     arms: list[ArmPlan]
     poisons: list[PoisonPlan]
+    #: arms complete in the `--reuse-arms` run but configured otherwise there: trained here
+    not_reused: list[str] = field(default_factory=list)
+    reuse_source: Path | None = None
 
     @property
     def remaining_seconds(self) -> float:
@@ -132,6 +142,11 @@ class DryRun:
                 f"{c.total:7.2f} s/epoch ({c.train:.2f} + {c.evaluate:.2f} + {c.sal:.2f})  "
                 f"remaining {duration(a.remaining_seconds)}"
             )
+        if self.not_reused:
+            lines.append(
+                f"not reused from {self.reuse_source} (configured otherwise there; trained here): "
+                + ", ".join(self.not_reused)
+            )
         total = self.remaining_seconds
         if self.executor == "ray":
             lines.append(
@@ -152,8 +167,10 @@ def dry_run(
     fresh: bool = False,
     reporter: Reporter | None = None,
     steps: int = 3,
+    reuse: ArmSources | None = None,
 ) -> DryRun:
-    """The plan of the spec's run with an estimated cost per arm; writes nothing."""
+    """The plan of the spec's run with an estimated cost per arm; writes nothing. With `reuse`
+    (`--reuse-clean`, `--reuse-arms`) the arms the run would adopt are marked as such."""
     reporter = reporter or Reporter()
     spec = loaded.spec
     folder = RunFolder.for_spec(spec.name, output_root if output_root is not None else spec.output)
@@ -162,6 +179,8 @@ def dry_run(
     check_poison_storage(assembly)
     arms = plan_arms(spec)
     stale = fresh and folder.resolved_spec_file.exists()
+    reuse = reuse or ArmSources()
+    reused = reuse.plan(None if stale else folder, assembly, arms)
     costs: dict[str, EpochCost] = {}
     for arm in arms:
         if arm.defence_key not in costs:
@@ -195,6 +214,7 @@ def dry_run(
                 state is not None and state.complete,
                 waits,
                 costs[arm.defence_key],
+                reused.source_of(arm.id),
             )
         )
     assembly.data.train.release()
@@ -207,6 +227,8 @@ def dry_run(
         execution.gpus_per_arm,
         plans,
         list(poisons.values()),
+        reused.differing,
+        None if reuse.any is None else Path(reuse.any),
     )
 
 
