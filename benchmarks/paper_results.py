@@ -383,6 +383,7 @@ def seed_noise(runs: Path) -> list[str]:
         + " |",
         "|---|" + "---|" * len(cleans),
     ]
+    pairs: dict[str, list[float]] = {}  # method -> UD of every (its seed, other clean seed)
     for poison in SEEDED:
         for seed in sorted(s for p, s in arms if p == poison):
             uds = [score(arms[(poison, seed)], arms[("clean", c)]).ud for c in cleans]
@@ -391,6 +392,24 @@ def seed_noise(runs: Path) -> list[str]:
                 for c, ud in zip(cleans, uds, strict=True)
             ]
             lines.append(f"| {poison} s{seed} | " + " | ".join(cells) + " |")
+            pairs.setdefault(poison, []).extend(
+                ud for c, ud in zip(cleans, uds, strict=True) if (poison, seed) != ("clean", c)
+            )
+    lines += [
+        "",
+        "Over every pair above (a clean arm against the other seeds' clean arms: the noise "
+        "floor), how UD spreads, and in how many pairs it is below 1:",
+        "",
+        "| arm | pairs | min | median | max | UD < 1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for poison, uds in pairs.items():
+        below = sum(ud < 1 for ud in uds)
+        lines.append(
+            f"| {'clean vs clean' if poison == 'clean' else poison} | {len(uds)} | "
+            f"{min(uds):.3f} | {float(np.median(uds)):.3f} | {max(uds):.3f} | "
+            f"{below} of {len(uds)} |"
+        )
     return lines
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import h5py
+import numpy as np
 from conftest import load_benchmark, tiny_spec, write_spec
 
 from harness import figures
@@ -59,6 +60,14 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     floor = next(line for line in text.splitlines() if line.startswith("| clean s1 |"))
     assert floor == f"| clean s1 | {score(clean_s1, sal['clean']).ud:.3f} | 1 (itself) |"
     assert any(line.startswith("| em s1 |") for line in text.splitlines())
+    # and the spread over every pair: two clean seeds give two clean-vs-clean pairs
+    floor_uds = [score(clean_s1, sal["clean"]).ud, score(sal["clean"], clean_s1).ud]
+    spread = next(line for line in text.splitlines() if line.startswith("| clean vs clean |"))
+    below = sum(ud < 1 for ud in floor_uds)
+    assert spread == (
+        f"| clean vs clean | 2 | {min(floor_uds):.3f} | {float(np.median(floor_uds)):.3f} | "
+        f"{max(floor_uds):.3f} | {below} of 2 |"
+    )
     # which layer carries each arm's #LP: the clean arm's row, from the same arrays
     above = sal["clean"] > beta
     top = int(above.sum(axis=0).argmax())
