@@ -1,10 +1,10 @@
 """Reusing another run's arms instead of training them again.
 
 `--reuse-clean RUN`: a leaderboard track trains its clean reference once. Every submission to a
-track is scored against the track's clean arms (β and the UD denominator come from them). Rather than retrain them per submission, the scoring queue runs them once and
-each submission's run adopts their checkpoints: an arm whose checkpoint is complete is never
-retrained, and its rows are written into the new run's `run.h5` from the checkpoint, exactly as a
-resumed run does. An arm is adopted only if its configuration (track, defence, seed, plugin
+track is scored against the track's clean arms (β and the UD denominator come from them). Rather
+than retrain them per submission, the scoring queue runs them once and each submission's run
+adopts their checkpoints: an arm whose checkpoint is complete is never retrained, and its rows
+are written into the new run's `run.h5` from the checkpoint, exactly as a resumed run does. An arm is adopted only if its configuration (track, defence, seed, plugin
 versions) and scored layers are those this run would train, so it is the same computation.
 
 `--reuse-arms RUN`: every complete arm, clean or poisoned, that this run would train identically
