@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.entries import Entry, read_entries
+from harness.results import ArmResults
 
 #: Table 1, CIFAR-10 column: test accuracy (%), #LP, UD (the clean row has no UD)
 PAPER_T1 = {
@@ -347,15 +348,9 @@ def figures(runs: Path, out_dir: Path) -> list[str]:
     ]
 
 
-def seed_noise(runs: Path) -> list[str]:
-    """UD of Table 1's seeded arms (clean, EM, OPS, TAP) scored against each seed's clean arm.
-
-    A clean arm scored against another seed's clean arm is what UD says when nothing is
-    poisoned: its spread is the noise floor a poisoned arm's UD must clear. Computed from the
-    recorded SAL of complete arms (`harness.scoring.score`, the scorer the entries use).
-    """
+def table1_arms(runs: Path) -> dict[tuple[str, int], ArmResults]:
+    """Every complete undefended arm of Table 1's two runs, by (poison, seed)."""
     from harness.results import open_run
-    from harness.scoring import learnable_threshold, score
 
     arms = {}
     for name in ("paper-table1-cpu", "paper-table1-seeds-cpu"):
@@ -363,8 +358,21 @@ def seed_noise(runs: Path) -> list[str]:
             run = open_run(runs / name)
             for arm_id in run.arms:
                 poison, defence, seed = arm_id.split("__")
-                if defence == "none" and poison in SEEDED and run[arm_id].complete:
-                    arms[(poison, int(seed[1:]))] = run[arm_id].sal
+                if defence == "none" and run[arm_id].complete:
+                    arms[(poison, int(seed[1:]))] = run[arm_id]
+    return arms
+
+
+def seed_noise(runs: Path) -> list[str]:
+    """UD of Table 1's seeded arms (clean, EM, OPS, TAP) scored against each seed's clean arm.
+
+    A clean arm scored against another seed's clean arm is what UD says when nothing is
+    poisoned: its spread is the noise floor a poisoned arm's UD must clear. Computed from the
+    recorded SAL of complete arms (`harness.scoring.score`, the scorer the entries use).
+    """
+    from harness.scoring import learnable_threshold, score
+
+    arms = {key: arm.sal for key, arm in table1_arms(runs).items() if key[0] in SEEDED}
     cleans = sorted(seed for poison, seed in arms if poison == "clean")
     head = [
         "## Seed-to-seed noise of UD (Table 1's seeded arms)",
@@ -459,6 +467,55 @@ def layer_breakdown(runs: Path) -> list[str]:
     return lines
 
 
+def without_top_layer(runs: Path) -> list[str]:
+    """Post hoc: Table 1's UD with the clean arm's most learnable layer left out of scoring.
+
+    Chosen after the layer breakdown showed one layer (the stem convolution) carrying most of
+    every arm's #LP, to ask whether that layer alone decides the verdicts. It is a diagnostic,
+    not a setting: no verdict above uses it. β is recomputed from the clean arm without the
+    layer, per seed, exactly as the scorer does with every layer.
+    """
+    from harness.scoring import learnable_threshold, score
+
+    arms = table1_arms(runs)
+    cleans = {seed: arm for (poison, seed), arm in arms.items() if poison == "clean"}
+    if not cleans:
+        return []
+    first = cleans[min(cleans)]
+    beta, _ = learnable_threshold(first.sal)
+    top = int((np.asarray(first.sal) > beta).sum(axis=0).argmax())
+    keep = [i for i in range(len(first.layers)) if i != top]
+    lines = [
+        f"## Post hoc: UD without `{first.layers[top]}`",
+        "",
+        "Chosen after seeing the table above (so not a setting of the study, and no verdict "
+        f"uses it): each arm scored again against its own seed's clean arm with "
+        f"`{first.layers[top]}`, the layer most often above β in the clean arm of seed "
+        f"{min(cleans)}, left out of the {len(first.layers)} scored layers (β recomputed from "
+        "the clean arm without it). It asks whether that one layer decides the verdicts.",
+        "",
+        f"| arm | seeds | UD, all {len(first.layers)} layers | UD without it | UD < 1 without it |",
+        "|---|---|---|---|---|",
+    ]
+    for row in T1_ROWS[1:]:
+        seeds = sorted(s for p, s in arms if p == row and s in cleans)
+        if not seeds:
+            continue
+        full = [score(arms[(row, s)].sal, cleans[s].sal).ud for s in seeds]
+        cut = [
+            score(np.asarray(arms[(row, s)].sal)[:, keep], np.asarray(cleans[s].sal)[:, keep]).ud
+            for s in seeds
+        ]
+        full = [ud for ud in full if ud is not None]
+        cut = [ud for ud in cut if ud is not None]
+        below = sum(ud < 1 for ud in cut)
+        lines.append(
+            f"| {row} | {', '.join(map(str, seeds))} | {Cell.fmt(full, 3)} | {Cell.fmt(cut, 3)} "
+            f"| {below} of {len(cut)} |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, required=True)
@@ -492,6 +549,8 @@ def main() -> None:
         *seed_noise(runs),
         "",
         *layer_breakdown(runs),
+        "",
+        *without_top_layer(runs),
         "",
         *figures(runs, args.out.parent / "figures"),
         "",

@@ -75,3 +75,16 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     row = next(line for line in section.splitlines() if line.startswith("| clean | "))
     assert row.startswith(f"| clean | {above.sum(axis=1).mean():.2f} | ")
     assert f"{above[:, top].sum() / above.sum():.0%}" in row
+    # post hoc: each arm scored again without that layer, against its own seed's clean arm
+    with h5py.File(runs / "paper-table1-cpu" / "run.h5", "r") as f:
+        em_s1 = f["arms/em__none__s1/sal"][()]
+    keep = [i for i in range(layers) if i != top]
+    cut = [
+        score(sal["em"][:, keep], sal["clean"][:, keep]).ud,
+        score(em_s1[:, keep], clean_s1[:, keep]).ud,
+    ]
+    section = text.split("## Post hoc: UD without")[1].split("## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| em | "))
+    mean, sd = float(np.mean(cut)), float(np.std(cut, ddof=1))
+    assert row.startswith("| em | 0, 1 | ")
+    assert f"| {mean:.3f} ± {sd:.3f} | {sum(ud < 1 for ud in cut)} of 2 |" in row
