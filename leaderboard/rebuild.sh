@@ -8,6 +8,8 @@
 #   PAPER=1 RUNS=~/paper-runs/runs bash leaderboard/rebuild.sh
 #       # and the paper's tables at CPU scale (ResNet-18 w16; ~17 h on 2 cores, docs/results.md),
 #       # reusing the run folders under RUNS where they are already complete
+#   ONLY="paper-table1-cpu paper-table1-seeds-cpu" RUNS=~/paper-runs/runs bash leaderboard/rebuild.sh
+#       # file again only the runs of these specs; every other entry stays as it is
 #
 # Runs are resumed where they stopped (and reused when complete); poisons come from the cache.
 set -euo pipefail
@@ -17,6 +19,9 @@ specs=(quickstart toy-linear cifar10-folder-cpu table1-cifar10-cpu table2-cifar1
 if [ "${PAPER:-0}" = 1 ]; then
   specs+=(paper-table1-cpu paper-table1-seeds-cpu paper-table2-cpu
           paper-table3-resnet50-cpu paper-table3-senet18-cpu paper-table3-vit-cpu)
+fi
+if [ -n "${ONLY:-}" ]; then
+  read -r -a specs <<< "$ONLY"
 fi
 for name in "${specs[@]}"; do
   reuse=()
