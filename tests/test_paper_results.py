@@ -19,11 +19,17 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
         {"name": "random-noise", "label": "em", "params": {"epsilon": 0.1}},
         {"name": "random-noise", "label": "ops", "params": {"epsilon": 0.1, "mode": "class-wise"}},
     ]
+    settings = {"iterations": 3, "probe_size": 64, "estimator": {"name": "normalized-steps"}}
     spec = write_spec(
-        tmp_path / "t1.yaml", tiny_spec("paper-table1-cpu", poisons=poisons, seeds=[0, 1])
+        tmp_path / "t1.yaml",
+        tiny_spec("paper-table1-cpu", poisons=poisons, seeds=[0, 1], sal=settings),
     )
     runs = tmp_path / "runs"
-    assert main(["eval", str(spec), "--output", str(runs), "--quiet"]) == 0
+    eval_args = ["eval", str(spec), "--output", str(runs), "--save-snapshots", "1", "--quiet"]
+    assert main(eval_args) == 0
+    # the spot check of the run's estimator on its snapshots, as docs/results.md reports it
+    run = str(runs / "paper-table1-cpu")
+    assert main(["sal-agreement", run, "--estimator", "normalized-steps", "--arms", "em"]) == 0
     out = tmp_path / "docs" / "results.md"
     monkeypatch.setattr(sys, "argv", ["paper_results", "--runs", str(runs), "--out", str(out)])
     drawn = []
@@ -88,3 +94,10 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     mean, sd = float(np.mean(cut)), float(np.std(cut, ddof=1))
     assert row.startswith("| em | 0, 1 | ")
     assert f"| {mean:.3f} ± {sd:.3f} | {sum(ud < 1 for ud in cut)} of 2 |" in row
+    # the spot check: the estimator measured again on every epoch's snapshot gives the UD the
+    # run recorded (it is the run's own estimator), beside the full reference's
+    section = text.split("## Spot check")[1].split("## ")[0]
+    row = next(line for line in section.splitlines() if "| em__none__s0 |" in line)
+    assert row.startswith("| paper-table1-cpu | normalized-steps | em__none__s0 | 1,2,3 | ")
+    assert row.endswith(f"| {score(sal['em'], sal['clean']).ud:.3f} |")
+    assert "differs from the SAL the run recorded by at most 0." in section
