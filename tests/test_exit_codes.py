@@ -134,11 +134,13 @@ def test_an_interrupted_run_exits_130_and_says_how_to_resume(tmp_path: Path) -> 
         time.sleep(0.1)
     assert checkpoint.exists(), "the run wrote no checkpoint in 300 s"
     deadline = time.monotonic() + 300
-    # Python drops an interrupt that lands in a finaliser: repeat until the process ends
+    # Python drops an interrupt that lands in a finaliser: repeat until the process ends, but
+    # give each one time to be handled (on a loaded machine the orderly stop takes seconds, and
+    # a second interrupt during it ends the process by the signal, as a second Ctrl-C should)
     while process.poll() is None and time.monotonic() < deadline:
         process.send_signal(signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=5)
+            process.wait(timeout=30)
     if process.poll() is None:
         process.kill()
     out, err = process.communicate(timeout=120)
