@@ -1,7 +1,7 @@
 """docs/sensitivity.md: which settings UD's verdicts depend on, from a finished paper run.
 
     python benchmarks/sensitivity.py RUN [--arms em,tap] [--small-cnn RUN2]
-        [--out docs/sensitivity.md] [--skip-recompute]
+        [--out docs/sensitivity.md] [--skip-recompute | --measured EARLIER.json]
 
 RUN is a run of `specs/paper-table1-cpu.yaml` (CIFAR ResNet-18 w16, 21 scored layers) made with
 `harness eval SPEC --save-snapshots 5`. For each poisoned arm asked for (default: EM and TAP, the
@@ -50,6 +50,7 @@ SNAPSHOT_VARIANTS: list[tuple[str, dict]] = [
     ("augmented probe", {"probe_augment": True}),
 ]
 EPOCH_CUTS = (5, 10, 15)
+MEASURED = "measured again on snapshots"
 LAYER_COUNTS = (4, 8)
 
 
@@ -163,7 +164,7 @@ def snapshots(folder: RunFolder, arm_ids: dict[str, str], clean_id: str) -> list
         }
         rows.append(
             Row(
-                "measured again on snapshots",
+                MEASURED,
                 label,
                 {
                     poison: ud_of(measured[arm_id], measured[clean_id])
@@ -179,7 +180,7 @@ def fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def markdown(run: Path, labels: list[str], rows: list[Row]) -> str:
+def markdown(run: Path, labels: list[str], rows: list[Row], measured: Path | None = None) -> str:
     lines = [
         "# Sensitivity of UD to the SAL and scoring settings",
         "",
@@ -187,6 +188,15 @@ def markdown(run: Path, labels: list[str], rows: list[Row]) -> str:
         f"(RUN: `{run.name}`); not edited by hand. One setting changed at a time; the "
         "variants were fixed before their numbers were seen. UD < 1: the poison lowers the "
         "number of learnable layers (the paper's verdict for EM); UD > 1: raises it (TAP).",
+        *(
+            []
+            if measured is None
+            else [
+                "",
+                f"The rows measured on snapshots come from `{measured.name}`, this script's "
+                "earlier output on the same run (`--measured`), not measured a second time.",
+            ]
+        ),
         "",
         "| what changes | setting | epochs | " + " | ".join(f"UD({p})" for p in labels) + " |",
         "|---|---|---|" + "---|" * len(labels),
@@ -231,6 +241,13 @@ def main() -> None:
     parser.add_argument("--small-cnn", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("docs/sensitivity.md"))
     parser.add_argument("--skip-recompute", action="store_true", help="recorded SAL only")
+    parser.add_argument(
+        "--measured",
+        type=Path,
+        default=None,
+        help="an earlier output's .json: take its rows measured on the snapshots from there "
+        "instead of measuring them again (hours of SAL) when only the recorded rows change",
+    )
     args = parser.parse_args()
     labels = [p.strip() for p in args.arms.split(",") if p.strip()]
     folder = RunFolder(args.run)
@@ -243,11 +260,14 @@ def main() -> None:
         extra = small_cnn(args.small_cnn, labels)
         if extra is not None:
             rows.append(extra)
-    if not args.skip_recompute:
+    if args.measured is not None:
+        earlier = [Row(**row) for row in json.loads(args.measured.read_text())]
+        rows += [row for row in earlier if row.group == MEASURED]
+    elif not args.skip_recompute:
         with folder.locked("sensitivity"):
             rows += snapshots(folder, arm_ids, clean_id)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(args.run, labels, rows))
+    args.out.write_text(markdown(args.run, labels, rows, args.measured))
     args.out.with_suffix(".json").write_text(
         json.dumps([row.__dict__ for row in rows], indent=2) + "\n"
     )

@@ -51,3 +51,20 @@ def test_every_variant_is_measured_and_the_runs_own_settings_reproduce_its_ud(
         assert again["ud"][poison] == score(sal[poison][[1, 3]], sal["clean"][[1, 3]]).ud
     assert "UD(em)" in out.read_text() and "UD(tap)" in out.read_text()
     assert (out.parent / "figures" / "sensitivity.png").stat().st_size > 0
+
+    # adding a recorded row later (here the small-CNN row) reuses the measured rows, measuring
+    # nothing again
+    def no_measuring(*args):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(module, "snapshots", no_measuring)
+    again_out = tmp_path / "again" / "sensitivity.md"
+    argv = [str(run), "--small-cnn", str(run), "--measured", str(out.with_suffix(".json"))]
+    monkeypatch.setattr(sys, "argv", ["sensitivity", *argv, "--out", str(again_out)])
+    module.main()
+    rows_again = json.loads(again_out.with_suffix(".json").read_text())
+    measured = [row for row in rows if row["group"] == module.MEASURED]
+    assert [row for row in rows_again if row["group"] == module.MEASURED] == measured
+    small = next(row for row in rows_again if row["setting"].startswith("small CNN"))
+    assert small["ud"]["em"] == score(sal["em"], sal["clean"]).ud
+    assert "`sensitivity.json`, this script's earlier output" in again_out.read_text()
