@@ -619,7 +619,8 @@ def main() -> None:
         "Which settings these verdicts depend on (epochs counted, scored layers, probe size, SAL "
         "iterations, base loss, augmented probe): [sensitivity.md](sensitivity.md), generated "
         "by `python benchmarks/sensitivity.py RUNS/paper-table1-cpu --small-cnn "
-        "RUNS/table1-cifar10-cpu` once Table 1's clean, EM and TAP arms are complete.",
+        "RUNS/table1-cifar10-cpu` from Table 1's clean, EM and TAP arms of seed 0 and their "
+        "snapshots.",
         "",
     ]
     args.out.write_text("\n".join(text))
