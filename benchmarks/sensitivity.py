@@ -217,7 +217,7 @@ def figure(rows: list[Row], labels: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
     names = [f"{r.setting} [{r.group}]" for r in rows]
     y = np.arange(len(rows))
     for i, poison in enumerate(labels):
@@ -230,7 +230,7 @@ def figure(rows: list[Row], labels: list[str], path: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
