@@ -10,8 +10,9 @@ import time
 import warnings
 from pathlib import Path
 
+from harness import termination
 from harness._version import __version__
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Terminated
 
 
 def _components(strict: bool):
@@ -783,7 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure ends in one `error:` line and an exit status, never a
-    traceback (`--debug` shows it): 2 bad input, 1 run failure, 130 interrupted."""
+    traceback (`--debug` shows it): 2 bad input, 1 run failure, 130 interrupted (Ctrl-C), 143
+    terminated (SIGTERM; stopped the same way, `harness.termination`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if (
         argv[:1] == ["leaderboard"]
@@ -792,39 +794,43 @@ def main(argv: list[str] | None = None) -> int:
     ):
         argv.insert(1, "build")  # `harness leaderboard SOURCES --out DIR`, the original form
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except HarnessError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        print(
-            "interrupted; rerun the same command to resume from the last complete epoch",
-            file=sys.stderr,
-        )
-        return 130
-    except SystemExit as exc:  # nothing in the harness exits inside a command: a plugin did
-        if args.debug:
-            raise
-        print(
-            f"error: sys.exit({exc.code!r}) was called in {_culprit(exc.__traceback__)}; the "
-            "command stopped there (a plugin must raise an exception, never exit)",
-            file=sys.stderr,
-        )
-        return 1
-    except Exception as exc:  # a bug, here or in a plugin: say where, without the traceback
-        if args.debug:
-            raise
-        print(
-            f"error: {type(exc).__name__}: {_first_line(exc)} (raised in "
-            f"{_culprit(exc.__traceback__)}; `harness --debug ...` shows the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+    with termination.stop_on_sigterm():
+        try:
+            return args.func(args)
+        except HarnessError as exc:
+            if args.debug:
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt as exc:
+            if args.debug:
+                raise
+            # Ray turns an exception raised by a handler inside its waits into a KeyboardInterrupt
+            terminated = isinstance(exc, Terminated) or termination.requested()
+            print(
+                f"{'terminated' if terminated else 'interrupted'}; rerun the same command to resume "
+                "from the last complete epoch",
+                file=sys.stderr,
+            )
+            return 143 if terminated else 130
+        except SystemExit as exc:  # nothing in the harness exits inside a command: a plugin did
+            if args.debug:
+                raise
+            print(
+                f"error: sys.exit({exc.code!r}) was called in {_culprit(exc.__traceback__)}; the "
+                "command stopped there (a plugin must raise an exception, never exit)",
+                file=sys.stderr,
+            )
+            return 1
+        except Exception as exc:  # a bug, here or in a plugin: say where, without the traceback
+            if args.debug:
+                raise
+            print(
+                f"error: {type(exc).__name__}: {_first_line(exc)} (raised in "
+                f"{_culprit(exc.__traceback__)}; `harness --debug ...` shows the traceback)",
+                file=sys.stderr,
+            )
+            return 1
 
 
 def _first_line(exc: BaseException) -> str:

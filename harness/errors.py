@@ -2,10 +2,20 @@
 
 Exit codes (`harness.cli.main`): 2 for a problem with what the user gave (a spec, a run folder,
 a plugin that cannot be built, a folder in use), 1 for a run that failed while it ran (training
-diverged, a plugin broke its contract, an unexpected error), 130 for an interruption.
+diverged, a plugin broke its contract, an unexpected error), 130 for an interruption (Ctrl-C),
+143 for a termination (SIGTERM).
 """
 
 from __future__ import annotations
+
+
+class Terminated(KeyboardInterrupt):  # noqa: N818 (named like KeyboardInterrupt, its base)
+    """SIGTERM arrived (`kill`, a batch scheduler's preemption, `ray stop`'s driver signal).
+
+    A KeyboardInterrupt, so every path that stops cleanly on Ctrl-C (cancelling Ray tasks,
+    closing pools, atomic writes) stops the same way on SIGTERM, and the run resumes from its last
+    complete epoch; only the exit status (143) and the message's first word differ.
+    """
 
 
 class HarnessError(Exception):

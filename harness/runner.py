@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from harness import termination
 from harness.armconfig import ArmConfig
 from harness.assembly import Assembly
 from harness.checkpoint import ArmState
@@ -245,6 +246,7 @@ def run_arm(
         estimator=assembly.sal_estimator(),
     )
     for epoch in range(done + 1, recipe.epochs + 1):
+        termination.check()
         t0 = time.perf_counter()
         train_loss = train_epoch(
             model,

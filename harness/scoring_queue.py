@@ -23,6 +23,7 @@ a broken poison fails alone; the others are scored.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -344,6 +345,13 @@ class Scorer:
             os.killpg(process.pid, signal.SIGKILL)
             out, err = process.communicate()
             timed_out = True
+        except BaseException:
+            # Ctrl-C or SIGTERM here: the evaluation runs in a session of its own, which no
+            # terminal signal reaches; end it rather than leave it training with no one to score it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
         result = subprocess.CompletedProcess(command, process.returncode, out, err)
         if timed_out:
             raise Failure(f"ran past the limit of {timeout} s", out + err)

@@ -3,8 +3,8 @@
 
 What must hold: a Ray run writes the same SAL arrays and entries as a local run with one thread
 per arm; a worker killed in the middle of an arm is retried and resumes from its last complete
-epoch; a killed driver resumes when the command is run again; a node that disappears has its
-arms rescheduled. Nothing lost, nothing counted twice: every run is compared, array by array,
+epoch; a driver stopped by SIGTERM, then one killed, resumes when the command is run again; a
+node that disappears has its arms rescheduled. Nothing lost, nothing counted twice: every run is compared, array by array,
 with the uninterrupted local run.
 """
 
@@ -194,25 +194,42 @@ def test_a_worker_killed_mid_arm_is_retried_and_resumes_from_its_last_epoch(
     assert_same_run(run, local)
 
 
-def test_a_killed_driver_resumes_when_the_command_is_run_again(cluster, reference, tmp_path):
+def test_a_terminated_then_killed_driver_resumes_when_the_command_is_run_again(
+    cluster, reference, tmp_path
+):
     spec, local = reference
     run = tmp_path / "rayrun"
     args = (str(spec), "--output", str(tmp_path), "--executor", "ray", "--address", cluster.address)
+
+    def stopped_mid_run(proc: subprocess.Popen, after: dict[str, int]):
+        """Stop `proc` (SIGSTOP) once some arm has epochs beyond `after` and more to go."""
+
+        def look():
+            os.kill(proc.pid, signal.SIGSTOP)
+            done = progress(run)
+            if any(after.get(a, 0) < d < EPOCHS for a, d in done.items()):
+                return done
+            os.kill(proc.pid, signal.SIGCONT)
+            return None
+
+        return wait_for(look, proc)
+
+    # SIGTERM (a scheduler's preemption): the orderly stop of Ctrl-C, not Ray's sys.exit
     proc = harness(*args)
-
-    def mid_run():
-        os.kill(proc.pid, signal.SIGSTOP)
-        done = progress(run)
-        if any(1 <= d < EPOCHS for d in done.values()):
-            return done
-        os.kill(proc.pid, signal.SIGCONT)
-        return None
-
-    before = wait_for(mid_run, proc)
+    stopped_mid_run(proc, {})
+    proc.send_signal(signal.SIGTERM)
+    os.kill(proc.pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "terminated; rerun the same command to resume" in err
+    assert "sys.exit" not in err and "Traceback" not in err
+    # then SIGKILL, which nothing can handle, once the rerun has trained further
+    proc = harness(*args)
+    second = stopped_mid_run(proc, progress(run))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     err = finish(harness(*args))
-    resumed = [a for a, done in before.items() if 0 < done < EPOCHS]
+    resumed = [a for a, done in second.items() if 0 < done < EPOCHS]
     assert any(f"{a}: training {EPOCHS} epochs (resuming after epoch" in err for a in resumed), err[
         -3000:
     ]

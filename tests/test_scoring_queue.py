@@ -290,3 +290,50 @@ def test_execution_options_reach_each_evaluation_and_a_cluster_needs_the_network
     assert "sandbox without network" in capsys.readouterr().err
     args = parsed("--executor", "ray", "--address", "10.0.0.1:6379", "--no-sandbox")
     assert _execution_args(args)[:4] == ["--executor", "ray", "--address", "10.0.0.1:6379"]
+
+
+INTERRUPTED_SCORING = """\
+import signal, sys
+from pathlib import Path
+from harness.scoring_queue import Limits, Scorer
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt  # Ctrl-C (or SIGTERM, which the CLI turns into the same) mid-run
+
+work = Path(sys.argv[1])
+scorer = Scorer(work / "board", work / "tracks", limits=Limits(sandbox=sys.argv[2] == "bwrap"))
+signal.signal(signal.SIGALRM, interrupt)
+signal.alarm(3)
+try:
+    scorer._confined(["sleep", "4321"], work, network=False, timeout=600)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.parametrize("sandbox", ["bwrap", "none"])
+def test_an_interrupted_scoring_leaves_no_evaluation_running(tmp_path: Path, sandbox: str) -> None:
+    # the evaluation runs in a session of its own, which a terminal's Ctrl-C never reaches: the
+    # queue ends it itself, or it would train on with no one to score it
+    if sandbox == "bwrap" and shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed")
+
+    def sleepers() -> list[str]:
+        found = []
+        for pid in (p for p in Path("/proc").iterdir() if p.name.isdigit()):
+            try:
+                args = (pid / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if args[:2] == [b"sleep", b"4321"]:
+                found.append(pid.name)
+        return found
+
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_SCORING, str(tmp_path), sandbox],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.strip() == "interrupted", result.stderr
+    assert sleepers() == []

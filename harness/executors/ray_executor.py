@@ -40,6 +40,7 @@ import contextlib
 import logging
 import os
 import queue
+import signal
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -49,6 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from harness import termination
 from harness.assembly import Assembly, build_tasks
 from harness.data import DataBundle, DiskImages
 from harness.entries import Entry, compute_entries, write_entries
@@ -182,6 +184,9 @@ def ray_session(address: str | None, reporter: Reporter) -> Iterator[Any]:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    # ray.init replaces the SIGTERM handler with one calling sys.exit, which would skip the
+    # orderly stop (tasks cancelled, "terminated; rerun ...") the CLI's handler gives: keep ours
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address is None:
             ray.init(address="local", include_dashboard=False, **options)
@@ -192,6 +197,9 @@ def ray_session(address: str | None, reporter: Reporter) -> Iterator[Any]:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         target = address or "a new local instance"
         raise RunStateError(f"cannot start Ray on {target}: {_first_line(exc)}") from None
+    finally:
+        if threading.current_thread() is threading.main_thread() and on_sigterm is not None:
+            signal.signal(signal.SIGTERM, on_sigterm)
     try:
         resources = ray.cluster_resources()
         reporter.stage(
@@ -388,6 +396,7 @@ class _Execution:
             self.submit(arm, state)
         try:
             while self.running:
+                termination.check()
                 ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
                 for generator in ready:
                     self._step(generator)
