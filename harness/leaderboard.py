@@ -473,6 +473,11 @@ class TrackBoard:
             dict.fromkeys(r.poison for r in sorted(self.rows, key=lambda r: not r.reference))
         )
 
+    @property
+    def methods(self) -> list[str]:
+        """The unlearnable methods the track ranks: its poisons but the clean reference."""
+        return list(dict.fromkeys(r.poison for r in self.rows if not r.reference))
+
     def cell(self, poison: str, defence: str) -> Row | None:
         return next((r for r in self.rows if r.poison == poison and r.defence == defence), None)
 
@@ -507,7 +512,9 @@ def _name_rows(rows: list[Row], attr: str, components: dict[int, ComponentInfo |
 def build(
     entries: list[Entry], *, papers: PaperLookup | None = None, warn: Warn | None = None
 ) -> list[TrackBoard]:
-    """Tracks (most entries first, then by id), each with its rows ranked by mean UD per defence.
+    """Tracks, each with its rows ranked by mean UD per defence; the track ranking the most
+    unlearnable methods first (then most entries, then by id): the headline of a leaderboard is
+    where methods are compared, not where one method has many seeds or defences.
 
     Rows come in defence order (no defence first, then by name), each defence's clean reference
     row first, then its poisons by rank; poisons without a UD (the clean arm had no learnable
@@ -597,7 +604,10 @@ def build(
             )
         )
     _distinct_titles(list(boards.values()))
-    return sorted(boards.values(), key=lambda t: (-sum(len(r.entries) for r in t.rows), t.id))
+    return sorted(
+        boards.values(),
+        key=lambda t: (-len(t.methods), -sum(len(r.entries) for r in t.rows), t.id),
+    )
 
 
 def _distinct_titles(boards: list[TrackBoard]) -> None:

@@ -451,3 +451,15 @@ def test_two_poisons_with_one_label_but_different_params_are_told_apart(small_ru
     names = sorted(r.poison for r in track.rows if r.poison.startswith("noise-class"))
     assert names == ["noise-class (epsilon=0.1)", "noise-class (epsilon=0.2)"]
     assert len({r.poison for r in track.rows}) == len(track.rows)  # one name per row
+
+
+def test_the_track_ranking_the_most_methods_comes_first(small_runs):
+    """The headline track is where methods are compared: the figures run (two poisons, three
+    entries) comes before the linear run (one poison on two seeds, four entries)."""
+    lin, figs = read_entries(small_runs["lin"]), read_entries(small_runs["figs"])
+    assert len(lin) > len(figs)
+    tracks = leaderboard.build([*lin, *figs])
+    assert [len(t.methods) for t in tracks] == [2, 1]
+    assert tracks[0].id == figs[0].track.id
+    text = leaderboard.markdown(tracks)
+    assert text.index(tracks[0].title) < text.index(tracks[1].title)
