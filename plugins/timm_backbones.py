@@ -124,6 +124,7 @@ class TimmBackbone(Backbone):
         self.layout = "NHWC" if str(getattr(model, "output_fmt", "NCHW")) == "NHWC" else "NCHW"
         self.prefix_tokens = int(getattr(model, "num_prefix_tokens", 0) or 0)
         self.grid: tuple[int, int] | None = None
+        self.feature_ndim = 0  # the rank of timm's features, measured by the probe
         self._probe(shape)
 
     def _probe(self, shape: ImageShape) -> None:
@@ -138,6 +139,7 @@ class TimmBackbone(Backbone):
         try:
             with torch.no_grad():
                 features = self.model.forward_features(x)
+                self.feature_ndim = features.ndim
                 pooled = self.model.forward_head(features, pre_logits=True)
                 if pooled.ndim != 2:
                     raise TypeError(
@@ -162,10 +164,15 @@ class TimmBackbone(Backbone):
             self.model.train(was_training)
 
     def _map(self, features: Tensor) -> Tensor | None:
-        """timm's features as [B, C, h, w], or None when they have no spatial layout."""
-        if features.ndim == 4:
+        """timm's features as [B, C, h, w], or None when they have no spatial layout.
+
+        Decided by the rank the build-time probe measured, not `features.ndim`: torch.fx cannot
+        branch on a traced tensor's rank, and a traceable backbone gets SAL's exact prefix cache
+        (`harness.sal_prefix`; several times faster than the plain path on a CPU).
+        """
+        if self.feature_ndim == 4:
             return features if self.layout == "NCHW" else features.permute(0, 3, 1, 2)
-        if features.ndim == 3 and self.grid is not None:
+        if self.feature_ndim == 3 and self.grid is not None:
             tokens = features[:, self.prefix_tokens :]
             return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self.grid)
         return None
