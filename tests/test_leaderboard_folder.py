@@ -21,6 +21,13 @@ CPU_SPECS = {
     "table1-cifar10-cpu",
     "table2-cifar10-cpu",
     "multitask-shapes-cpu",
+    # the paper's tables at CPU scale (docs/results.md), filed as their runs complete
+    "paper-table1-cpu",
+    "paper-table1-seeds-cpu",
+    "paper-table2-cpu",
+    "paper-table3-resnet50-cpu",
+    "paper-table3-senet18-cpu",
+    "paper-table3-vit-cpu",
 }
 
 
@@ -51,3 +58,11 @@ def test_its_pages_are_exactly_what_the_harness_builds_from_the_entries(tmp_path
         assert (FOLDER / path.name).read_text(encoding="utf-8") == path.read_text(
             encoding="utf-8"
         ), path.name
+
+
+def test_its_headline_is_the_papers_table_1_at_resnet_18_depth():
+    # issue 12: the paper's tables at ResNet-18 depth replace the 4-layer tracks as the headline
+    first = leaderboard.build(entries())[0]
+    assert first.detail["backbone"]["name"] == "resnet18"
+    assert {e.run for r in first.rows for e in r.entries} >= {"paper-table1-cpu"}
+    assert len(first.methods) >= 7
