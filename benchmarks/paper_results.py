@@ -364,21 +364,27 @@ def table1_arms(runs: Path) -> dict[tuple[str, int], ArmResults]:
 
 
 def seed_noise(runs: Path) -> list[str]:
-    """UD of Table 1's seeded arms (clean, EM, OPS, TAP) scored against each seed's clean arm.
+    """UD of every complete Table 1 arm scored against each seed's clean arm.
 
     A clean arm scored against another seed's clean arm is what UD says when nothing is
-    poisoned: its spread is the noise floor a poisoned arm's UD must clear. Computed from the
-    recorded SAL of complete arms (`harness.scoring.score`, the scorer the entries use).
+    poisoned: its spread is the noise floor a poisoned arm's UD must clear. The arms run on one
+    seed only are read against every clean seed too, so that how much their verdicts owe to the
+    one clean arm they are scored against shows. Computed from the recorded SAL of complete arms
+    (`harness.scoring.score`, the scorer the entries use).
     """
     from harness.scoring import learnable_threshold, score
 
-    arms = {key: arm.sal for key, arm in table1_arms(runs).items() if key[0] in SEEDED}
+    arms = {key: arm.sal for key, arm in table1_arms(runs).items()}
     cleans = sorted(seed for poison, seed in arms if poison == "clean")
+    poisons = [*SEEDED, *(p for p in dict.fromkeys(p for p, _ in arms) if p not in SEEDED)]
     head = [
-        "## Seed-to-seed noise of UD (Table 1's seeded arms)",
+        "## Seed-to-seed noise of UD (every Table 1 arm against each seed's clean arm)",
         "",
         "Each complete arm scored against each seed's clean arm (β from that clean arm). A clean "
-        "arm against another seed's clean arm is UD when nothing is poisoned: the noise floor.",
+        "arm against another seed's clean arm is UD when nothing is poisoned: the noise floor. "
+        "The tables above score an arm against the clean arm of its own seed; the arms run on "
+        "seed 0 only are read here against the other seeds' clean arms as well (a different "
+        "clean reference, not a paired comparison).",
         "",
     ]
     if len(cleans) < 2:
@@ -392,7 +398,7 @@ def seed_noise(runs: Path) -> list[str]:
         "|---|" + "---|" * len(cleans),
     ]
     pairs: dict[str, list[float]] = {}  # method -> UD of every (its seed, other clean seed)
-    for poison in SEEDED:
+    for poison in poisons:
         for seed in sorted(s for p, s in arms if p == poison):
             uds = [score(arms[(poison, seed)], arms[("clean", c)]).ud for c in cleans]
             cells = [

@@ -18,6 +18,7 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     poisons = [
         {"name": "random-noise", "label": "em", "params": {"epsilon": 0.1}},
         {"name": "random-noise", "label": "ops", "params": {"epsilon": 0.1, "mode": "class-wise"}},
+        {"name": "random-noise", "label": "cuda", "params": {"epsilon": 0.05}},  # not a seeded one
     ]
     settings = {"iterations": 3, "probe_size": 64, "estimator": {"name": "normalized-steps"}}
     spec = write_spec(
@@ -41,7 +42,7 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     )
     load_benchmark("paper_results").main()
     text = out.read_text()
-    assert "| paper-table1-cpu | started; 6 arm(s) complete, 6 scored |" in text
+    assert "| paper-table1-cpu | started; 8 arm(s) complete, 8 scored |" in text
     assert "| paper-table2-cpu | not started |" in text
     em = next(line for line in text.splitlines() if line.startswith("| em |"))
     assert "not run yet" not in em and "| 26.52 |" in em  # ours beside the paper's
@@ -66,6 +67,13 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     floor = next(line for line in text.splitlines() if line.startswith("| clean s1 |"))
     assert floor == f"| clean s1 | {score(clean_s1, sal['clean']).ud:.3f} | 1 (itself) |"
     assert any(line.startswith("| em s1 |") for line in text.splitlines())
+    # an arm outside the seeded four is read against every seed's clean arm too
+    with h5py.File(runs / "paper-table1-cpu" / "run.h5", "r") as f:
+        cuda_s0 = f["arms/cuda__none__s0/sal"][()]
+    cuda = next(line for line in text.splitlines() if line.startswith("| cuda s0 |"))
+    assert cuda == (
+        f"| cuda s0 | {score(cuda_s0, sal['clean']).ud:.3f} | {score(cuda_s0, clean_s1).ud:.3f} |"
+    )
     # and the spread over every pair: two clean seeds give two clean-vs-clean pairs
     floor_uds = [score(clean_s1, sal["clean"]).ud, score(sal["clean"], clean_s1).ud]
     spread = next(line for line in text.splitlines() if line.startswith("| clean vs clean |"))
