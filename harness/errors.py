@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 class Terminated(KeyboardInterrupt):  # noqa: N818 (named like KeyboardInterrupt, its base)
-    """SIGTERM arrived (`kill`, a batch scheduler's preemption, `ray stop`'s driver signal).
+    """SIGTERM arrived (`kill`, a batch scheduler's preemption).
 
     A KeyboardInterrupt, so every path that stops cleanly on Ctrl-C (cancelling Ray tasks,
     closing pools, atomic writes) stops the same way on SIGTERM, and the run resumes from its last
