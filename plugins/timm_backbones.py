@@ -168,7 +168,7 @@ class TimmBackbone(Backbone):
 
         Decided by the rank the build-time probe measured, not `features.ndim`: torch.fx cannot
         branch on a traced tensor's rank, and a traceable backbone gets SAL's exact prefix cache
-        (`harness.sal_prefix`; several times faster than the plain path on a CPU).
+        (`harness.sal_prefix`; 1.8 times faster than the plain path for SENet-18 on a CPU).
         """
         if self.feature_ndim == 4:
             return features if self.layout == "NCHW" else features.permute(0, 3, 1, 2)
