@@ -3,8 +3,8 @@
 Batch schedulers (Slurm, Kubernetes) send SIGTERM before they preempt a job, and `kill` sends it
 by default. Its default action ends the process at once, without the orderly stop that cancels
 Ray tasks and tells the user how to resume; Ray's own driver handler calls `sys.exit` instead.
-`stop_on_sigterm()` (around every CLI command) raises `Terminated`, a KeyboardInterrupt, so every path that stops
-cleanly on Ctrl-C stops the same way.
+`stop_on_sigterm()` (around every CLI command) raises `Terminated`, a KeyboardInterrupt, so every
+path that stops cleanly on Ctrl-C stops the same way.
 
 An exception raised by a signal handler while a finaliser runs is printed and dropped by Python;
 the long loops (each epoch of an arm, the Ray driver's wait loop) call `check()`, so a dropped
