@@ -109,3 +109,56 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     assert row.startswith("| paper-table1-cpu | normalized-steps | em__none__s0 | 1,2,3 | ")
     assert row.endswith(f"| {score(sal['em'], sal['clean']).ud:.3f} |")
     assert "differs from the SAL the run recorded by at most 0." in section
+
+
+def _cell(pr, ud: float, acc: float = 40.0, lp: float = 1.0):
+    return pr.Cell([acc], [lp], [ud])
+
+
+def test_table_2_and_3_claims_read_the_changes_against_the_undefended_arms():
+    pr = load_benchmark("paper_results")
+    t1 = {(p, "none"): _cell(pr, ud) for p, ud in [("clean", 1.0), ("em", 0.5), ("tap", 1.5)]}
+    # Table 2: every defence raises EM's and OPS's UD, CutOut the most; all but MixUp lower TAP's
+    t2 = {("clean", "none"): _cell(pr, 1.0)}
+    for poison, undefended in [("em", 0.5), ("ops", 0.4), ("tap", 1.5)]:
+        t2[(poison, "none")] = _cell(pr, undefended)
+        for gain, defence in enumerate(pr.T2_DEFENCES):
+            if poison == "tap":
+                t2[(poison, defence)] = _cell(pr, 1.6 if defence == "mixup" else 1.0)
+            else:
+                t2[(poison, defence)] = _cell(pr, undefended + 0.1 * (gain + 1))
+    t3 = {bb: {} for bb in pr.T3_BACKBONES}
+    t3["resnet18"] = {(p, "none"): _cell(pr, ud) for p, ud in [("em", 0.5), ("ops", 0.4)]}
+    t3["vit"] = {(p, "none"): _cell(pr, ud) for p, ud in [("em", 0.9), ("ops", 0.3)]}
+    rows = {
+        line.split(" | ")[0][2:]: line.split(" | ")[1:]
+        for line in pr.claims(t1, t2, t3)
+        if line.startswith("| ")
+    }
+    assert rows["Most defences raise the UD of EM and OPS (the paper: 8 of 10)"] == [
+        "agrees",
+        "10 of 10 (defence, data) pairs |",
+    ]
+    jpeg = rows["JPEG raises UD the most among the defences (mean over EM and OPS)"]
+    assert jpeg == ["does not agree", "largest: cutout (+0.500) |"]
+    assert rows["Every defence lowers TAP's UD"] == [
+        "does not agree",
+        "4 of 5 (defence, data) pairs |",
+    ]
+    # ViT above ResNet-18 on EM only; TAP not run on either yet
+    assert rows["ViT's UD is higher than ResNet-18's (EM and OPS)"] == [
+        "does not agree",
+        "EM 0.900 vs 0.500, OPS 0.300 vs 0.400 |",
+    ]
+    assert rows["TAP's UD is lower on ViT than on ResNet-18"] == ["not run yet", " |"]
+    # one defended arm missing leaves the Table 2 claims open rather than judged on the rest
+    del t2[("ops", "jpeg")]
+    rows = [line for line in pr.claims(t1, t2, t3) if "JPEG" in line or "Most defences" in line]
+    assert all("| not run yet |" in line for line in rows)
+    # Table 2 prints each change beside the paper's (its Table 1 UD as the undefended one)
+    em_jpeg = next(line for line in pr.table2(t2) if line.startswith("| em | jpeg |"))
+    assert em_jpeg == "| em | jpeg | 40.0 | 1.00 | 1.24 | 0.600 | 0.373 | +0.100 | +0.186 |"
+    clean_jpeg = next(line for line in pr.table2(t2) if line.startswith("| clean | jpeg |"))
+    assert clean_jpeg.endswith("| not run yet | 0.747 |  | -0.253 |")
+    vit_em = next(line for line in pr.table3(t3) if line.startswith("| vit | em |"))
+    assert vit_em == "| vit | em | 40.0 | 1.00 | 0.900 |  |"
