@@ -142,6 +142,33 @@ def verdict(ok: bool | None) -> str:
     return "not run yet" if ok is None else ("agrees" if ok else "does not agree")
 
 
+#: CIFAR-10's chance accuracy (%), and how close to it a final test accuracy counts as chance
+CHANCE, CHANCE_MARGIN = 10.0, 2.0
+
+
+def at_chance(cells: dict[tuple[str, str], Cell]) -> list[str]:
+    """A note naming the arms whose final test accuracy is at chance, if any.
+
+    Such a network learned nothing: its SAL is near 0 on every layer, so none is learnable and
+    its UD is 0 by construction, which says the training failed rather than that the data is
+    unlearnable in the paper's sense. The tables keep the number; this note says how to read it.
+    """
+    flat = [
+        f"{data}/{defence} ({', '.join(f'{a:.1f}%' for a in c.acc)})"
+        for (data, defence), c in cells.items()
+        if c.acc and any(a <= CHANCE + CHANCE_MARGIN for a in c.acc)
+    ]
+    if not flat:
+        return []
+    return [
+        "",
+        f"At chance (test accuracy within {CHANCE_MARGIN:g} points of {CHANCE:g}%): "
+        + "; ".join(sorted(flat))
+        + ". Those networks learned nothing: SAL is near 0 on every layer, so #LP and UD are 0 "
+        "by construction and say that training failed, not that the data is unlearnable.",
+    ]
+
+
 def table1(runs: Path) -> tuple[list[str], dict[tuple[str, str], Cell]]:
     got = cells(load(runs, "paper-table1-cpu", "paper-table1-seeds-cpu"))
     lines = [
@@ -158,7 +185,7 @@ def table1(runs: Path) -> tuple[list[str], dict[tuple[str, str], Cell]]:
             f"{paper(p[1], 2)} | {Cell.fmt(c.ud, 3) if row != 'clean' else '1 (by definition)'} | "
             f"{paper(p[2], 3)} |"
         )
-    return lines, got
+    return lines + at_chance(got), got
 
 
 def table2(got: dict[tuple[str, str], Cell]) -> list[str]:
@@ -193,7 +220,7 @@ def table2(got: dict[tuple[str, str], Cell]) -> list[str]:
                 f"{p[0]:.2f} | {Cell.fmt(c.ud, 3)} | {p[1]:.3f} | {change} | "
                 f"{p[1] - paper_undefended:+.3f} |"
             )
-    return lines
+    return lines + at_chance(got)
 
 
 def table3(got: dict[str, dict[tuple[str, str], Cell]]) -> list[str]:
@@ -217,7 +244,13 @@ def table3(got: dict[str, dict[tuple[str, str], Cell]]) -> list[str]:
                 f"| {bb} | {data} | {Cell.fmt(c.acc, 1)} | {Cell.fmt(c.lp, 2)} | {ud} | "
                 f"{ud_paper} |"
             )
-    return lines
+    undefended = {
+        (f"{bb} {data}", defence): c
+        for bb in T3_BACKBONES
+        for (data, defence), c in got[bb].items()
+        if defence == "none"
+    }
+    return lines + at_chance(undefended)
 
 
 def claims(t1, t2, t3) -> list[str]:

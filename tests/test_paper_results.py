@@ -162,3 +162,18 @@ def test_table_2_and_3_claims_read_the_changes_against_the_undefended_arms():
     assert clean_jpeg.endswith("| not run yet | 0.747 |  | -0.253 |")
     vit_em = next(line for line in pr.table3(t3) if line.startswith("| vit | em |"))
     assert vit_em == "| vit | em | 40.0 | 1.00 | 0.900 |  |"
+
+
+def test_an_arm_at_chance_accuracy_is_named_under_its_table():
+    pr = load_benchmark("paper_results")
+    t2 = {
+        ("clean", "ueraser-max"): pr.Cell([10.0], [0.0], [0.0]),
+        ("em", "jpeg"): pr.Cell([35.0], [1.2], [0.9]),
+    }
+    (note,) = [line for line in pr.table2(t2) if line.startswith("At chance")]
+    assert "clean/ueraser-max (10.0%)" in note and "em/jpeg" not in note
+    t3 = {bb: {} for bb in pr.T3_BACKBONES}
+    t3["vit"] = {("tap", "none"): pr.Cell([11.5], [0.0], [0.0])}
+    assert any("vit tap/none (11.5%)" in line for line in pr.table3(t3))
+    t3["vit"] = {("tap", "none"): pr.Cell([12.5], [0.0], [0.0])}  # above chance + 2 points
+    assert not any(line.startswith("At chance") for line in pr.table3(t3))
