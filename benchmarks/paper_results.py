@@ -149,9 +149,8 @@ CHANCE, CHANCE_MARGIN = 10.0, 2.0
 def at_chance(cells: dict[tuple[str, str], Cell]) -> list[str]:
     """A note naming the arms whose final test accuracy is at chance, if any.
 
-    Such a network learned nothing: its SAL is near 0 on every layer, so none is learnable and
-    its UD is 0 by construction, which says the training failed rather than that the data is
-    unlearnable in the paper's sense. The tables keep the number; this note says how to read it.
+    Such a network learned nothing; when no layer's SAL rises above β its UD is 0, which says
+    the training failed rather than that the data is unlearnable in the paper's sense. The tables keep the number; this note says how to read it.
     """
     flat = [
         f"{data}/{defence} ({', '.join(f'{a:.1f}%' for a in c.acc)})"
@@ -164,8 +163,8 @@ def at_chance(cells: dict[tuple[str, str], Cell]) -> list[str]:
         "",
         f"At chance (test accuracy within {CHANCE_MARGIN:g} points of {CHANCE:g}%): "
         + "; ".join(sorted(flat))
-        + ". Those networks learned nothing: SAL is near 0 on every layer, so #LP and UD are 0 "
-        "by construction and say that training failed, not that the data is unlearnable.",
+        + ". Those networks learned nothing; where their #LP is 0 (no layer's SAL above β), "
+        "UD 0 says that training failed, not that the data is unlearnable.",
     ]
 
 
@@ -256,7 +255,7 @@ def table3(got: dict[str, dict[tuple[str, str], Cell]]) -> list[str]:
 def claims(t1, t2, t3) -> list[str]:
     """The paper's qualitative claims (Sections 4.2-4.4), each with whether ours agree.
 
-    Fixed before any run of Table 2 or 3 was seen. Besides the claims issue 12 names, the two
+    Fixed before any UD of Table 2 or 3 was seen. Besides the claims issue 12 names, the two
     its text makes of TAP (defences lower its UD; ViT's is lower than ResNet-18's) and that
     most defences raise the UD of real UEs (8 of its 10 EM and OPS cells)."""
 
