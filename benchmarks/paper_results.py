@@ -278,7 +278,7 @@ def claims(t1, t2, t3) -> list[str]:
             for d in T2_DEFENCES
         }
 
-    def counted(values: dict, test) -> tuple[bool | None, str]:
+    def counted(values: dict, test) -> tuple[int | None, str]:
         if any(v is None for v in values.values()):
             return None, ""
         hits = sum(test(v) for v in values.values())
