@@ -794,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         argv.insert(1, "build")  # `harness leaderboard SOURCES --out DIR`, the original form
     args = build_parser().parse_args(argv)
-    with termination.stop_on_sigterm():
+    with termination.stop_on_signals():
         try:
             return args.func(args)
         except HarnessError as exc:

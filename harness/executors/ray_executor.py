@@ -185,8 +185,10 @@ def ray_session(address: str | None, reporter: Reporter) -> Iterator[Any]:
     address = address or os.environ.get("RAY_ADDRESS") or None
     options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     # ray.init replaces the SIGTERM handler with one calling sys.exit, which would skip the
-    # orderly stop (tasks cancelled, "terminated; rerun ...") the CLI's handler gives: keep ours
+    # orderly stop (tasks cancelled, "terminated; rerun ...") the CLI's handler gives: keep ours,
+    # and the CLI's SIGINT handler likewise
     on_sigterm = signal.getsignal(signal.SIGTERM)
+    on_sigint = signal.getsignal(signal.SIGINT)
     try:
         if address is None:
             ray.init(address="local", include_dashboard=False, **options)
@@ -198,8 +200,10 @@ def ray_session(address: str | None, reporter: Reporter) -> Iterator[Any]:
         target = address or "a new local instance"
         raise RunStateError(f"cannot start Ray on {target}: {_first_line(exc)}") from None
     finally:
-        if threading.current_thread() is threading.main_thread() and on_sigterm is not None:
-            signal.signal(signal.SIGTERM, on_sigterm)
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in ((signal.SIGTERM, on_sigterm), (signal.SIGINT, on_sigint)):
+                if handler is not None:
+                    signal.signal(signum, handler)
     try:
         resources = ray.cluster_resources()
         reporter.stage(
