@@ -1,6 +1,7 @@
 """docs/results.md: the paper's Tables 1-3 beside ours at CPU scale, from the run folders.
 
     python benchmarks/paper_results.py --runs ~/paper-runs/runs [--out docs/results.md]
+        [--filed leaderboard/entries]
 
 Reads the entries of the run folders of `specs/paper-table1-cpu.yaml` (with the extra seeds of
 `specs/paper-table1-seeds-cpu.yaml`), `specs/paper-table2-cpu.yaml` and the
@@ -10,6 +11,13 @@ paper's qualitative claims with whether ours agree. Arms not run yet are listed 
 nothing is filled in by hand. The paper's numbers are those printed in its tables
 (../shared/docs/paper.md; Table 2's are read from a noisy scan, Table 3's ViT EM cell is
 illegible there).
+
+A run whose folder is not under RUNS (the campaign ran on another machine, or its folders were
+lost) is read from the entries `harness submit` filed for it in the leaderboard folder, which
+record the run.h5 they were computed from by its SHA-256. The analyses that need Table 1's SAL
+arrays (seed noise, layer breakdown, spot check, figures) go to a second file,
+`results-table1.md` beside the first, written only when Table 1's run folders are here: without
+them it is left as it was last generated.
 """
 
 from __future__ import annotations
@@ -108,12 +116,23 @@ class Cell:
         return statistics.mean(self.ud) if self.ud else None
 
 
-def load(runs: Path, *names: str) -> list[Entry]:
+def filed_entries(filed: Path | None, name: str) -> list[Entry]:
+    """The entries `harness submit` filed for run `name` in a leaderboard's entries folder."""
+    if filed is None or not filed.is_dir():
+        return []
+    found = [Entry.model_validate_json(p.read_text()) for p in sorted(filed.glob("*.json"))]
+    return [e for e in found if e.run == name]
+
+
+def load(runs: Path, *names: str, filed: Path | None = None) -> list[Entry]:
+    """The entries of each run: from its folder when it has them, else those filed for it."""
     entries: list[Entry] = []
     for name in names:
         folder = runs / name
         if (folder / "entries").is_dir():
             entries += read_entries(folder)
+        else:
+            entries += filed_entries(filed, name)
     return entries
 
 
@@ -168,8 +187,8 @@ def at_chance(cells: dict[tuple[str, str], Cell]) -> list[str]:
     ]
 
 
-def table1(runs: Path) -> tuple[list[str], dict[tuple[str, str], Cell]]:
-    got = cells(load(runs, "paper-table1-cpu", "paper-table1-seeds-cpu"))
+def table1(runs: Path, filed: Path | None = None) -> tuple[list[str], dict[tuple[str, str], Cell]]:
+    got = cells(load(runs, "paper-table1-cpu", "paper-table1-seeds-cpu", filed=filed))
     lines = [
         "## Table 1: UD of ResNet-18 trained on each method's unlearnable examples (CIFAR-10)",
         "",
@@ -365,7 +384,8 @@ def claims(t1, t2, t3) -> list[str]:
     return [
         "## The paper's claims",
         "",
-        "A verdict on fewer seeds than planned is provisional: see the seed-to-seed noise below.",
+        "A verdict on fewer seeds than planned is provisional: see the seed-to-seed noise in "
+        "[results-table1.md](results-table1.md).",
         "",
         "| claim | ours | on |",
         "|---|---|---|",
@@ -381,17 +401,25 @@ RUNS = [
 ]
 
 
-def status(runs: Path) -> list[str]:
+def status(runs: Path, filed: Path | None = None) -> list[str]:
     """Which run folders exist, how many of their arms are complete (in run.h5) and how many of
     those have entries (scored: `harness eval` writes them at the end, `harness score` any time
-    the run is stopped); the tables above read the entries."""
+    the run is stopped); the tables above read the entries, or for a run whose folder is not
+    here, the entries filed for it in the leaderboard."""
     from harness.results import open_run
 
     lines = ["## Status of the runs", "", "| run | state |", "|---|---|"]
     for name in RUNS:
         folder = runs / name
         if not (folder / "run.h5").exists():
-            lines.append(f"| {name} | not started |")
+            n = len(filed_entries(filed, name))
+            where = filed.parent.name + "/" + filed.name if filed is not None else ""
+            lines.append(
+                f"| {name} | run folder not here; {n} arm(s) read from the entries filed in "
+                f"{where} |"
+                if n
+                else f"| {name} | not started |"
+            )
             continue
         run = open_run(folder)
         complete = sum(run[a].complete for a in run.arms)
@@ -679,35 +707,16 @@ def spot_check(runs: Path) -> list[str]:
     return [*lines, "", " ".join(notes)] if found else []
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
-    args = parser.parse_args()
-    runs = args.runs.expanduser()
-    l1, t1 = table1(runs)
-    t2 = cells(load(runs, "paper-table2-cpu"))
-    t3 = {bb: cells(load(runs, name)) for bb, name in T3_BACKBONES.items()}
-    text = [
-        "# Does UD reproduce the paper? Tables 1-3 at CPU scale",
+def table1_sal(runs: Path, out: Path) -> list[str] | None:
+    """results-table1.md: the analyses that read Table 1's SAL arrays, or None without its run
+    folder (the file is then left as it was last generated)."""
+    if not (runs / "paper-table1-cpu" / "run.h5").exists():
+        return None
+    return [
+        "# Table 1 at CPU scale: seed noise, learnable layers, spot check, figures",
         "",
-        "Generated by `python benchmarks/paper_results.py --runs RUNS` from the run folders of "
-        "the `specs/paper-*-cpu.yaml` specs (run them with `bash benchmarks/paper_runs.sh`, "
-        "which resumes wherever they stopped); do not edit by hand. Settings (fixed before any "
-        "result): CIFAR ResNet-18 w16 (21 scored layers; ResNet-50, SENet-18 and ViT at CPU "
-        "widths in Table 3), 2,000 CIFAR-10 training images, 20 epochs, SAL every epoch with the "
-        "reference (convergence stop) on a 128-image probe. The paper trains on all 50,000 "
-        "images at width 64. Mean ± sd over seeds where there are several.",
-        "",
-        *status(runs),
-        "",
-        *l1,
-        "",
-        *table2(t2),
-        "",
-        *table3(t3),
-        "",
-        *claims(t1, t2, t3),
+        "Generated with [results.md](results.md) by `python benchmarks/paper_results.py --runs "
+        "RUNS` from the SAL arrays in Table 1's run folders; do not edit by hand.",
         "",
         *seed_noise(runs),
         "",
@@ -717,7 +726,57 @@ def main() -> None:
         "",
         *spot_check(runs),
         "",
-        *figures(runs, args.out.parent / "figures"),
+        *figures(runs, out.parent / "figures"),
+        "",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
+    parser.add_argument(
+        "--filed",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "leaderboard" / "entries",
+        help="entries filed with `harness submit`, read for runs whose folder is not under RUNS",
+    )
+    args = parser.parse_args()
+    runs = args.runs.expanduser()
+    filed = args.filed.expanduser()
+    l1, t1 = table1(runs, filed)
+    t2 = cells(load(runs, "paper-table2-cpu", filed=filed))
+    t3 = {bb: cells(load(runs, name, filed=filed)) for bb, name in T3_BACKBONES.items()}
+    text = [
+        "# Does UD reproduce the paper? Tables 1-3 at CPU scale",
+        "",
+        "Generated by `python benchmarks/paper_results.py --runs RUNS` from the run folders of "
+        "the `specs/paper-*-cpu.yaml` specs (run them with `bash benchmarks/paper_runs.sh`, "
+        "which resumes wherever they stopped), or for a run whose folder is not under RUNS "
+        "from the entries `harness submit` filed for it in `leaderboard/entries`; do not edit "
+        "by hand. Settings (fixed before any "
+        "result): CIFAR ResNet-18 w16 (21 scored layers; ResNet-50, SENet-18 and ViT at CPU "
+        "widths in Table 3), 2,000 CIFAR-10 training images, 20 epochs, SAL every epoch with the "
+        "reference (convergence stop) on a 128-image probe. The paper trains on all 50,000 "
+        "images at width 64. Mean ± sd over seeds where there are several.",
+        "",
+        *status(runs, filed),
+        "",
+        *l1,
+        "",
+        *table2(t2),
+        "",
+        *table3(t3),
+        "",
+        *claims(t1, t2, t3),
+        "",
+        "## Table 1's SAL: seed noise, learnable layers, spot check, figures",
+        "",
+        "In [results-table1.md](results-table1.md), generated by the same command from Table 1's "
+        "SAL arrays (left as it was when its run folders are not under RUNS): UD's seed-to-seed "
+        "noise floor, which layers make #LP, the post hoc UD without the stem, the spot check "
+        "of the runs' estimator against the full reference, and the SAL heat maps and learnable "
+        "proportions of clean, EM, OPS and TAP.",
         "",
         "## Sensitivity",
         "",
@@ -728,8 +787,16 @@ def main() -> None:
         "snapshots.",
         "",
     ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(text))
     print(f"written {args.out}")
+    second = args.out.parent / "results-table1.md"
+    sal_text = table1_sal(runs, args.out)
+    if sal_text is None:
+        print(f"kept {second} as it was: Table 1's run folders are not under {runs}")
+    else:
+        second.write_text("\n".join(sal_text))
+        print(f"written {second}")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,11 @@ if [ -n "${ONLY:-}" ]; then
 fi
 for name in "${specs[@]}"; do
   reuse=()
-  # Table 2's undefended arms are Table 1's: adopted, not trained again
-  [ "$name" = paper-table2-cpu ] && reuse=(--reuse-arms "$RUNS/paper-table1-cpu")
+  # Table 2's undefended arms are Table 1's: adopted, not trained again (trained when Table 1's
+  # run folder is not under RUNS)
+  if [ "$name" = paper-table2-cpu ] && [ -d "$RUNS/paper-table1-cpu" ]; then
+    reuse=(--reuse-arms "$RUNS/paper-table1-cpu")
+  fi
   harness eval "specs/$name.yaml" --output "$RUNS" --quiet "${reuse[@]}"
   harness submit "$RUNS/$name" --leaderboard leaderboard --replace
 done

@@ -32,7 +32,10 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     run = str(runs / "paper-table1-cpu")
     assert main(["sal-agreement", run, "--estimator", "normalized-steps", "--arms", "em"]) == 0
     out = tmp_path / "docs" / "results.md"
-    monkeypatch.setattr(sys, "argv", ["paper_results", "--runs", str(runs), "--out", str(out)])
+    # no filed entries yet (the default is the repository's leaderboard, which holds the real ones)
+    nothing_filed = ["--filed", str(tmp_path / "no-board")]
+    argv = ["paper_results", "--runs", str(runs), "--out", str(out), *nothing_filed]
+    monkeypatch.setattr(sys, "argv", argv)
     drawn = []
     draw = figures.learnable_proportion
     monkeypatch.setattr(
@@ -52,6 +55,10 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     assert "| agrees |" in claim or "| does not agree |" in claim
     assert claim.endswith("(2 of 3 seed(s)) |")  # the stand-in ran seeds 0 and 1
     assert "| UD > 1 for TAP | not run yet |  |" in text
+    tables = text
+    # the analyses of Table 1's SAL arrays are in a second file, beside the first
+    assert "(results-table1.md)" in text and "## Seed-to-seed noise" not in text
+    text = (out.parent / "results-table1.md").read_text()
     assert (out.parent / "figures" / "table1-sal-heatmap.png").stat().st_size > 0
     assert (out.parent / "figures" / "table1-learnable-proportion.png").stat().st_size > 0
     # the proportion figure is given λ(t), the counts of learnable layers, once per arm
@@ -109,6 +116,25 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     assert row.startswith("| paper-table1-cpu | normalized-steps | em__none__s0 | 1,2,3 | ")
     assert row.endswith(f"| {score(sal['em'], sal['clean']).ud:.3f} |")
     assert "differs from the SAL the run recorded by at most 0." in section
+
+    # Without the run folder (another machine ran it, or it was lost) the tables are read from
+    # the entries `harness submit` filed for the run; the SAL analyses are left as they were
+    board = tmp_path / "board"
+    assert main(["submit", run, "--leaderboard", str(board)]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    (runs / "paper-table1-cpu").rename(elsewhere)
+    sal_analyses = (out.parent / "results-table1.md").read_text()
+    filed = ["--filed", str(board / "entries")]
+    monkeypatch.setattr(
+        sys, "argv", ["paper_results", "--runs", str(runs), "--out", str(out), *filed]
+    )
+    load_benchmark("paper_results").main()
+    again = out.read_text()
+    assert "| paper-table1-cpu | run folder not here; 8 arm(s) read from the entries filed" in again
+    for row in ("| em |", "| ops |", "| rem |", "| UD < 1 for EM |"):
+        line = next(line for line in tables.splitlines() if line.startswith(row))
+        assert line in again.splitlines()
+    assert (out.parent / "results-table1.md").read_text() == sal_analyses
 
 
 def _cell(pr, ud: float, acc: float = 40.0, lp: float = 1.0):
