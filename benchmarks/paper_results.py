@@ -401,6 +401,48 @@ RUNS = [
 ]
 
 
+def retrained(runs: Path, filed: Path | None = None) -> list[str]:
+    """Table 2's undefended arms, when it trained them itself, against Table 1's of seed 0.
+
+    They are the same computation (same spec settings, seed, code, one torch thread), so they
+    must agree to the bit; on another machine the CPU's kernels may round differently. Where the
+    Table 2 run adopted Table 1's arms (`--reuse-arms`) there is nothing to compare.
+    """
+    folder = runs / "paper-table2-cpu"
+    if not (folder / "entries").is_dir() or any(
+        (folder / f).exists() for f in ("clean_reference.json", "reused_arms.json")
+    ):
+        return []
+    ours = {e.arm_id: e for e in read_entries(folder) if e.defence.name == "none"}
+    first = {e.arm_id: e for e in load(runs, "paper-table1-cpu", filed=filed)}
+    rows = []
+    for arm_id in ("clean__none__s0", "em__none__s0", "tap__none__s0", "ops__none__s0"):
+        a, b = first.get(arm_id), ours.get(arm_id)
+        if a is None or b is None:
+            continue
+        ra, rb = a.results, b.results
+        rows.append(
+            f"| {arm_id} | {ra.test_metric.per_epoch == rb.test_metric.per_epoch} | "
+            f"{ra.learnable_per_epoch == rb.learnable_per_epoch} | {ra.final_train_loss!r} | "
+            f"{rb.final_train_loss!r} | {ra.ud if ra.ud is None else f'{ra.ud:.3f}'} | "
+            f"{rb.ud if rb.ud is None else f'{rb.ud:.3f}'} |"
+        )
+    if not rows:
+        return []
+    return [
+        "## Trained twice: Table 2's undefended arms against Table 1's",
+        "",
+        "The Table 2 run trained its undefended arms itself (Table 1's run folders were not "
+        "there to adopt them from): the same computation as Table 1's arms of seed 0, so equal "
+        "unless this machine's CPU kernels round differently.",
+        "",
+        "| arm | test acc. per epoch equal | learnable layers per epoch equal | final train loss, "
+        "Table 1 | Table 2 | UD, Table 1 | Table 2 |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
 def status(runs: Path, filed: Path | None = None) -> list[str]:
     """Which run folders exist, how many of their arms are complete (in run.h5) and how many of
     those have entries (scored: `harness eval` writes them at the end, `harness score` any time
@@ -769,6 +811,8 @@ def main() -> None:
         *table3(t3),
         "",
         *claims(t1, t2, t3),
+        "",
+        *retrained(runs, filed),
         "",
         "## Table 1's SAL: seed noise, learnable layers, spot check, figures",
         "",

@@ -203,3 +203,25 @@ def test_an_arm_at_chance_accuracy_is_named_under_its_table():
     assert any("vit tap/none (11.5%)" in line for line in pr.table3(t3))
     t3["vit"] = {("tap", "none"): pr.Cell([12.5], [0.0], [0.0])}  # above chance + 2 points
     assert not any(line.startswith("At chance") for line in pr.table3(t3))
+
+
+def test_undefended_arms_trained_again_by_table_2_are_compared_with_table_1s(tmp_path):
+    # Table 2's undefended arms are Table 1's computation: trained twice (no --reuse-arms), they
+    # must give the same results, and the comparison says so arm by arm
+    pr = load_benchmark("paper_results")
+    poisons = [{"name": "random-noise", "label": "em", "params": {"epsilon": 0.1}}]
+    runs = tmp_path / "runs"
+    for name in ("paper-table1-cpu", "paper-table2-cpu"):
+        spec = write_spec(tmp_path / f"{name}.yaml", tiny_spec(name, poisons=poisons))
+        assert main(["eval", str(spec), "--output", str(runs), "--quiet"]) == 0
+    lines = pr.retrained(runs)
+    rows = [line for line in lines if line.startswith("| clean__") or line.startswith("| em__")]
+    assert [row.split(" | ")[:3] for row in rows] == [
+        ["| clean__none__s0", "True", "True"],
+        ["| em__none__s0", "True", "True"],
+    ]
+    em = rows[1].removesuffix(" |").split(" | ")
+    assert em[3] == em[4] and em[5] == em[6]  # the same final training loss and UD
+    # an adopted arm is not compared: there is nothing to compare
+    (runs / "paper-table2-cpu" / "reused_arms.json").write_text("{}")
+    assert pr.retrained(runs) == []
