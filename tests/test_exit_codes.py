@@ -168,6 +168,7 @@ class Broken:
     def __del__(self):
         raise ValueError("a finaliser's own bug")
 
+before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
 with termination.stop_on_signals():
     Broken()
     Finalised()
@@ -176,8 +177,8 @@ with termination.stop_on_signals():
         termination.check()
     except KeyboardInterrupt as exc:
         print("stopped at the check:", type(exc).__name__, flush=True)
-print("handlers restored:", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,
-      signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+print("handlers restored:", signal.getsignal(signal.SIGTERM) is before[0],
+      signal.getsignal(signal.SIGINT) is before[1])
 print("hook restored:", sys.unraisablehook is sys.__unraisablehook__)
 """
 
@@ -196,6 +197,9 @@ def test_a_stop_whose_exception_a_finaliser_dropped_still_stops_at_the_next_chec
         capture_output=True,
         text=True,
         timeout=120,
+        # a test run started in the background ignores SIGINT, and a child inherits that (the
+        # harness then leaves SIGINT ignored): give it the disposition a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert result.stdout.splitlines() == [
         "went on",
@@ -206,3 +210,17 @@ def test_a_stop_whose_exception_a_finaliser_dropped_still_stops_at_the_next_chec
     # the dropped stop is not printed; any other exception a finaliser drops still is
     assert raised not in result.stderr
     assert "ValueError: a finaliser's own bug" in result.stderr
+
+
+def test_a_sigint_ignored_on_entry_stays_ignored() -> None:
+    # a job started with `&` or `nohup` ignores Ctrl-C by design: the harness keeps it that way
+    from harness import termination
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with termination.stop_on_signals():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # SIGTERM still stops
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
