@@ -28,6 +28,7 @@ very generation that wrote it; it is deleted when the poison is stored, listed b
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -103,6 +104,8 @@ class CacheEntry:
 
 #: the folder, under the cache's root, of checkpoints of unfinished generations
 PARTIAL = "partial"
+#: the folder of the generations' lock files (`PoisonCache.generating`)
+LOCKS = "locks"
 
 #: seconds between two checkpoints of a generation (`HARNESS_POISON_CHECKPOINT_S` overrides)
 CHECKPOINT_INTERVAL_S = 120.0
@@ -182,6 +185,21 @@ class DiskCheckpoint(GenerationCheckpoint):
             self.path.unlink()
 
 
+def _lock(handle: Any, on_wait: Callable[[], None] | None) -> bool:
+    """Take `handle`'s exclusive lock, waiting for its holder; False where flock is refused."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        pass  # held by another process
+    except OSError:
+        return False  # a file system without flock
+    if on_wait is not None:
+        on_wait()
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return True
+
+
 class PoisonCache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else cache_root() / "poisons"
@@ -244,6 +262,27 @@ class PoisonCache:
         record = {"x": x, "sha256": tensor_digest(x), "meta": {"created": time.time(), **meta}}
         atomic_write(path, lambda f: torch.save(record, f), root=self.root)
         return path
+
+    @contextlib.contextmanager
+    def generating(self, key: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Within: no other process generates the poison stored under `key`.
+
+        Two runs that share a poison (Table 2's and Table 3's EM) started side by side would
+        otherwise both generate it, an hour of surrogate training each; the second now waits
+        for the first (after `on_wait`), then finds the entry in the cache. An advisory lock
+        (`flock`) on `locks/<key>.lock`: released when its holder ends, however it ends, so a
+        killed generation blocks nobody. A file system without `flock` (some network mounts)
+        raises OSError on it: there the generations go on unlocked, as before.
+        """
+        lock_dir = self.root / LOCKS
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f"{key}.lock", "a+b") as handle:
+            locked = _lock(handle, on_wait)
+            try:
+                yield
+            finally:
+                if locked:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
 
     def entries(self) -> Iterator[CacheEntry]:
         """Every entry and every unfinished generation's checkpoint, with its meta (read
