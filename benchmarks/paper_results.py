@@ -23,6 +23,7 @@ them it is left as it was last generated.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -118,10 +119,15 @@ class Cell:
 
 def filed_entries(filed: Path | None, name: str) -> list[Entry]:
     """The entries `harness submit` filed for run `name` in a leaderboard's entries folder."""
-    if filed is None or not filed.is_dir():
-        return []
-    found = [Entry.model_validate_json(p.read_text()) for p in sorted(filed.glob("*.json"))]
-    return [e for e in found if e.run == name]
+    return [] if filed is None else [e for e in _all_filed(filed) if e.run == name]
+
+
+@functools.cache
+def _all_filed(filed: Path) -> tuple[Entry, ...]:
+    """Every entry in the folder, read once per generation (each table and the status ask)."""
+    if not filed.is_dir():
+        return ()
+    return tuple(Entry.model_validate_json(p.read_text()) for p in sorted(filed.glob("*.json")))
 
 
 def load(runs: Path, *names: str, filed: Path | None = None) -> list[Entry]:
@@ -169,7 +175,8 @@ def at_chance(cells: dict[tuple[str, str], Cell]) -> list[str]:
     """A note naming the arms whose final test accuracy is at chance, if any.
 
     Such a network learned nothing; when no layer's SAL rises above β its UD is 0, which says
-    the training failed rather than that the data is unlearnable in the paper's sense. The tables keep the number; this note says how to read it.
+    the training failed rather than that the data is unlearnable in the paper's sense. The
+    tables keep the number; this note says how to read it.
     """
     flat = [
         f"{data}/{defence} ({', '.join(f'{a:.1f}%' for a in c.acc)})"
