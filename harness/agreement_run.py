@@ -31,7 +31,7 @@ from ruamel.yaml import YAML
 from harness.assembly import Assembly
 from harness.context import BuildContext
 from harness.errors import RunStateError, SpecError
-from harness.plan import Arm, plan_arms
+from harness.plan import Arm, plan_arms, select_arms
 from harness.pluginmanager import Components
 from harness.poisoning import PoisonedInputs
 from harness.probe import SALProbe
@@ -254,25 +254,6 @@ def measure_snapshots(
     return out
 
 
-def _chosen_arms(planned: Sequence[Arm], asked: Sequence[str]) -> set[str] | None:
-    if not asked:
-        return None
-    wanted = set(asked)
-    chosen = {
-        arm.id
-        for arm in planned
-        if arm.id in wanted or arm.poison_key in wanted or arm.is_clean_reference
-    }
-    unknown = sorted(w for w in wanted if not any(w in (arm.id, arm.poison_key) for arm in planned))
-    if unknown:
-        raise SpecError(
-            f"--arms: {', '.join(unknown)} is not an arm of this run (arms: "
-            + ", ".join(arm.id for arm in planned)
-            + ")"
-        )
-    return chosen
-
-
 def _probe(assembly: Assembly, arm: Arm, train, defence, estimator: SALEstimator) -> SALProbe:
     spec = assembly.spec
     return SALProbe(
@@ -310,7 +291,7 @@ def sal_agreement(
                 f"{folder.snapshots_dir}: no model snapshots in this run. Run its spec with "
                 "`harness eval SPEC --save-snapshots K` (K: every how many epochs) first"
             )
-        only = _chosen_arms(plan_arms(assembly.spec), arms)
+        only = {arm.id for arm in select_arms(plan_arms(assembly.spec), arms)} if arms else None
         values = measure_snapshots(folder, assembly, estimators, stage, only)
         results: dict[tuple[str, int], Agreement] = {}
         arms = [arm for arm in plan_arms(assembly.spec) if arm.id in values.epochs]

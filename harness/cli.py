@@ -160,6 +160,11 @@ def _describe_component(components, name: str, as_json: bool) -> int:
     return 0
 
 
+def _comma_list(text: str) -> list[str]:
+    """An option's comma-separated names, blanks dropped."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _apply_execution_options(args: argparse.Namespace, loaded) -> None:
     """`harness eval`'s execution options over the spec's `execution` section (never its hash)."""
     from pydantic import ValidationError
@@ -195,6 +200,7 @@ def _apply_execution_options(args: argparse.Namespace, loaded) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from harness.atomic import atomic_write_text
     from harness.executors import make_runner
+    from harness.plan import plan_arms
     from harness.progress import make_reporter
     from harness.reuse import ArmSources
     from harness.table import markdown, print_table
@@ -214,6 +220,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             fresh=args.fresh,
             reporter=make_reporter(args.quiet),
             reuse=reuse,
+            arms=args.arms,
         )
         print(plan.text())
         return 0
@@ -225,6 +232,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         reporter=make_reporter(args.quiet),
         log_to=[name.strip() for name in args.log_to.split(",") if name.strip()],
         reuse=reuse,
+        arms=args.arms,
     )
     runner.prepare()
     entries = runner.run()
@@ -234,6 +242,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"run folder: {runner.run_dir}  (entries in {runner.run_dir / 'entries'}, "
         f"SAL in {runner.run_dir / 'run.h5'}); {time.perf_counter() - started:.1f}s"
     )
+    if args.arms:
+        print(
+            f"trained only the arms asked (--arms): {len(runner.arms)} of "
+            f"{len(plan_arms(loaded.spec))}; the same command without --arms completes the run"
+        )
     return 0
 
 
@@ -535,6 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="adopt every complete arm, clean or poisoned, of another run folder that this spec "
         "would train identically (same track, poison, defence, seed and versions); the others "
         "are trained",
+    )
+    p.add_argument(
+        "--arms",
+        type=_comma_list,
+        default=(),
+        metavar="ARM,...",
+        help="train only these arms: arm ids, poison or defence names (e.g. em__jpeg__s0 or "
+        "tap,mixup), and each seed's clean reference, which every score needs; the other arms "
+        "stay planned, and the same command without --arms completes the run",
     )
     p.add_argument(
         "--dry-run",

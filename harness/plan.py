@@ -6,8 +6,10 @@ never the runner, what a spec's arms are.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from harness.errors import SpecError
 from harness.names import CLEAN, UNDEFENDED, arm_id
 from harness.spec import ArmComponentRef, PoisonRef, Spec
 
@@ -50,6 +52,33 @@ def plan_arms(spec: Spec) -> list[Arm]:
             arms.append(Arm(seed, None, d))
             arms += [Arm(seed, p, d) for p in spec.poisons]
     return arms
+
+
+def select_arms(planned: Sequence[Arm], asked: Sequence[str], option: str = "--arms") -> list[Arm]:
+    """The planned arms `asked` names (arm ids, poison keys or defence keys), in plan order, with
+    every seed's clean reference: β and the UD denominator of each arm come from it, so no arm
+    can be scored without it. Nothing asked: every planned arm.
+
+    `harness eval --arms` trains a part of a run this way (the rest stays planned: the same
+    command without it completes the run), `harness sal-agreement --arms` measures a part.
+    """
+    if not asked:
+        return list(planned)
+    wanted = set(asked)
+
+    def named(arm: Arm) -> bool:
+        return bool(wanted & {arm.id, arm.poison_key, arm.defence_key})
+
+    unknown = sorted(
+        w for w in wanted if not any(w in (a.id, a.poison_key, a.defence_key) for a in planned)
+    )
+    if unknown:
+        raise SpecError(
+            f"{option}: {', '.join(unknown)} is not an arm, poison or defence of this run (arms: "
+            + ", ".join(arm.id for arm in planned)
+            + ")"
+        )
+    return [arm for arm in planned if named(arm) or arm.is_clean_reference]
 
 
 def find_arm(spec: Spec, arm_id_: str) -> Arm:

@@ -43,7 +43,7 @@ from harness.data import float_to_pixels
 from harness.defence import apply_images_once
 from harness.entries import Entry, compute_entries, write_entries
 from harness.errors import SpecError
-from harness.plan import Arm, plan_arms
+from harness.plan import Arm, plan_arms, select_arms
 from harness.pluginmanager import Components, get_components
 from harness.poison_cache import PoisonCache
 from harness.poisoning import PoisonedInputs
@@ -321,6 +321,7 @@ class Runner:
         poison_cache: PoisonCache | None = None,
         log_to: Sequence[str] = (),
         reuse: ArmSources | None = None,
+        arms: Sequence[str] = (),
     ) -> None:
         self.loaded = loaded
         self.spec = loaded.spec
@@ -333,6 +334,8 @@ class Runner:
         self.poison_cache = poison_cache
         self.log_to = list(log_to)
         self.reuse = reuse or ArmSources()
+        #: the arms this command trains (`--arms`; every planned arm by default)
+        self.arms = select_arms(plan_arms(self.spec), arms)
         self.assembly: Assembly | None = None
 
     @property
@@ -357,7 +360,7 @@ class Runner:
             self.spec.name,
             stage=self.reporter.stage,
         )
-        arms = plan_arms(self.spec)
+        arms = self.arms
         self.reuse.adopt(self.folder, assembly, arms, self.reporter.stage)
         reporter = tracked_reporter(
             self.reporter, loaded, self.components, self.folder, assembly, self.log_to

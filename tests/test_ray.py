@@ -168,6 +168,18 @@ def test_a_ray_run_gives_the_local_runs_sal_arrays_and_entries(cluster, referenc
             assert torch.equal(got[key], value), f"{path}: {key}"
 
 
+def test_a_run_trained_in_parts_on_the_cluster_is_the_local_run(cluster, reference, tmp_path):
+    spec, local = reference
+    args = (str(spec), "--output", str(tmp_path), "--executor", "ray", "--address", cluster.address)
+    err = finish(harness(*args, "--arms", "noise-class"))
+    assert "[arm 2/2]" in err  # noise-class and the clean reference only
+    run = tmp_path / "rayrun"
+    with h5py.File(run / "run.h5", "r") as f:
+        assert sorted(f["arms"]) == ["clean__none__s0", "noise-class__none__s0"]
+    finish(harness(*args))  # the rest
+    assert_same_run(run, local)
+
+
 def test_a_worker_killed_mid_arm_is_retried_and_resumes_from_its_last_epoch(
     cluster, reference, tmp_path
 ):

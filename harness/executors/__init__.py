@@ -34,8 +34,10 @@ def make_runner(
     reporter: Reporter | None = None,
     log_to: Sequence[str] = (),
     reuse: ArmSources | None = None,
+    arms: Sequence[str] = (),
 ) -> Any:
-    """The runner of the spec's executor (`loaded.spec.execution.executor`)."""
+    """The runner of the spec's executor (`loaded.spec.execution.executor`), training `arms`
+    (`harness.plan.select_arms`; default: every planned arm)."""
     execution = loaded.spec.execution
     if execution.executor == "ray":
         from harness.executors.ray_executor import RayRunner
@@ -49,6 +51,7 @@ def make_runner(
             execution=execution,
             log_to=log_to,
             reuse=reuse,
+            arms=arms,
         )
     from harness.runner import Runner
 
@@ -60,4 +63,5 @@ def make_runner(
         reporter=reporter,
         log_to=log_to,
         reuse=reuse,
+        arms=arms,
     )

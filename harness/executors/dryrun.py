@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import torch
 from harness.assembly import Assembly
 from harness.checkpoint import ArmState, load_state
 from harness.errors import RunStateError
-from harness.plan import Arm, plan_arms
+from harness.plan import Arm, plan_arms, select_arms
 from harness.pluginmanager import Components
 from harness.poison_cache import PoisonCache
 from harness.poisoning import PoisonedInputs
@@ -168,16 +169,18 @@ def dry_run(
     reporter: Reporter | None = None,
     steps: int = 3,
     reuse: ArmSources | None = None,
+    arms: Sequence[str] = (),
 ) -> DryRun:
     """The plan of the spec's run with an estimated cost per arm; writes nothing. With `reuse`
     (`--reuse-clean`, `--reuse-arms`) the arms the run would adopt are marked as such."""
     reporter = reporter or Reporter()
     spec = loaded.spec
+    chosen = select_arms(plan_arms(spec), arms)
     folder = RunFolder.for_spec(spec.name, output_root if output_root is not None else spec.output)
     reporter.stage(f"loading data set {spec.data.name}")
     assembly = preflight(loaded, components, folder=folder, fresh=fresh)
     check_poison_storage(assembly)
-    arms = plan_arms(spec)
+    arms = chosen
     stale = fresh and folder.resolved_spec_file.exists()
     reuse = reuse or ArmSources()
     reused = reuse.plan(None if stale else folder, assembly, arms)

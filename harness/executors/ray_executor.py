@@ -63,7 +63,7 @@ from harness.executors.forwarding import (
     decode_state,
     encode_state,
 )
-from harness.plan import Arm, plan_arms
+from harness.plan import Arm, plan_arms, select_arms
 from harness.pluginmanager import Components, get_components
 from harness.poisoning import PoisonedInputs
 from harness.preflight import preflight
@@ -238,6 +238,7 @@ class RayRunner:
         execution: ExecutionSpec | None = None,
         log_to: Sequence[str] = (),
         reuse: ArmSources | None = None,
+        arms: Sequence[str] = (),
     ) -> None:
         self.loaded = loaded
         self.spec = loaded.spec
@@ -252,6 +253,8 @@ class RayRunner:
         )
         self.log_to = list(log_to)
         self.reuse = reuse or ArmSources()
+        #: the arms this command trains (`--arms`; every planned arm by default)
+        self.arms = select_arms(plan_arms(self.spec), arms)
         self.assembly: Assembly | None = None
         every = self.execution.save_snapshots
         self.ledger = ArmLedger(
@@ -305,7 +308,7 @@ class RayRunner:
                     self.spec.name,
                     stage=display.stage,
                 )
-                arms = plan_arms(self.spec)
+                arms = self.arms
                 self.reuse.adopt(self.folder, assembly, arms, display.stage)
                 # worker messages reach the trackers too: the ledger reports through this one
                 self.reporter = self.ledger.reporter = tracked_reporter(
