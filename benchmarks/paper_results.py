@@ -1,7 +1,7 @@
 """docs/results.md: the paper's Tables 1-3 beside ours at CPU scale, from the run folders.
 
     python benchmarks/paper_results.py --runs ~/paper-runs/runs [--out docs/results.md]
-        [--filed leaderboard/entries]
+        [--filed leaderboard/entries] [--kept docs/paper-arms]
 
 Reads the entries of the run folders of `specs/paper-table1-cpu.yaml` (with the extra seeds of
 `specs/paper-table1-seeds-cpu.yaml`), `specs/paper-table2-cpu.yaml` and the
@@ -14,7 +14,9 @@ illegible there).
 
 A run whose folder is not under RUNS (the campaign ran on another machine, or its folders were
 lost) is read from the entries `harness submit` filed for it in the leaderboard folder, which
-record the run.h5 they were computed from by its SHA-256. The analyses that need Table 1's SAL
+record the run.h5 they were computed from by its SHA-256; an arm of a run that no session has
+finished yet is read from the entry benchmarks/paper_arms.py kept for it in docs/paper-arms
+(the campaign spans sessions whose machines need not persist). The analyses that need Table 1's SAL
 arrays (seed noise, layer breakdown, spot check, figures) go to a second file,
 `results-table1.md` beside the first, written only when Table 1's run folders are here: without
 them it is left as it was last generated.
@@ -117,9 +119,31 @@ class Cell:
         return statistics.mean(self.ud) if self.ud else None
 
 
-def filed_entries(filed: Path | None, name: str) -> list[Entry]:
-    """The entries `harness submit` filed for run `name` in a leaderboard's entries folder."""
-    return [] if filed is None else [e for e in _all_filed(filed) if e.run == name]
+@dataclass(frozen=True)
+class Elsewhere:
+    """Where the entries of arms no run folder under RUNS holds are read: those `harness submit`
+    filed in the leaderboard (complete runs), then those benchmarks/paper_arms.py kept from
+    earlier sessions (arm by arm, each scored against its own session's clean arm, which keeping
+    checked equal to the first one kept)."""
+
+    filed: Path | None = None
+    kept: Path | None = None
+
+    def filed_entries(self, name: str) -> list[Entry]:
+        """The entries `harness submit` filed for run `name`."""
+        return [] if self.filed is None else [e for e in _all_filed(self.filed) if e.run == name]
+
+    def kept_entries(self, name: str) -> list[Entry]:
+        """The arms of run `name` kept from earlier sessions (docs/paper-arms/NAME/)."""
+        folder = None if self.kept is None else self.kept / name
+        if folder is None or not folder.is_dir():
+            return []
+        return [Entry.model_validate_json(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+    def entries(self, name: str) -> dict[str, Entry]:
+        """By entry id: the filed entry of an arm where there is one, else the kept one."""
+        found = {e.entry_id: e for e in self.kept_entries(name)}
+        return found | {e.entry_id: e for e in self.filed_entries(name)}
 
 
 @functools.cache
@@ -130,15 +154,15 @@ def _all_filed(filed: Path) -> tuple[Entry, ...]:
     return tuple(Entry.model_validate_json(p.read_text()) for p in sorted(filed.glob("*.json")))
 
 
-def load(runs: Path, *names: str, filed: Path | None = None) -> list[Entry]:
-    """The entries of each run: from its folder when it has them, else those filed for it."""
+def load(runs: Path, *names: str, elsewhere: Elsewhere = Elsewhere()) -> list[Entry]:
+    """The entries of each run: from its folder, and for the arms the folder lacks (or all,
+    without one) those filed or kept for it elsewhere."""
     entries: list[Entry] = []
     for name in names:
         folder = runs / name
-        if (folder / "entries").is_dir():
-            entries += read_entries(folder)
-        else:
-            entries += filed_entries(filed, name)
+        here = read_entries(folder) if (folder / "entries").is_dir() else []
+        done = {e.entry_id for e in here}
+        entries += here + [e for i, e in elsewhere.entries(name).items() if i not in done]
     return entries
 
 
@@ -194,8 +218,10 @@ def at_chance(cells: dict[tuple[str, str], Cell]) -> list[str]:
     ]
 
 
-def table1(runs: Path, filed: Path | None = None) -> tuple[list[str], dict[tuple[str, str], Cell]]:
-    got = cells(load(runs, "paper-table1-cpu", "paper-table1-seeds-cpu", filed=filed))
+def table1(
+    runs: Path, elsewhere: Elsewhere = Elsewhere()
+) -> tuple[list[str], dict[tuple[str, str], Cell]]:
+    got = cells(load(runs, "paper-table1-cpu", "paper-table1-seeds-cpu", elsewhere=elsewhere))
     lines = [
         "## Table 1: UD of ResNet-18 trained on each method's unlearnable examples (CIFAR-10)",
         "",
@@ -213,6 +239,25 @@ def table1(runs: Path, filed: Path | None = None) -> tuple[list[str], dict[tuple
     return lines + at_chance(got), got
 
 
+def table2_entries(runs: Path, elsewhere: Elsewhere = Elsewhere()) -> list[Entry]:
+    """The Table 2 run's arms, and Table 1's undefended poisoned arms of seed 0 where Table 2 has
+    none of its own: its spec adopts them (`--reuse-arms`) when Table 1's run folder is here, and
+    without it trains only its defended arms (benchmarks/paper_runs.sh). The same computation
+    either way: Table 2's clean arm, which it always trains, equals Table 1's bit for bit
+    ("Trained twice"), and so do β and the UD denominator."""
+    own = load(runs, "paper-table2-cpu", elsewhere=elsewhere)
+    have = {e.arm_id for e in own}
+    first = load(runs, "paper-table1-cpu", elsewhere=elsewhere)
+    return own + [
+        e
+        for e in first
+        if e.seed == 0
+        and e.poison is not None
+        and e.defence.name == "none"
+        and e.arm_id not in have
+    ]
+
+
 def table2(got: dict[tuple[str, str], Cell]) -> list[str]:
     """Table 2 from the cells of the Table 2 run (its undefended arms are Table 1's, adopted).
 
@@ -222,8 +267,9 @@ def table2(got: dict[tuple[str, str], Cell]) -> list[str]:
     lines = [
         "## Table 2: UD of ResNet-18 trained on defended unlearnable examples",
         "",
-        "UD change: against the same data undefended (UD 1 for the clean data), ours from our "
-        "undefended arm of the same seed, the paper's from its Table 1.",
+        "UD change: against the same data undefended (UD 1 for the clean data), ours from the "
+        "undefended arm of the same seed (Table 1's where the Table 2 run did not train its own: "
+        "the same computation), the paper's from its Table 1.",
         "",
         "| data | defence | test acc. (%) ours | #LP ours | paper | UD ours | paper | "
         "UD change ours | paper |",
@@ -408,7 +454,7 @@ RUNS = [
 ]
 
 
-def retrained(runs: Path, filed: Path | None = None) -> list[str]:
+def retrained(runs: Path, elsewhere: Elsewhere = Elsewhere()) -> list[str]:
     """Table 2's undefended arms, when it trained them itself, against Table 1's of seed 0.
 
     They are the same computation (same spec settings, seed, code, one torch thread), so they
@@ -416,12 +462,11 @@ def retrained(runs: Path, filed: Path | None = None) -> list[str]:
     Table 2 run adopted Table 1's arms (`--reuse-arms`) there is nothing to compare.
     """
     folder = runs / "paper-table2-cpu"
-    if not (folder / "entries").is_dir() or any(
-        (folder / f).exists() for f in ("clean_reference.json", "reused_arms.json")
-    ):
+    if any((folder / f).exists() for f in ("clean_reference.json", "reused_arms.json")):
         return []
-    ours = {e.arm_id: e for e in read_entries(folder) if e.defence.name == "none"}
-    first = {e.arm_id: e for e in load(runs, "paper-table1-cpu", filed=filed)}
+    table2 = load(runs, "paper-table2-cpu", elsewhere=Elsewhere(kept=elsewhere.kept))
+    ours = {e.arm_id: e for e in table2 if e.defence.name == "none"}
+    first = {e.arm_id: e for e in load(runs, "paper-table1-cpu", elsewhere=elsewhere)}
     rows = []
     for arm_id in ("clean__none__s0", "em__none__s0", "tap__none__s0", "ops__none__s0"):
         a, b = first.get(arm_id), ours.get(arm_id)
@@ -450,36 +495,36 @@ def retrained(runs: Path, filed: Path | None = None) -> list[str]:
     ]
 
 
-def status(runs: Path, filed: Path | None = None) -> list[str]:
+def status(runs: Path, elsewhere: Elsewhere = Elsewhere()) -> list[str]:
     """Which run folders exist, how many of their arms are complete (in run.h5) and how many of
     those have entries (scored: `harness eval` writes them at the end, `harness score` any time
-    the run is stopped); the tables above read the entries, or for a run whose folder is not
-    here, the entries filed for it in the leaderboard."""
+    the run is stopped); the tables above read the entries, and for the arms no folder here
+    holds, those filed for the run in the leaderboard or kept from earlier sessions."""
     from harness.results import open_run
 
     lines = ["## Status of the runs", "", "| run | state |", "|---|---|"]
     for name in RUNS:
         folder = runs / name
-        if not (folder / "run.h5").exists():
-            n = len(filed_entries(filed, name))
-            where = filed.parent.name + "/" + filed.name if filed is not None else ""
-            lines.append(
-                f"| {name} | run folder not here; {n} arm(s) read from the entries filed in "
-                f"{where} |"
-                if n
-                else f"| {name} | not started |"
+        filed = len(elsewhere.filed_entries(name))
+        kept = {e.entry_id for e in elsewhere.kept_entries(name)}
+        if (folder / "run.h5").exists():
+            run = open_run(folder)
+            complete = sum(run[a].complete for a in run.arms)
+            entries = folder / "entries"
+            scored = {p.stem for p in entries.glob("*.json")} if entries.is_dir() else set()
+            state = (
+                f"started; {complete} arm(s) complete, {len(scored)} scored"
+                if complete
+                else "started; no arm complete yet"
             )
-            continue
-        run = open_run(folder)
-        complete = sum(run[a].complete for a in run.arms)
-        scored = (
-            len(list((folder / "entries").glob("*.json"))) if (folder / "entries").is_dir() else 0
-        )
-        state = (
-            f"started; {complete} arm(s) complete, {scored} scored"
-            if complete
-            else "started; no arm complete yet"
-        )
+            if kept - scored:
+                state += f"; {len(kept - scored)} more arm(s) kept from earlier sessions"
+        elif filed:
+            state = f"run folder not here; {filed} arm(s) read from the entries filed"
+        elif kept:
+            state = f"run folder not here; {len(kept)} arm(s) kept from earlier sessions"
+        else:
+            state = "not started"
         lines.append(f"| {name} | {state} |")
     return lines
 
@@ -791,12 +836,19 @@ def main() -> None:
         default=Path(__file__).resolve().parents[1] / "leaderboard" / "entries",
         help="entries filed with `harness submit`, read for runs whose folder is not under RUNS",
     )
+    parser.add_argument(
+        "--kept",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "docs" / "paper-arms",
+        help="arms kept from earlier sessions (benchmarks/paper_arms.py keep), read for the arms "
+        "no run folder under RUNS holds",
+    )
     args = parser.parse_args()
     runs = args.runs.expanduser()
-    filed = args.filed.expanduser()
-    l1, t1 = table1(runs, filed)
-    t2 = cells(load(runs, "paper-table2-cpu", filed=filed))
-    t3 = {bb: cells(load(runs, name, filed=filed)) for bb, name in T3_BACKBONES.items()}
+    elsewhere = Elsewhere(args.filed.expanduser(), args.kept.expanduser())
+    l1, t1 = table1(runs, elsewhere)
+    t2 = cells(table2_entries(runs, elsewhere))
+    t3 = {bb: cells(load(runs, name, elsewhere=elsewhere)) for bb, name in T3_BACKBONES.items()}
     text = sections(
         [
             "# Does UD reproduce the paper? Tables 1-3 at CPU scale",
@@ -805,18 +857,19 @@ def main() -> None:
             "of the `specs/paper-*-cpu.yaml` specs (run them with `bash benchmarks/"
             "paper_runs.sh`, which resumes wherever they stopped), or for a run whose folder is "
             "not under RUNS from the entries `harness submit` filed for it in "
-            "`leaderboard/entries`; do not edit by hand. Settings (fixed before any result): "
+            "`leaderboard/entries`, and for arms finished in earlier sessions from those kept in "
+            "`docs/paper-arms` (`benchmarks/paper_arms.py`); do not edit by hand. Settings (fixed before any result): "
             "CIFAR ResNet-18 w16 (21 scored layers; ResNet-50, SENet-18 and ViT at CPU widths in "
             "Table 3), 2,000 CIFAR-10 training images, 20 epochs, SAL every epoch with the "
             "reference (convergence stop) on a 128-image probe. The paper trains on all 50,000 "
             "images at width 64. Mean ± sd over seeds where there are several.",
         ],
-        status(runs, filed),
+        status(runs, elsewhere),
         l1,
         table2(t2),
         table3(t3),
         claims(t1, t2, t3),
-        retrained(runs, filed),
+        retrained(runs, elsewhere),
         [
             "## Table 1's SAL: seed noise, learnable layers, spot check, figures",
             "",

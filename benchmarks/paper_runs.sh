@@ -9,8 +9,16 @@
 # SKIP names specs not to run: on a machine without the run folders of specs whose results are
 # already recorded (their leaderboard entries), the lanes go on with the rest.
 #
+# Sessions need not share a machine: each spec trains only the arms not kept in docs/paper-arms
+# (`harness eval --arms`, with the clean reference β needs), and a finished spec's arms are kept
+# there. Before a session ends, stop the lanes first, then the runs, and keep what finished:
+#   pkill -f paper_runs.sh; pkill -TERM -f "harness eval"   # runs stop at their next epoch
+#   python benchmarks/paper_arms.py keep ROOT/runs/*          # then commit docs/paper-arms
+#
 # Two lanes of specs: A, Table 1 (seed 0) then Table 2, which adopts Table 1's undefended arms
-# (--reuse-arms); B, Table 1's seeds 1-2 then Table 3 (SENet-18, ViT, ResNet-50).
+# (--reuse-arms), or without Table 1's run folder trains only its defended arms (docs/results.md
+# reads the undefended ones from Table 1's entries); B, Table 1's seeds 1-2 then Table 3
+# (SENet-18, ViT, ResNet-50).
 #
 # With Ray installed (the `ray` extra) the lanes' drivers share one local Ray cluster of CPUS
 # CPUs (default: all), one CPU and one torch thread per arm, so every core trains some arm until
@@ -46,18 +54,27 @@ if [ "${EXECUTOR:-ray}" = ray ] && command -v ray >/dev/null; then
 fi
 
 run() {  # run NAME [ARGS...]: one spec into ROOT/runs, its progress appended to ROOT/NAME.log
-  local name="$1"
+  local name="$1" todo
   shift
   case " ${SKIP:-} " in *" $name "*) echo "skipped $name (SKIP)" >>"$name.log"; return 0 ;; esac
-  harness eval "$here/specs/$name.yaml" --output runs --save-snapshots 5 "${executor[@]}" "$@" \
-    >>"$name.log" 2>&1
+  # only the arms no earlier session kept (docs/paper-arms), with the clean reference
+  todo="$(python "$here/benchmarks/paper_arms.py" todo ${TODO:-} "$here/specs/$name.yaml")" || return
+  if [ -z "$todo" ]; then
+    echo "skipped $name: every arm is kept in docs/paper-arms" >>"$name.log"
+    return 0
+  fi
+  harness eval "$here/specs/$name.yaml" --output runs --save-snapshots 5 "${executor[@]}" \
+    --arms "$todo" "$@" >>"$name.log" 2>&1 &&
+    python "$here/benchmarks/paper_arms.py" keep "runs/$name" >>"$name.log" 2>&1
 }
 
-lane_a() {  # Table 2 trains its undefended arms itself when Table 1's run folder is not here
-  local reuse=()
+lane_a() {  # Table 2's undefended arms are Table 1's: adopted, or (no folder) read from its entries
   run paper-table1-cpu || return
-  [ -d runs/paper-table1-cpu ] && reuse=(--reuse-arms runs/paper-table1-cpu)
-  run paper-table2-cpu "${reuse[@]}"
+  if [ -d runs/paper-table1-cpu ]; then
+    run paper-table2-cpu --reuse-arms runs/paper-table1-cpu
+  else
+    TODO=--defended-only run paper-table2-cpu
+  fi
 }
 lane_b() {  # ResNet-50 last: its arms cost ~5x a ResNet-18 arm here (54 scored layers)
   run paper-table1-seeds-cpu && run paper-table3-senet18-cpu && run paper-table3-vit-cpu &&

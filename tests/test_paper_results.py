@@ -33,7 +33,7 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     assert main(["sal-agreement", run, "--estimator", "normalized-steps", "--arms", "em"]) == 0
     out = tmp_path / "docs" / "results.md"
     # no filed entries yet (the default is the repository's leaderboard, which holds the real ones)
-    nothing_filed = ["--filed", str(tmp_path / "no-board")]
+    nothing_filed = ["--filed", str(tmp_path / "no-board"), "--kept", str(tmp_path / "no-kept")]
     argv = ["paper_results", "--runs", str(runs), "--out", str(out), *nothing_filed]
     monkeypatch.setattr(sys, "argv", argv)
     drawn = []
@@ -124,7 +124,7 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     elsewhere = tmp_path / "elsewhere"
     (runs / "paper-table1-cpu").rename(elsewhere)
     sal_analyses = (out.parent / "results-table1.md").read_text()
-    filed = ["--filed", str(board / "entries")]
+    filed = ["--filed", str(board / "entries"), "--kept", str(tmp_path / "no-kept")]
     monkeypatch.setattr(
         sys, "argv", ["paper_results", "--runs", str(runs), "--out", str(out), *filed]
     )

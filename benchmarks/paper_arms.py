@@ -1,0 +1,134 @@
+"""The paper campaign's arms kept between machines: a session that ends on a machine the next one
+does not get back would otherwise lose every arm it finished (a spec of 24 arms takes ~13 h on
+two cores; a session is ~3 h).
+
+    python benchmarks/paper_arms.py keep RUNS/NAME...   # each run's complete arms, once scored
+    python benchmarks/paper_arms.py todo specs/NAME.yaml  # the arms not kept yet: --arms for it
+
+`keep` scores a run folder (`harness score`, which needs the run stopped) and copies each complete
+arm's entry into docs/paper-arms/NAME/ARM.json unless one is kept already. Every arm is scored
+against the clean reference of its own run, which each session trains again (β needs it): an arm
+is kept only when that clean arm's results equal the kept one's, so every kept arm of a run has
+one β and one UD denominator. CPU training here is deterministic (Table 2's clean arm equals
+Table 1's bit for bit), so a difference means another torch build or thread count: it is printed
+and nothing of that run is kept.
+
+`todo` prints the arms of a spec that are not kept (comma-separated, clean references left out:
+`harness eval --arms` trains them anyway); nothing when every arm is kept. With --defended-only
+it leaves out the undefended poisoned arms: Table 2's are Table 1's (its spec adopts them with
+--reuse-arms where Table 1's run folder is here), read from Table 1's filed entries. benchmarks/
+paper_runs.sh passes it to `harness eval --arms`, and benchmarks/paper_results.py reads the kept
+entries for the arms no run folder holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+from harness.atomic import atomic_write_text
+from harness.entries import Entry, compute_entries
+from harness.errors import HarnessError
+from harness.plan import plan_arms
+from harness.spec import Spec
+
+KEPT = Path(__file__).resolve().parents[1] / "docs" / "paper-arms"
+#: what must be equal for two entries to be the same arm's result (not timings, machine, file;
+#: not the UD change either, which needs the undefended arm scored in the same session)
+SAME = {"results", "spec_hash", "track", "poison", "defence", "epochs", "seed"}
+SESSION = {"ud_undefended", "ud_change"}
+
+
+def kept_entries(kept: Path, name: str) -> dict[str, Entry]:
+    """The entries kept for run `name`, by arm id."""
+    folder = kept / name
+    if not folder.is_dir():
+        return {}
+    found = (Entry.model_validate_json(p.read_text()) for p in sorted(folder.glob("*.json")))
+    return {e.arm_id: e for e in found}
+
+
+def same(a: Entry, b: Entry) -> bool:
+    def result(entry: Entry) -> dict:
+        dump = entry.model_dump(include=SAME)
+        return dump | {"results": {k: v for k, v in dump["results"].items() if k not in SESSION}}
+
+    return result(a) == result(b)
+
+
+def keep(run_dir: Path, kept: Path = KEPT) -> list[str]:
+    """Copy the complete arms of `run_dir` not kept yet; returns what was done, line by line."""
+    entries = compute_entries(run_dir)
+    if not entries:
+        return [f"{run_dir}: no complete arm"]
+    name = entries[0].run
+    have = kept_entries(kept, name)
+    cleans = {e.seed: e for e in entries if e.poison is None and e.defence.name == "none"}
+    refused = {
+        seed
+        for seed, clean in cleans.items()
+        if clean.arm_id in have and not same(clean, have[clean.arm_id])
+    }
+    said = [
+        f"{name}: seed {seed}'s clean arm differs from the one kept: nothing of it kept (another "
+        "torch build or thread count?)"
+        for seed in sorted(refused)
+    ]
+    for entry in entries:
+        if entry.seed in refused:
+            continue
+        old = have.get(entry.arm_id)
+        if old is None:
+            atomic_write_text(kept / name / f"{entry.arm_id}.json", entry.model_dump_json(indent=1))
+            said.append(f"{name}: kept {entry.arm_id}")
+        elif not same(entry, old):
+            said.append(f"{name}: {entry.arm_id} differs from the one kept: left as it was")
+    return said
+
+
+def todo(spec_file: Path, kept: Path = KEPT, *, defended_only: bool = False) -> list[str]:
+    """The planned arms of the spec not kept yet, clean references left out; with
+    `defended_only` the undefended poisoned arms too (Table 2's are Table 1's)."""
+    spec = Spec.model_validate(YAML(typ="safe", pure=True).load(spec_file.read_text()))
+    have = kept_entries(kept, spec.name)
+    return [
+        a.id
+        for a in plan_arms(spec)
+        if not a.is_clean_reference
+        and a.id not in have
+        and not (defended_only and a.defence_key == "none")
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kept", type=Path, default=KEPT, help="default: docs/paper-arms")
+    sub = parser.add_subparsers(dest="command", required=True)
+    k = sub.add_parser("keep", help="keep the complete arms of stopped run folders")
+    k.add_argument("runs", type=Path, nargs="+")
+    t = sub.add_parser("todo", help="the arms of a spec not kept yet (for harness eval --arms)")
+    t.add_argument("spec", type=Path)
+    t.add_argument(
+        "--defended-only",
+        action="store_true",
+        help="leave out the undefended poisoned arms (Table 2's: Table 1 trained them)",
+    )
+    args = parser.parse_args(argv)
+    if args.command == "todo":
+        print(",".join(todo(args.spec, args.kept, defended_only=args.defended_only)))
+        return 0
+    status = 0
+    for run in args.runs:
+        try:
+            print("\n".join(keep(run, args.kept)))
+        except HarnessError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The paper campaign across sessions on machines that do not persist: each session trains the
+arms not kept yet (`harness eval --arms`), keeps those it finished (benchmarks/paper_arms.py), and
+docs/results.md reads the kept ones where no run folder holds them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from conftest import load_benchmark, tiny_spec, write_spec
+
+from harness.cli import main
+
+TWO_EPOCHS = {"epochs": 2, "batch_size": 50, "optimizer": {"name": "sgd", "lr": 0.05}}
+
+
+def stand_in(tmp_path: Path) -> Path:
+    """A tiny stand-in for the Table 2 spec: its run name, labels the table knows."""
+    poisons = [
+        {"name": "random-noise", "label": "em", "params": {"epsilon": 0.1}},
+        {"name": "random-noise", "label": "ops", "params": {"epsilon": 0.1, "mode": "class-wise"}},
+    ]
+    spec = tiny_spec(
+        "paper-table2-cpu",
+        poisons=poisons,
+        defences=[{"name": "none"}, {"name": "cutout"}],
+        training=TWO_EPOCHS,
+    )
+    return write_spec(tmp_path / "paper-table2-cpu.yaml", spec)
+
+
+def session(spec: Path, machine: Path, arms: str) -> Path:
+    """A session on a new machine: the arms asked, into a run folder of its own."""
+    assert main(["eval", str(spec), "--output", str(machine), "--arms", arms, "--quiet"]) == 0
+    return machine / "paper-table2-cpu"
+
+
+def test_arms_kept_session_by_session_complete_the_table(tmp_path, monkeypatch, capsys):
+    arms = load_benchmark("paper_arms")
+    spec, kept = stand_in(tmp_path), tmp_path / "kept"
+    everything = arms.todo(spec, kept)
+    assert everything == [
+        "em__none__s0",
+        "ops__none__s0",
+        "clean__cutout__s0",
+        "em__cutout__s0",
+        "ops__cutout__s0",
+    ]
+
+    first = session(spec, tmp_path / "machine-1", "em")
+    assert sorted(arms.keep(first, kept)) == [
+        "paper-table2-cpu: kept clean__none__s0",
+        "paper-table2-cpu: kept em__cutout__s0",
+        "paper-table2-cpu: kept em__none__s0",
+    ]
+    assert arms.keep(first, kept) == []  # nothing new
+    left = arms.todo(spec, kept)
+    assert left == ["ops__none__s0", "clean__cutout__s0", "ops__cutout__s0"]
+
+    # the next machine trains the clean arm again (β needs it) and the arms left
+    second = session(spec, tmp_path / "machine-2", ",".join(left))
+    assert sorted(arms.keep(second, kept)) == sorted(f"paper-table2-cpu: kept {a}" for a in left)
+    assert arms.todo(spec, kept) == []
+    assert len(list((kept / "paper-table2-cpu").glob("*.json"))) == 6
+
+    # docs/results.md from the kept arms alone: the run folders are gone
+    out = tmp_path / "docs" / "results.md"
+    argv = ["paper_results", "--runs", str(tmp_path / "none"), "--out", str(out)]
+    argv += ["--filed", str(tmp_path / "no-board"), "--kept", str(kept)]
+    monkeypatch.setattr(sys, "argv", argv)
+    load_benchmark("paper_results").main()
+    text = out.read_text()
+    assert "| paper-table2-cpu | run folder not here; 6 arm(s) kept from earlier sessions |" in text
+    for data in ("em", "ops"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {data} | cutout |"))
+        assert "not run yet" not in row
+    # the same table as one run on one machine gives
+    once = tmp_path / "machine-3"
+    assert main(["eval", str(spec), "--output", str(once), "--quiet"]) == 0
+    argv = ["paper_results", "--runs", str(once), "--out", str(tmp_path / "once.md")]
+    argv += ["--filed", str(tmp_path / "no-board"), "--kept", str(tmp_path / "no-kept")]
+    monkeypatch.setattr(sys, "argv", argv)
+    load_benchmark("paper_results").main()
+    rows = ("| em |", "| ops |", "| clean |", "| UD ")
+    table = [line for line in text.splitlines() if line.startswith(rows)]
+    assert len(table) > 6
+    assert table == [
+        line for line in (tmp_path / "once.md").read_text().splitlines() if line.startswith(rows)
+    ]
+
+
+def test_table_2_reads_the_undefended_arms_it_did_not_train_from_table_1(tmp_path):
+    arms, results = load_benchmark("paper_arms"), load_benchmark("paper_results")
+    spec, kept = stand_in(tmp_path), tmp_path / "kept"
+    assert arms.todo(spec, kept, defended_only=True) == [
+        "clean__cutout__s0",
+        "em__cutout__s0",
+        "ops__cutout__s0",
+    ]
+    arms.keep(session(spec, tmp_path / "machine", "cutout"), kept)
+    # Table 1 trained EM undefended (not OPS): its entry, as filed for that run
+    once = session(spec, tmp_path / "table1", "em")
+    entry = json.loads((once / "entries" / "em__none__s0.json").read_text())
+    (tmp_path / "board").mkdir()
+    (tmp_path / "board" / "t1.json").write_text(json.dumps(entry | {"run": "paper-table1-cpu"}))
+    elsewhere = results.Elsewhere(filed=tmp_path / "board", kept=kept)
+    got = {e.arm_id: e.run for e in results.table2_entries(tmp_path / "none", elsewhere)}
+    assert got == {
+        "clean__none__s0": "paper-table2-cpu",
+        "clean__cutout__s0": "paper-table2-cpu",
+        "em__cutout__s0": "paper-table2-cpu",
+        "ops__cutout__s0": "paper-table2-cpu",
+        "em__none__s0": "paper-table1-cpu",
+    }
+
+
+def test_an_arm_scored_against_another_clean_arm_is_not_kept(tmp_path):
+    arms = load_benchmark("paper_arms")
+    spec, kept = stand_in(tmp_path), tmp_path / "kept"
+    assert arms.keep(session(spec, tmp_path / "machine-1", "em"), kept)
+    # a kept clean arm another machine would have trained otherwise (another torch build)
+    clean = kept / "paper-table2-cpu" / "clean__none__s0.json"
+    record = json.loads(clean.read_text())
+    record["results"]["beta"] *= 1.01
+    clean.write_text(json.dumps(record))
+    said = arms.keep(session(spec, tmp_path / "machine-2", "ops"), kept)
+    assert said == [
+        "paper-table2-cpu: seed 0's clean arm differs from the one kept: nothing of it kept "
+        "(another torch build or thread count?)"
+    ]
+    assert arms.todo(spec, kept) == ["ops__none__s0", "clean__cutout__s0", "ops__cutout__s0"]
+
+
+def test_keeping_a_folder_that_is_no_run_says_so(tmp_path, capsys):
+    arms = load_benchmark("paper_arms")
+    (tmp_path / "empty").mkdir()
+    assert arms.main(["--kept", str(tmp_path / "kept"), "keep", str(tmp_path / "empty")]) == 1
+    said = capsys.readouterr().err
+    assert said.startswith("error: ") and "Traceback" not in said
+    assert not (tmp_path / "kept").exists()
