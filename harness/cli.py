@@ -696,8 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--arms",
         default=None,
         metavar="ARM,...",
-        help="arm ids or poison labels to measure (e.g. em,ops,tap); the clean arms are always "
-        "measured; default: every arm with snapshots",
+        help="arm ids, poison or defence names to measure (e.g. em,ops,tap); the clean arms are "
+        "always measured; default: every arm with snapshots",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_sal_agreement)
