@@ -2,11 +2,12 @@
 does not get back would otherwise lose every arm it finished (a spec of 24 arms takes ~13 h on
 two cores; a session is ~3 h).
 
-    python benchmarks/paper_arms.py keep RUNS/NAME...   # each run's complete arms, once scored
+    python benchmarks/paper_arms.py keep RUNS/NAME...   # each run's complete arms
     python benchmarks/paper_arms.py todo specs/NAME.yaml  # the arms not kept yet: --arms for it
 
-`keep` scores a run folder (`harness score`, which needs the run stopped) and copies each complete
-arm's entry into docs/paper-arms/NAME/ARM.json unless one is kept already. Every arm is scored
+`keep` copies each complete arm's entry of a run folder into docs/paper-arms/NAME/ARM.json unless
+one is kept already: scored here when the run is stopped, else those the run wrote as each of
+its arms finished (so the arms can be kept, and committed, while the lanes go on). Every arm is scored
 against the clean reference of its own run, which each session trains again (β needs it): an arm
 is kept only when that clean arm's results equal the kept one's, so every kept arm of a run has
 one β and one UD denominator. CPU training here is deterministic (Table 2's clean arm equals
@@ -30,9 +31,10 @@ from pathlib import Path
 from ruamel.yaml import YAML
 
 from harness.atomic import atomic_write_text
-from harness.entries import Entry, compute_entries
+from harness.entries import Entry, compute_entries, read_entries
 from harness.errors import HarnessError
 from harness.plan import plan_arms
+from harness.runfolder import RunFolder
 from harness.spec import Spec
 
 KEPT = Path(__file__).resolve().parents[1] / "docs" / "paper-arms"
@@ -60,8 +62,14 @@ def same(a: Entry, b: Entry) -> bool:
 
 
 def keep(run_dir: Path, kept: Path = KEPT) -> list[str]:
-    """Copy the complete arms of `run_dir` not kept yet; returns what was done, line by line."""
-    entries = compute_entries(run_dir)
+    """Copy the complete arms of `run_dir` not kept yet; returns what was done, line by line.
+
+    A stopped run is scored here from its run.h5; a run still training, from the entries it
+    wrote as each of its arms finished."""
+    if RunFolder(run_dir).holder() is None:
+        entries = compute_entries(run_dir)
+    else:
+        entries = read_entries(run_dir) if (run_dir / "entries").is_dir() else []
     if not entries:
         return [f"{run_dir}: no complete arm"]
     name = entries[0].run
@@ -107,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kept", type=Path, default=KEPT, help="default: docs/paper-arms")
     sub = parser.add_subparsers(dest="command", required=True)
-    k = sub.add_parser("keep", help="keep the complete arms of stopped run folders")
+    k = sub.add_parser("keep", help="keep the complete arms of run folders")
     k.add_argument("runs", type=Path, nargs="+")
     t = sub.add_parser("todo", help="the arms of a spec not kept yet (for harness eval --arms)")
     t.add_argument("spec", type=Path)

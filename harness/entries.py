@@ -342,6 +342,17 @@ def write_entries(run_dir: Path, entries: list[Entry]) -> list[Path]:
     return paths
 
 
+def write_entries_so_far(run_dir: Path) -> None:
+    """Score the complete arms of a run still training, after each arm it finishes: a long run's
+    results can be read (and `harness submit`-free copies kept) before its end. None while an
+    arm has diverged: the run's end refuses its entries with the reason."""
+    try:
+        entries = compute_entries(run_dir)
+    except DivergedError:
+        return
+    write_entries(run_dir, entries)
+
+
 def read_entries(run_dir: Path) -> list[Entry]:
     return [
         Entry.model_validate_json(p.read_text())

@@ -251,18 +251,26 @@ class RunFolder:
 
     def check_unlocked(self) -> None:
         """Refuse (without writing anything) a folder whose lock another process holds."""
+        holder = self.holder()
+        if holder is not None:
+            raise self._in_use(holder)
+
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds the folder's lock (pid, host, command, since; {} when unreadable) when
+        another process does, as while a run is training into it; None when none does."""
         if fcntl is None or os.path.abspath(self.path) in _HELD:
-            return
+            return None
         try:
             fd = os.open(self.lock_file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
-            return  # no lock file: nobody has held it yet
+            return None  # no lock file: nobody has held it yet
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError:
-                raise self._in_use(_holder(fd)) from None
+                return _holder(fd)
             fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
         finally:
             os.close(fd)
 

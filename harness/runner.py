@@ -41,7 +41,7 @@ from harness.assembly import Assembly
 from harness.checkpoint import ArmState
 from harness.data import float_to_pixels
 from harness.defence import apply_images_once
-from harness.entries import Entry, compute_entries, write_entries
+from harness.entries import Entry, compute_entries, write_entries, write_entries_so_far
 from harness.errors import SpecError
 from harness.plan import Arm, plan_arms, select_arms
 from harness.pluginmanager import Components, get_components
@@ -381,6 +381,7 @@ class Runner:
                     snapshots=snapshots,
                 )
                 poisons.done(arm)
+                write_entries_so_far(self.folder.path)
             entries = compute_entries(self.folder.path)
             write_entries(self.folder.path, entries)
             if isinstance(reporter, TrackingReporter):

@@ -5,6 +5,7 @@ docs/results.md reads the kept ones where no run folder holds them."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -139,3 +140,30 @@ def test_keeping_a_folder_that_is_no_run_says_so(tmp_path, capsys):
     said = capsys.readouterr().err
     assert said.startswith("error: ") and "Traceback" not in said
     assert not (tmp_path / "kept").exists()
+
+
+def test_a_run_still_training_is_kept_from_the_entries_it_wrote(tmp_path):
+    arms = load_benchmark("paper_arms")
+    run = session(stand_in(tmp_path), tmp_path / "machine", "em")
+    (run / "entries" / "em__cutout__s0.json").unlink()  # as if that arm were still training
+    holder = subprocess.Popen(  # the lanes' run, holding the folder
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from harness.runfolder import RunFolder; "
+            "RunFolder(sys.argv[1]).lock(); print('locked', flush=True); time.sleep(60)",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        said = arms.keep(run, tmp_path / "kept")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(said) == [
+        "paper-table2-cpu: kept clean__none__s0",
+        "paper-table2-cpu: kept em__none__s0",
+    ]

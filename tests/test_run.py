@@ -116,3 +116,26 @@ def test_a_changed_spec_is_refused_unless_fresh_is_asked(finished_run, tmp_path)
     with pytest.raises(RunStateError, match="different spec"):
         runner.prepare()
     assert main(["eval", str(changed), "--output", str(run.parent), "--quiet"]) == 2
+
+
+def test_entries_are_written_as_each_arm_finishes(tmp_path, monkeypatch):
+    """A long run's results can be read (and kept) before its end."""
+    from conftest import tiny_spec, write_spec
+
+    import harness.runner as runner
+
+    scored_before = []
+    train = runner.run_arm
+
+    def looking(loaded, arm, folder, **kwargs):
+        scored_before.append(sorted(p.stem for p in (folder.path / "entries").glob("*.json")))
+        return train(loaded, arm, folder, **kwargs)
+
+    monkeypatch.setattr(runner, "run_arm", looking)
+    spec = write_spec(tmp_path / "tiny.yaml", tiny_spec(training={"epochs": 1, "batch_size": 50}))
+    assert main(["eval", str(spec), "--output", str(tmp_path / "runs"), "--quiet"]) == 0
+    assert scored_before == [
+        [],
+        ["clean__none__s0"],
+        ["clean__none__s0", "noise-sample__none__s0"],
+    ]

@@ -53,7 +53,7 @@ from torch import Tensor
 from harness import termination
 from harness.assembly import Assembly, build_tasks
 from harness.data import DataBundle, DiskImages
-from harness.entries import Entry, compute_entries, write_entries
+from harness.entries import Entry, compute_entries, write_entries, write_entries_so_far
 from harness.errors import HarnessError, RunStateError
 from harness.executors.forwarding import (
     ArmLedger,
@@ -419,7 +419,9 @@ class _Execution:
             ref = next(generator)
         except StopIteration:
             del self.running[generator]
-            if not self.ledger.finished(arm.id):
+            if self.ledger.finished(arm.id):
+                write_entries_so_far(self.folder.path)
+            else:
                 self._lost(arm, "its task ended before the arm was complete")
             return
         try:
