@@ -273,11 +273,13 @@ def diverged_arms(arms: list[ArmData]) -> list[str]:
     return found
 
 
-def compute_entries(run_dir: Path) -> list[Entry]:
+def compute_entries(run_dir: Path, *, scorable_only: bool = False) -> list[Entry]:
     """Every complete arm's entry, from `run_dir/run.h5` alone.
 
     Refused (`DivergedError`) while an arm of the run has diverged: its numbers mean nothing,
-    and β or a UD computed beside them would be taken for results.
+    and β or a UD computed beside them would be taken for results. A complete arm whose clean
+    reference is not is refused too, or with `scorable_only` (a run still training, whose arms
+    finish in any order on a cluster) left out until it is.
     """
     folder = RunFolder(run_dir)
     folder.check_unlocked()
@@ -307,6 +309,8 @@ def compute_entries(run_dir: Path) -> list[Entry]:
         seed = arm.config.seed
         clean = arms.get(clean_arm_id(seed))
         if clean is None or not clean.complete:
+            if scorable_only:
+                continue
             raise RunStateError(
                 f"{path}: arm {arm.arm_id} has no complete clean reference {clean_arm_id(seed)}"
             )
@@ -347,7 +351,7 @@ def write_entries_so_far(run_dir: Path) -> None:
     results can be read (and `harness submit`-free copies kept) before its end. None while an
     arm has diverged: the run's end refuses its entries with the reason."""
     try:
-        entries = compute_entries(run_dir)
+        entries = compute_entries(run_dir, scorable_only=True)
     except DivergedError:
         return
     write_entries(run_dir, entries)
