@@ -347,9 +347,9 @@ def write_entries(run_dir: Path, entries: list[Entry]) -> list[Path]:
 
 
 def write_entries_so_far(run_dir: Path) -> None:
-    """Score the complete arms of a run still training, after each arm it finishes: a long run's
-    results can be read (and `harness submit`-free copies kept) before its end. None while an
-    arm has diverged: the run's end refuses its entries with the reason."""
+    """Score the complete arms of a run still training, after each arm it finishes, so a long
+    run's results can be read (or copied elsewhere) before its end. None while an arm has
+    diverged: the run's end refuses its entries with the reason."""
     try:
         entries = compute_entries(run_dir, scorable_only=True)
     except DivergedError:
