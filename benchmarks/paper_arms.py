@@ -14,8 +14,9 @@ one β and one UD denominator. CPU training here is deterministic (Table 2's cle
 Table 1's bit for bit), so a difference means another torch build or thread count: it is printed
 and nothing of that run is kept.
 
-`todo` prints the arms of a spec that are not kept (comma-separated, clean references left out:
-`harness eval --arms` trains them anyway); nothing when every arm is kept. With --defended-only
+`todo` prints the arms of a spec neither kept nor filed in leaderboard/entries by `harness submit`
+(comma-separated, clean references left out: `harness eval --arms` trains them anyway); nothing
+when every arm is. With --defended-only
 it leaves out the undefended poisoned arms: Table 2's are Table 1's (its spec adopts them with
 --reuse-arms where Table 1's run folder is here), read from Table 1's filed entries. benchmarks/
 paper_runs.sh passes it to `harness eval --arms`, and benchmarks/paper_results.py reads the kept
@@ -38,6 +39,7 @@ from harness.runfolder import RunFolder
 from harness.spec import Spec
 
 KEPT = Path(__file__).resolve().parents[1] / "docs" / "paper-arms"
+FILED = Path(__file__).resolve().parents[1] / "leaderboard" / "entries"
 #: what must be equal for two entries to be the same arm's result (not timings, machine, file;
 #: not the UD change either, which needs the undefended arm scored in the same session)
 SAME = {"results", "spec_hash", "track", "poison", "defence", "epochs", "seed"}
@@ -97,11 +99,19 @@ def keep(run_dir: Path, kept: Path = KEPT) -> list[str]:
     return said
 
 
-def todo(spec_file: Path, kept: Path = KEPT, *, defended_only: bool = False) -> list[str]:
-    """The planned arms of the spec not kept yet, clean references left out; with
-    `defended_only` the undefended poisoned arms too (Table 2's are Table 1's)."""
+def filed_arms(filed: Path, name: str) -> set[str]:
+    """The arms of run `name` that `harness submit` filed in a leaderboard's entries folder."""
+    found = (Entry.model_validate_json(p.read_text()) for p in sorted(filed.glob("*.json")))
+    return {e.arm_id for e in found if e.run == name}
+
+
+def todo(
+    spec_file: Path, kept: Path = KEPT, filed: Path = FILED, *, defended_only: bool = False
+) -> list[str]:
+    """The planned arms of the spec neither kept nor filed in the leaderboard, clean references
+    left out; with `defended_only` the undefended poisoned arms too (Table 2's are Table 1's)."""
     spec = Spec.model_validate(YAML(typ="safe", pure=True).load(spec_file.read_text()))
-    have = kept_entries(kept, spec.name)
+    have = kept_entries(kept, spec.name).keys() | filed_arms(filed, spec.name)
     return [
         a.id
         for a in plan_arms(spec)
@@ -114,6 +124,12 @@ def todo(spec_file: Path, kept: Path = KEPT, *, defended_only: bool = False) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kept", type=Path, default=KEPT, help="default: docs/paper-arms")
+    parser.add_argument(
+        "--filed",
+        type=Path,
+        default=FILED,
+        help="todo: arms filed here are done too (default: leaderboard/entries)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     k = sub.add_parser("keep", help="keep the complete arms of run folders")
     k.add_argument("runs", type=Path, nargs="+")
@@ -126,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.command == "todo":
-        print(",".join(todo(args.spec, args.kept, defended_only=args.defended_only)))
+        print(",".join(todo(args.spec, args.kept, args.filed, defended_only=args.defended_only)))
         return 0
     status = 0
     for run in args.runs:

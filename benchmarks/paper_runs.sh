@@ -9,11 +9,12 @@
 # SKIP names specs not to run: on a machine without the run folders of specs whose results are
 # already recorded (their leaderboard entries), the lanes go on with the rest.
 #
-# Sessions need not share a machine: each spec trains only the arms not kept in docs/paper-arms
-# (`harness eval --arms`, with the clean reference β needs), and a finished spec's arms are kept
-# there. Before a session ends, stop the lanes first, then the runs, and keep what finished:
-#   pkill -f paper_runs.sh; pkill -TERM -f "harness eval"   # runs stop at their next epoch
-#   python benchmarks/paper_arms.py keep ROOT/runs/*          # then commit docs/paper-arms
+# Sessions need not share a machine: each spec trains only the arms neither kept in
+# docs/paper-arms nor filed in leaderboard/entries (`harness eval --arms`, with the clean
+# reference β needs; a spec with none left is skipped), and a finished spec's arms are kept
+# there. Runs write each arm's entry as it finishes, so before a session ends keep what finished
+# (runs still training included) and commit docs/paper-arms:
+#   python benchmarks/paper_arms.py keep ROOT/runs/*
 #
 # Two lanes of specs: A, Table 1 (seed 0) then Table 2, which adopts Table 1's undefended arms
 # (--reuse-arms), or without Table 1's run folder trains only its defended arms (docs/results.md

@@ -13,6 +13,7 @@ from conftest import load_benchmark, tiny_spec, write_spec
 
 from harness.cli import main
 
+NO_BOARD = Path("/nonexistent/leaderboard/entries")  # nothing filed
 TWO_EPOCHS = {"epochs": 2, "batch_size": 50, "optimizer": {"name": "sgd", "lr": 0.05}}
 
 
@@ -40,7 +41,7 @@ def session(spec: Path, machine: Path, arms: str) -> Path:
 def test_arms_kept_session_by_session_complete_the_table(tmp_path, monkeypatch, capsys):
     arms = load_benchmark("paper_arms")
     spec, kept = stand_in(tmp_path), tmp_path / "kept"
-    everything = arms.todo(spec, kept)
+    everything = arms.todo(spec, kept, NO_BOARD)
     assert everything == [
         "em__none__s0",
         "ops__none__s0",
@@ -56,13 +57,13 @@ def test_arms_kept_session_by_session_complete_the_table(tmp_path, monkeypatch, 
         "paper-table2-cpu: kept em__none__s0",
     ]
     assert arms.keep(first, kept) == []  # nothing new
-    left = arms.todo(spec, kept)
+    left = arms.todo(spec, kept, NO_BOARD)
     assert left == ["ops__none__s0", "clean__cutout__s0", "ops__cutout__s0"]
 
     # the next machine trains the clean arm again (β needs it) and the arms left
     second = session(spec, tmp_path / "machine-2", ",".join(left))
     assert sorted(arms.keep(second, kept)) == sorted(f"paper-table2-cpu: kept {a}" for a in left)
-    assert arms.todo(spec, kept) == []
+    assert arms.todo(spec, kept, NO_BOARD) == []
     assert len(list((kept / "paper-table2-cpu").glob("*.json"))) == 6
 
     # docs/results.md from the kept arms alone: the run folders are gone
@@ -94,7 +95,7 @@ def test_arms_kept_session_by_session_complete_the_table(tmp_path, monkeypatch, 
 def test_table_2_reads_the_undefended_arms_it_did_not_train_from_table_1(tmp_path):
     arms, results = load_benchmark("paper_arms"), load_benchmark("paper_results")
     spec, kept = stand_in(tmp_path), tmp_path / "kept"
-    assert arms.todo(spec, kept, defended_only=True) == [
+    assert arms.todo(spec, kept, NO_BOARD, defended_only=True) == [
         "clean__cutout__s0",
         "em__cutout__s0",
         "ops__cutout__s0",
@@ -105,6 +106,16 @@ def test_table_2_reads_the_undefended_arms_it_did_not_train_from_table_1(tmp_pat
     entry = json.loads((once / "entries" / "em__none__s0.json").read_text())
     (tmp_path / "board").mkdir()
     (tmp_path / "board" / "t1.json").write_text(json.dumps(entry | {"run": "paper-table1-cpu"}))
+    assert arms.filed_arms(tmp_path / "board", "paper-table1-cpu") == {"em__none__s0"}
+    # arms filed for the run itself are done: todo leaves them out
+    (tmp_path / "board" / "t2.json").write_text(json.dumps(entry))
+    assert arms.todo(spec, tmp_path / "nothing-kept", tmp_path / "board") == [
+        "ops__none__s0",
+        "clean__cutout__s0",
+        "em__cutout__s0",
+        "ops__cutout__s0",
+    ]
+    (tmp_path / "board" / "t2.json").unlink()
     elsewhere = results.Elsewhere(filed=tmp_path / "board", kept=kept)
     got = {e.arm_id: e.run for e in results.table2_entries(tmp_path / "none", elsewhere)}
     assert got == {
@@ -130,7 +141,11 @@ def test_an_arm_scored_against_another_clean_arm_is_not_kept(tmp_path):
         "paper-table2-cpu: seed 0's clean arm differs from the one kept: nothing of it kept "
         "(another torch build or thread count?)"
     ]
-    assert arms.todo(spec, kept) == ["ops__none__s0", "clean__cutout__s0", "ops__cutout__s0"]
+    assert arms.todo(spec, kept, NO_BOARD) == [
+        "ops__none__s0",
+        "clean__cutout__s0",
+        "ops__cutout__s0",
+    ]
 
 
 def test_keeping_a_folder_that_is_no_run_says_so(tmp_path, capsys):
