@@ -4,10 +4,7 @@
 # epoch, a REM generation from its last checkpoint).
 #
 #   bash benchmarks/paper_runs.sh [ROOT]     # ROOT (default ~/paper-runs): ROOT/runs, ROOT/*.log
-#   SKIP="paper-table1-cpu paper-table1-seeds-cpu" bash benchmarks/paper_runs.sh [ROOT]
-#
-# SKIP names specs not to run: on a machine without the run folders of specs whose results are
-# already recorded (their leaderboard entries), the lanes go on with the rest.
+#   SKIP="paper-table3-resnet50-cpu" bash benchmarks/paper_runs.sh [ROOT]   # all but these specs
 #
 # Sessions need not share a machine: each spec trains only the arms neither kept in
 # docs/paper-arms nor filed in leaderboard/entries (`harness eval --arms`, with the clean
