@@ -11,7 +11,7 @@ its arms finished (so the arms can be kept, and committed, while the lanes go on
 against the clean reference of its own run, which each session trains again (β needs it): an arm
 is kept only when that clean arm's results equal the kept one's, so every kept arm of a run has
 one β and one UD denominator. CPU training here is deterministic (Table 2's clean arm equals
-Table 1's bit for bit), so a difference means another torch build or thread count: it is printed
+Table 1's bit for bit), so a difference means another torch build, thread count or CPU: it is printed
 and nothing of that run is kept.
 
 `todo` prints the arms of a spec neither kept nor filed in leaderboard/entries by `harness submit`

@@ -139,7 +139,7 @@ def test_an_arm_scored_against_another_clean_arm_is_not_kept(tmp_path):
     said = arms.keep(session(spec, tmp_path / "machine-2", "ops"), kept)
     assert said == [
         "paper-table2-cpu: seed 0's clean arm differs from the one kept: nothing of it kept "
-        "(another torch build or thread count?)"
+        "(another torch build, thread count or CPU?)"
     ]
     assert arms.todo(spec, kept, NO_BOARD) == [
         "ops__none__s0",
