@@ -58,7 +58,7 @@ run() {  # run NAME [ARGS...]: one spec into ROOT/runs, its progress appended to
   # only the arms no earlier session kept (docs/paper-arms), with the clean reference
   todo="$(python "$here/benchmarks/paper_arms.py" todo ${TODO:-} "$here/specs/$name.yaml")" || return
   if [ -z "$todo" ]; then
-    echo "skipped $name: every arm is kept in docs/paper-arms" >>"$name.log"
+    echo "skipped $name: every arm is filed (leaderboard/entries) or kept (docs/paper-arms)" >>"$name.log"
     return 0
   fi
   harness eval "$here/specs/$name.yaml" --output runs --save-snapshots 5 "${executor[@]}" \
