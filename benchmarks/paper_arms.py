@@ -7,20 +7,21 @@ two cores; a session is ~3 h).
 
 `keep` copies each complete arm's entry of a run folder into docs/paper-arms/NAME/ARM.json unless
 one is kept already: scored here when the run is stopped, else those the run wrote as each of
-its arms finished (so the arms can be kept, and committed, while the lanes go on). Every arm is scored
-against the clean reference of its own run, which each session trains again (β needs it): an arm
-is kept only when that clean arm's results equal the kept one's, so every kept arm of a run has
-one β and one UD denominator. CPU training here is deterministic (Table 2's clean arm equals
-Table 1's bit for bit), so a difference means another torch build, thread count or CPU: it is printed
-and nothing of that run is kept.
+its arms finished (so the arms can be kept, and committed, while the lanes go on). Every arm is
+scored against the clean reference of its own run, which each session trains again (β needs
+it). Machines of this workplace do not all round alike (the quickstart's numbers differ between
+two of them at the same code, torch build and thread count; Table 2's clean arm once equalled
+Table 1's to the bit on another), so a session's clean arm may differ from the one kept: it is
+then kept beside it (ARM~2.json, ...) and the session's arms keep their own β and UD
+denominator, which their entries record. docs/results.md says how the machines' clean arms
+compare.
 
 `todo` prints the arms of a spec neither kept nor filed in leaderboard/entries by `harness submit`
 (comma-separated, clean references left out: `harness eval --arms` trains them anyway); nothing
-when every arm is. With --defended-only
-it leaves out the undefended poisoned arms: Table 2's are Table 1's (its spec adopts them with
---reuse-arms where Table 1's run folder is here), read from Table 1's filed entries. benchmarks/
-paper_runs.sh passes it to `harness eval --arms`, and benchmarks/paper_results.py reads the kept
-entries for the arms no run folder holds.
+when every arm is. With --defended-only it leaves out the undefended poisoned arms: Table 2's
+are Table 1's (its spec adopts them with --reuse-arms where Table 1's run folder is here), read
+from Table 1's filed entries. benchmarks/paper_runs.sh passes it to `harness eval --arms`, and
+benchmarks/paper_results.py reads the kept entries for the arms no run folder holds.
 """
 
 from __future__ import annotations
@@ -44,15 +45,29 @@ FILED = Path(__file__).resolve().parents[1] / "leaderboard" / "entries"
 #: not the UD change either, which needs the undefended arm scored in the same session)
 SAME = {"results", "spec_hash", "track", "poison", "defence", "epochs", "seed"}
 SESSION = {"ud_undefended", "ud_change"}
+#: clean__none__s0~2.json: the clean arm as a second machine trained it, where it differed
+REPLICA = "~"
 
 
 def kept_entries(kept: Path, name: str) -> dict[str, Entry]:
-    """The entries kept for run `name`, by arm id."""
+    """The entries kept for run `name`, by arm id; a clean arm as the first machine trained it
+    (its replicas from other machines apart: `clean_replicas`)."""
     folder = kept / name
     if not folder.is_dir():
         return {}
-    found = (Entry.model_validate_json(p.read_text()) for p in sorted(folder.glob("*.json")))
+    paths = (p for p in sorted(folder.glob("*.json")) if REPLICA not in p.stem)
+    found = (Entry.model_validate_json(p.read_text()) for p in paths)
     return {e.arm_id: e for e in found}
+
+
+def clean_replicas(kept: Path, name: str, arm_id: str) -> list[Entry]:
+    """The clean arm `arm_id` as other sessions' machines trained it, where it differed."""
+    paths = sorted((kept / name).glob(f"{arm_id}{REPLICA}*.json"), key=_replica_number)
+    return [Entry.model_validate_json(p.read_text()) for p in paths]
+
+
+def _replica_number(path: Path) -> int:
+    return int(path.stem.rsplit(REPLICA, 1)[1])
 
 
 def same(a: Entry, b: Entry) -> bool:
@@ -76,25 +91,26 @@ def keep(run_dir: Path, kept: Path = KEPT) -> list[str]:
         return [f"{run_dir}: no complete arm"]
     name = entries[0].run
     have = kept_entries(kept, name)
-    cleans = {e.seed: e for e in entries if e.poison is None and e.defence.name == "none"}
-    refused = {
-        seed
-        for seed, clean in cleans.items()
-        if clean.arm_id in have and not same(clean, have[clean.arm_id])
-    }
-    said = [
-        f"{name}: seed {seed}'s clean arm differs from the one kept: nothing of it kept (another "
-        "torch build or thread count?)"
-        for seed in sorted(refused)
-    ]
+    said = []
     for entry in entries:
-        if entry.seed in refused:
-            continue
         old = have.get(entry.arm_id)
         if old is None:
             atomic_write_text(kept / name / f"{entry.arm_id}.json", entry.model_dump_json(indent=1))
             said.append(f"{name}: kept {entry.arm_id}")
-        elif not same(entry, old):
+        elif same(entry, old):
+            continue
+        elif entry.poison is None and entry.defence.name == "none":
+            replicas = clean_replicas(kept, name, entry.arm_id)
+            if any(same(entry, r) for r in replicas):
+                continue
+            replica = f"{entry.arm_id}{REPLICA}{len(replicas) + 2}"
+            atomic_write_text(kept / name / f"{replica}.json", entry.model_dump_json(indent=1))
+            said.append(
+                f"{name}: {entry.arm_id} differs from the one kept (another CPU, torch build or "
+                f"thread count): kept beside it as {replica}; this run's arms are scored against "
+                "it (their entries hold its β and #LP)"
+            )
+        else:
             said.append(f"{name}: {entry.arm_id} differs from the one kept: left as it was")
     return said
 

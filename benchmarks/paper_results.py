@@ -133,12 +133,14 @@ class Elsewhere:
         """The entries `harness submit` filed for run `name`."""
         return [] if self.filed is None else [e for e in _all_filed(self.filed) if e.run == name]
 
-    def kept_entries(self, name: str) -> list[Entry]:
-        """The arms of run `name` kept from earlier sessions (docs/paper-arms/NAME/)."""
+    def kept_entries(self, name: str, *, replicas: bool = False) -> list[Entry]:
+        """The arms of run `name` kept from earlier sessions (docs/paper-arms/NAME/); with
+        `replicas`, instead, the clean arms other machines trained otherwise (ARM~2.json...)."""
         folder = None if self.kept is None else self.kept / name
         if folder is None or not folder.is_dir():
             return []
-        return [Entry.model_validate_json(p.read_text()) for p in sorted(folder.glob("*.json"))]
+        paths = [p for p in sorted(folder.glob("*.json")) if ("~" in p.stem) == replicas]
+        return [Entry.model_validate_json(p.read_text()) for p in paths]
 
     def entries(self, name: str) -> dict[str, Entry]:
         """By entry id: the filed entry of an arm where there is one, else the kept one."""
@@ -491,6 +493,39 @@ def retrained(runs: Path, elsewhere: Elsewhere = Elsewhere()) -> list[str]:
         "| arm | test acc. per epoch equal | learnable layers per epoch equal | final train loss, "
         "Table 1 | Table 2 | UD, Table 1 | Table 2 |",
         "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def machines(elsewhere: Elsewhere) -> list[str]:
+    """The clean arms sessions on other machines trained otherwise than the first one kept.
+
+    Every kept arm is scored against its own session's clean arm (its entry holds that β and
+    #LP), so a machine that rounds otherwise changes no arm's UD arithmetic; this says how far
+    two machines' runs of the same computation drift apart.
+    """
+    rows = []
+    for name in RUNS:
+        first = {e.arm_id: e for e in elsewhere.kept_entries(name)}
+        for replica in elsewhere.kept_entries(name, replicas=True):
+            a, b = first[replica.arm_id].results, replica.results
+            rows.append(
+                f"| {name} | {replica.arm_id} | {100 * a.test_metric.final:.1f} / "
+                f"{100 * b.test_metric.final:.1f} | {a.lp:.2f} / {b.lp:.2f} | "
+                f"{a.beta:.4g} / {b.beta:.4g} | {a.final_train_loss!r} / "
+                f"{b.final_train_loss!r} |"
+            )
+    if not rows:
+        return []
+    return [
+        "## Clean arms trained again on other machines",
+        "",
+        "Each session trains its runs' clean arms again (β needs them). Where a session's machine "
+        "rounded otherwise than the first machine's, its clean arm is kept beside the first, and "
+        "that session's arms are scored against their own clean arm. First machine / other:",
+        "",
+        "| run | arm | test acc. (%) | #LP | β | final train loss |",
+        "|---|---|---|---|---|---|",
         *rows,
     ]
 
@@ -870,6 +905,7 @@ def main() -> None:
         table3(t3),
         claims(t1, t2, t3),
         retrained(runs, elsewhere),
+        machines(elsewhere),
         [
             "## Table 1's SAL: seed noise, learnable layers, spot check, figures",
             "",
