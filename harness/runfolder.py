@@ -50,7 +50,7 @@ from harness.atomic import atomic_write, atomic_write_text, open_folder
 from harness.checkpoint import ArmState, load_state, save_state
 from harness.errors import DivergedError, RunStateError, UnsafePathError
 from harness.store import EpochRow, RunStore
-from harness.sysinfo import git_revision, harness_version
+from harness.sysinfo import git_revision, hardware_differs, harness_version
 
 try:
     import fcntl
@@ -449,7 +449,11 @@ class RunFolder:
             return None
         if config is not None:
             self.check_resumable(arm_id, config, state)
-        if hardware is not None and not state.complete and hardware != state.current_hardware:
+        if (
+            hardware is not None
+            and not state.complete
+            and hardware_differs(state.current_hardware, hardware)
+        ):
             state.resumes.append({"epoch": state.epochs_done + 1, "hardware": dict(hardware)})
         self._sync_store(arm_id, state)
         return state

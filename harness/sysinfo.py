@@ -25,10 +25,21 @@ def hardware(device: torch.device) -> dict[str, object]:
     Bit-identical results need the same device, the same torch build and the same number of
     threads (`torch_threads`, set by `OMP_NUM_THREADS`): sums are split across threads, and
     a different split rounds differently. The determinism switches are recorded as they were.
+
+    Nor do all CPUs round alike at one thread: torch and oneDNN pick their kernels by the
+    instruction sets the CPU offers (`cpu_capability`, `cpu_isa`), and machines with the same
+    platform, torch and thread count have been seen to train the same arm to different losses
+    (forcing MKL onto its AVX path moved the quickstart's final loss by 1.3% on one of them).
+    The variables that force these libraries onto another path are recorded when set.
     """
+    model, isa = _cpu_model_and_isa()
     info: dict[str, object] = {
         "device": str(device),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": model,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_isa": isa,
+        "kernel_dispatch_env": {k: os.environ[k] for k in _DISPATCH_ENV if k in os.environ},
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
@@ -43,6 +54,45 @@ def hardware(device: torch.device) -> dict[str, object]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+#: the vector instruction sets whose presence changes which float kernels torch and oneDNN run
+_ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "amx")
+#: environment variables that make torch, MKL or oneDNN run other kernels than the CPU allows
+_DISPATCH_ENV = (
+    "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "MKL_CBWR",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+)
+
+
+@functools.cache
+def _cpu_model_and_isa() -> tuple[str | None, list[str]]:
+    """The CPU's model name and vector instruction sets as Linux reports them (None, [] elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None, []
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block describes them all
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = fields.get("flags", "").split()
+    isa = sorted(f for f in flags if f in _ISA_FLAGS or f.startswith(("avx512", "amx_", "avx_")))
+    return fields.get("model name"), isa
+
+
+def hardware_differs(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether an arm resumed on `current` runs on other hardware than it `recorded`.
+
+    Facts the record does not hold (written by an older harness that did not collect them) are
+    not counted as a change: the same machine must not look like another after an upgrade.
+    """
+    return any(key not in current or current[key] != value for key, value in recorded.items())
 
 
 def git_revision() -> str | None:

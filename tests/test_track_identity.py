@@ -33,6 +33,7 @@ from harness.runfolder import RunFolder
 from harness.runner import Runner
 from harness.specfile import load_spec, spec_hash
 from harness.submit import verify_run
+from harness.sysinfo import hardware_differs
 
 
 def image_tree(root: Path, seed: int = 0) -> Path:
@@ -98,8 +99,29 @@ def test_entries_record_threads_and_determinism_settings(small_runs):
             "deterministic_algorithms",
             "cudnn_deterministic",
             "cudnn_benchmark",
+            "cpu_capability",  # which kernels torch dispatched to: machines round differently
+            "cpu_isa",
+            "kernel_dispatch_env",
         ):
             assert key in hw, key
+        assert hw["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_kernel_dispatch_overrides_are_recorded(monkeypatch):
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    hw = runner_module.hardware(torch.device("cpu"))
+    assert hw["kernel_dispatch_env"]["MKL_ENABLE_INSTRUCTIONS"] == "AVX2"
+    assert "ONEDNN_MAX_CPU_ISA" not in hw["kernel_dispatch_env"]  # only what is set
+
+
+def test_a_fact_an_older_harness_did_not_record_is_not_another_machine():
+    here = runner_module.hardware(torch.device("cpu"))
+    older = {k: v for k, v in here.items() if k not in ("cpu_isa", "cpu_capability")}
+    assert not hardware_differs(older, here)  # upgraded harness, same machine
+    assert hardware_differs(here, {**here, "cpu_isa": ["avx", "avx2"]})  # another CPU
+    assert hardware_differs(here, older)  # a fact the machine can no longer tell
+    assert hardware_differs(older, {**here, "torch_threads": here["torch_threads"] + 1})
 
 
 def test_a_run_resumed_on_another_machine_records_it(tmp_path, monkeypatch):

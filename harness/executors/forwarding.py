@@ -41,6 +41,7 @@ from harness.plan import Arm
 from harness.progress import Reporter
 from harness.runner import ArmRecorder, SnapshotSink
 from harness.store import EpochRow
+from harness.sysinfo import hardware_differs
 
 
 def encode_state(state: ArmState) -> bytes:
@@ -129,7 +130,7 @@ class Forwarder(Reporter):
             state is not None
             and hardware is not None
             and not state.complete
-            and hardware != state.current_hardware
+            and hardware_differs(state.current_hardware, hardware)
         ):
             state.resumes.append({"epoch": state.epochs_done + 1, "hardware": dict(hardware)})
         return state
