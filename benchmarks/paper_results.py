@@ -35,6 +35,7 @@ import numpy as np
 
 from harness.entries import Entry, read_entries
 from harness.results import ArmResults
+from harness.sysinfo import hardware_differs
 
 #: Table 1, CIFAR-10 column: test accuracy (%), #LP, UD (the clean row has no UD)
 PAPER_T1 = {
@@ -475,8 +476,10 @@ def retrained(runs: Path, elsewhere: Elsewhere = Elsewhere()) -> list[str]:
         if a is None or b is None:
             continue
         ra, rb = a.results, b.results
+        same_machine = not hardware_differs(a.hardware, b.hardware)
         rows.append(
-            f"| {arm_id} | {ra.test_metric.per_epoch == rb.test_metric.per_epoch} | "
+            f"| {arm_id} | {'yes' if same_machine else 'no'} | "
+            f"{ra.test_metric.per_epoch == rb.test_metric.per_epoch} | "
             f"{ra.learnable_per_epoch == rb.learnable_per_epoch} | {ra.final_train_loss!r} | "
             f"{rb.final_train_loss!r} | {ra.ud if ra.ud is None else f'{ra.ud:.3f}'} | "
             f"{rb.ud if rb.ud is None else f'{rb.ud:.3f}'} |"
@@ -488,11 +491,14 @@ def retrained(runs: Path, elsewhere: Elsewhere = Elsewhere()) -> list[str]:
         "",
         "The Table 2 run trained its undefended arms itself (Table 1's run folders were not "
         "there to adopt them from): the same computation as Table 1's arms of seed 0, so equal "
-        "unless this machine's CPU kernels round differently.",
+        "on the same machine (the entries' `hardware` records). On another machine the CPU's "
+        "kernels round differently: `benchmarks/kernel_dispatch.py` traces the drift between "
+        "this project's machines to MKL's kernel path, and 20 epochs of SGD carry it into "
+        "every number below.",
         "",
-        "| arm | test acc. per epoch equal | learnable layers per epoch equal | final train loss, "
-        "Table 1 | Table 2 | UD, Table 1 | Table 2 |",
-        "|---|---|---|---|---|---|---|",
+        "| arm | same machine | test acc. per epoch equal | learnable layers per epoch equal | "
+        "final train loss, Table 1 | Table 2 | UD, Table 1 | Table 2 |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
     ]
 

@@ -206,8 +206,8 @@ def test_an_arm_at_chance_accuracy_is_named_under_its_table():
 
 
 def test_undefended_arms_trained_again_by_table_2_are_compared_with_table_1s(tmp_path):
-    # Table 2's undefended arms are Table 1's computation: trained twice (no --reuse-arms), they
-    # must give the same results, and the comparison says so arm by arm
+    # Table 2's undefended arms are Table 1's computation: trained twice (no --reuse-arms) on the
+    # same machine, they must give the same results, and the comparison says so arm by arm
     pr = load_benchmark("paper_results")
     poisons = [{"name": "random-noise", "label": "em", "params": {"epsilon": 0.1}}]
     runs = tmp_path / "runs"
@@ -216,12 +216,12 @@ def test_undefended_arms_trained_again_by_table_2_are_compared_with_table_1s(tmp
         assert main(["eval", str(spec), "--output", str(runs), "--quiet"]) == 0
     lines = pr.retrained(runs)
     rows = [line for line in lines if line.startswith("| clean__") or line.startswith("| em__")]
-    assert [row.split(" | ")[:3] for row in rows] == [
-        ["| clean__none__s0", "True", "True"],
-        ["| em__none__s0", "True", "True"],
+    assert [row.split(" | ")[:4] for row in rows] == [
+        ["| clean__none__s0", "yes", "True", "True"],
+        ["| em__none__s0", "yes", "True", "True"],
     ]
     em = rows[1].removesuffix(" |").split(" | ")
-    assert em[3] == em[4] and em[5] == em[6]  # the same final training loss and UD
+    assert em[4] == em[5] and em[6] == em[7]  # the same final training loss and UD
     # an adopted arm is not compared: there is nothing to compare
     (runs / "paper-table2-cpu" / "reused_arms.json").write_text("{}")
     assert pr.retrained(runs) == []
