@@ -91,6 +91,8 @@ T1_ROWS = ["clean", "em", "rem", "dc", "tap", "lsp", "ops", "ar", "hypo", "cuda"
 #: the rows of Table 1 run with three seeds (specs/paper-table1-seeds-cpu.yaml adds seeds 1 and 2)
 SEEDED = ["clean", "em", "ops", "tap"]
 T2_DEFENCES = ["jpeg", "adv-training", "ueraser-max", "mixup", "cutout"]
+#: the unlearnable examples of Table 2's rows, beside the clean data
+T2_POISONS = ("em", "tap", "ops")
 T3_BACKBONES = {
     "resnet18": "paper-table1-cpu",
     "resnet50": "paper-table3-resnet50-cpu",
@@ -245,9 +247,9 @@ def table1(
 def table2_entries(runs: Path, elsewhere: Elsewhere = Elsewhere()) -> list[Entry]:
     """The Table 2 run's arms, and Table 1's undefended poisoned arms of seed 0 where Table 2 has
     none of its own: its spec adopts them (`--reuse-arms`) when Table 1's run folder is here, and
-    without it trains only its defended arms (benchmarks/paper_runs.sh). The same computation
-    either way: Table 2's clean arm, which it always trains, equals Table 1's bit for bit
-    ("Trained twice"), and so do β and the UD denominator."""
+    without it trains only its defended arms (benchmarks/paper_runs.sh). A borrowed arm is
+    scored against Table 1's clean arm, which equals Table 2's only where the same machine
+    trained both ("Trained twice"); `table2` says which arms were borrowed."""
     own = load(runs, "paper-table2-cpu", elsewhere=elsewhere)
     have = {e.arm_id for e in own}
     first = load(runs, "paper-table1-cpu", elsewhere=elsewhere)
@@ -261,24 +263,46 @@ def table2_entries(runs: Path, elsewhere: Elsewhere = Elsewhere()) -> list[Entry
     ]
 
 
-def table2(got: dict[tuple[str, str], Cell]) -> list[str]:
-    """Table 2 from the cells of the Table 2 run (its undefended arms are Table 1's, adopted).
+def borrowed_arms(entries: list[Entry]) -> list[str]:
+    """The undefended arms of Table 2's rows that `table2_entries` took from Table 1's run."""
+    return sorted(
+        e.arm_id
+        for e in entries
+        if e.run == "paper-table1-cpu" and e.poison is not None and e.poison.name in T2_POISONS
+    )
+
+
+def table2(got: dict[tuple[str, str], Cell], borrowed: list[str] = ()) -> list[str]:
+    """Table 2 from the cells of the Table 2 run and the undefended arms it borrowed.
 
     The paper prints each poison's change of UD against its undefended UD (Table 1); its
-    change for the clean data is read here against 1, the clean arm's UD by definition.
+    change for the clean data is read here against 1, the clean arm's UD by definition. UD is
+    a ratio to a clean arm (its β and #LP), so a change is read within one clean reference
+    only where the undefended arm is the Table 2 run's own: the text names any borrowed one.
     """
+    if borrowed:
+        source = (
+            f"Table 1's arms {', '.join(borrowed)} (the Table 2 run did not train them), "
+            "scored against Table 1's clean arm: where another machine trained it (\"Trained "
+            "twice\"), its β and #LP differ from those of Table 2's clean arm, so those changes "
+            "mix two clean references"
+        )
+    else:
+        source = (
+            "the Table 2 run's own undefended arms, so every UD and change of this table is "
+            "read against one clean arm (its β and #LP)"
+        )
     lines = [
         "## Table 2: UD of ResNet-18 trained on defended unlearnable examples",
         "",
-        "UD change: against the same data undefended (UD 1 for the clean data), ours from the "
-        "undefended arm of the same seed (Table 1's where the Table 2 run did not train its own: "
-        "the same computation), the paper's from its Table 1.",
+        "UD change: against the same data undefended (UD 1 for the clean data), ours from "
+        f"{source}; the paper's from its Table 1.",
         "",
         "| data | defence | test acc. (%) ours | #LP ours | paper | UD ours | paper | "
         "UD change ours | paper |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for data in ("clean", "em", "tap", "ops"):
+    for data in ("clean", *T2_POISONS):
         undefended = 1.0 if data == "clean" else got.get((data, "none"), empty()).ud_mean
         paper_undefended = 1.0 if data == "clean" else PAPER_T1[data][2]
         for defence in T2_DEFENCES:
@@ -888,7 +912,8 @@ def main() -> None:
     runs = args.runs.expanduser()
     elsewhere = Elsewhere(args.filed.expanduser(), args.kept.expanduser())
     l1, t1 = table1(runs, elsewhere)
-    t2 = cells(table2_entries(runs, elsewhere))
+    t2_entries = table2_entries(runs, elsewhere)
+    t2 = cells(t2_entries)
     t3 = {bb: cells(load(runs, name, elsewhere=elsewhere)) for bb, name in T3_BACKBONES.items()}
     text = sections(
         [
@@ -907,7 +932,7 @@ def main() -> None:
         ],
         status(runs, elsewhere),
         l1,
-        table2(t2),
+        table2(t2, borrowed_arms(t2_entries)),
         table3(t3),
         claims(t1, t2, t3),
         retrained(runs, elsewhere),

@@ -184,6 +184,12 @@ def test_table_2_and_3_claims_read_the_changes_against_the_undefended_arms():
     # Table 2 prints each change beside the paper's (its Table 1 UD as the undefended one)
     em_jpeg = next(line for line in pr.table2(t2) if line.startswith("| em | jpeg |"))
     assert em_jpeg == "| em | jpeg | 40.0 | 1.00 | 1.24 | 0.600 | 0.373 | +0.100 | +0.186 |"
+    # a change read against an undefended arm borrowed from Table 1 says so: UD is a ratio to
+    # a clean arm, and Table 1's need not be Table 2's
+    own = next(line for line in pr.table2(t2) if line.startswith("UD change:"))
+    assert "the Table 2 run's own undefended arms" in own and "Table 1's arms" not in own
+    mixed = next(line for line in pr.table2(t2, ["em__none__s0"]) if line.startswith("UD change:"))
+    assert "Table 1's arms em__none__s0" in mixed and "mix two clean references" in mixed
     clean_jpeg = next(line for line in pr.table2(t2) if line.startswith("| clean | jpeg |"))
     assert clean_jpeg.endswith("| not run yet | 0.747 |  | -0.253 |")
     vit_em = next(line for line in pr.table3(t3) if line.startswith("| vit | em |"))
