@@ -296,7 +296,8 @@ def table2(got: dict[tuple[str, str], Cell], borrowed: list[str] = ()) -> list[s
         "## Table 2: UD of ResNet-18 trained on defended unlearnable examples",
         "",
         "UD change: against the same data undefended (UD 1 for the clean data), ours from "
-        f"{source}; the paper's from its Table 1.",
+        f"{source}; the paper's from its Table 1 (the rows `none`, where the paper's numbers "
+        "are its Table 1's).",
         "",
         "| data | defence | test acc. (%) ours | #LP ours | paper | UD ours | paper | "
         "UD change ours | paper |",
@@ -305,6 +306,14 @@ def table2(got: dict[tuple[str, str], Cell], borrowed: list[str] = ()) -> list[s
     for data in ("clean", *T2_POISONS):
         undefended = 1.0 if data == "clean" else got.get((data, "none"), empty()).ud_mean
         paper_undefended = 1.0 if data == "clean" else PAPER_T1[data][2]
+        # the undefended row first: the reference every change of the data is read against
+        c = got.get((data, "none"), empty())
+        paper_ud = "1 (by definition)" if data == "clean" else f"{paper_undefended:.3f}"
+        lines.append(
+            f"| {data} | none | {Cell.fmt(c.acc, 1)} | {Cell.fmt(c.lp, 2)} | "
+            f"{PAPER_T1[data][1]:.2f} | "
+            f"{'1 (by definition)' if data == 'clean' else Cell.fmt(c.ud, 3)} | {paper_ud} |  |  |"
+        )
         for defence in T2_DEFENCES:
             c = got.get((data, defence), empty())
             p = PAPER_T2[defence][data]
