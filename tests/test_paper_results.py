@@ -190,6 +190,9 @@ def test_table_2_and_3_claims_read_the_changes_against_the_undefended_arms():
     assert "the Table 2 run's own undefended arms" in own and "Table 1's arms" not in own
     mixed = next(line for line in pr.table2(t2, ["em__none__s0"]) if line.startswith("UD change:"))
     assert "Table 1's arms em__none__s0" in mixed and "mix two clean references" in mixed
+    # each data's undefended row comes first, beside the paper's Table 1
+    em_none = next(line for line in pr.table2(t2) if line.startswith("| em | none |"))
+    assert em_none == "| em | none | 40.0 | 1.00 | 0.62 | 0.500 | 0.187 |  |  |"
     clean_jpeg = next(line for line in pr.table2(t2) if line.startswith("| clean | jpeg |"))
     assert clean_jpeg.endswith("| not run yet | 0.747 |  | -0.253 |")
     vit_em = next(line for line in pr.table3(t3) if line.startswith("| vit | em |"))
