@@ -14,8 +14,9 @@
 #   python benchmarks/paper_arms.py keep ROOT/runs/*
 #
 # Two lanes of specs: A, Table 1 (seed 0) then Table 2, which adopts Table 1's undefended arms
-# (--reuse-arms), or without Table 1's run folder trains only its defended arms (docs/results.md
-# reads the undefended ones from Table 1's entries); B, Table 1's seeds 1-2 then Table 3
+# (--reuse-arms), or without Table 1's run folder trains its own (UD is a ratio to the run's clean
+# arm, and another machine's Table 1 clean arm need not equal this one's: docs/results.md,
+# "Trained twice"); B, Table 1's seeds 1-2 then Table 3
 # (SENet-18, ViT, ResNet-50).
 #
 # With Ray installed (the `ray` extra) the lanes' drivers share one local Ray cluster of CPUS
@@ -66,15 +67,15 @@ run() {  # run NAME [ARGS...]: one spec into ROOT/runs, its progress appended to
     python "$here/benchmarks/paper_arms.py" keep "runs/$name" >>"$name.log" 2>&1
 }
 
-lane_a() {  # Table 2's undefended arms are Table 1's: adopted, or (no folder) read from its entries
+lane_a() {  # Table 2's undefended arms: Table 1's adopted with its clean arm, or its own
   run paper-table1-cpu || return
   if [ -d runs/paper-table1-cpu ]; then
     run paper-table2-cpu --reuse-arms runs/paper-table1-cpu
   else
-    TODO=--defended-only run paper-table2-cpu
+    run paper-table2-cpu
   fi
 }
-lane_b() {  # ResNet-50 last: its arms cost ~5x a ResNet-18 arm here (54 scored layers)
+lane_b() {  # ResNet-50 last: an arm ~3.8 h on one core (54 scored layers; SAL ~640 s an epoch)
   run paper-table1-seeds-cpu && run paper-table3-senet18-cpu && run paper-table3-vit-cpu &&
     run paper-table3-resnet50-cpu
 }
