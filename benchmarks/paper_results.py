@@ -479,6 +479,31 @@ def claims(t1, t2, t3) -> list[str]:
         "| claim | ours | on |",
         "|---|---|---|",
         *[f"| {claim} | {result} | {on} |" for claim, result, on in rows],
+        *second_reading(t2),
+    ]
+
+
+def second_reading(t2: dict[tuple[str, str], Cell]) -> list[str]:
+    """Table 1's claims on EM, OPS and TAP read again on the Table 2 run's undefended arms.
+
+    The verdicts above rest on Table 1's runs, as planned; where the Table 2 run trained its own
+    undefended arms (the same seed, scored against its own clean arm) they are a second
+    measurement of the same UDs, and this says whether it reaches the same verdicts."""
+    expected = {"em": "< 1", "ops": "< 1", "tap": "> 1"}
+    values = {p: t2.get((p, "none"), empty()).ud_mean for p in expected}
+    if any(v is None for v in values.values()):
+        return []
+    readings = [
+        f"{p.upper()} {values[p]:.3f} (UD {sign}: "
+        f"{verdict(values[p] < 1 if sign == '< 1' else values[p] > 1)})"
+        for p, sign in expected.items()
+    ]
+    return [
+        "",
+        "Read again on the Table 2 run's own undefended arms (seed 0 as well, scored against "
+        'that run\'s clean arm; see "Trained twice" for how far the two runs drift apart): '
+        + "; ".join(readings)
+        + ".",
     ]
 
 

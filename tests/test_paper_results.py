@@ -177,6 +177,13 @@ def test_table_2_and_3_claims_read_the_changes_against_the_undefended_arms():
         "EM 0.900 vs 0.500, OPS 0.300 vs 0.400 |",
     ]
     assert rows["TAP's UD is lower on ViT than on ResNet-18"] == ["not run yet", " |"]
+    # Table 2's own undefended arms read Table 1's claims a second time, beside the verdicts
+    again = next(line for line in pr.claims(t1, t2, t3) if line.startswith("Read again"))
+    assert again.endswith(
+        "EM 0.500 (UD < 1: agrees); OPS 0.400 (UD < 1: agrees); TAP 1.500 (UD > 1: agrees)."
+    )
+    t2_without_tap = {k: v for k, v in t2.items() if k != ("tap", "none")}
+    assert not any(line.startswith("Read again") for line in pr.claims(t1, t2_without_tap, t3))
     # one defended arm missing leaves the Table 2 claims open rather than judged on the rest
     del t2[("ops", "jpeg")]
     rows = [line for line in pr.claims(t1, t2, t3) if "JPEG" in line or "Most defences" in line]
