@@ -28,6 +28,7 @@ import argparse
 import functools
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,8 +247,9 @@ def table1(
 
 def table2_entries(runs: Path, elsewhere: Elsewhere = Elsewhere()) -> list[Entry]:
     """The Table 2 run's arms, and Table 1's undefended poisoned arms of seed 0 where Table 2 has
-    none of its own: its spec adopts them (`--reuse-arms`) when Table 1's run folder is here, and
-    without it trains only its defended arms (benchmarks/paper_runs.sh). A borrowed arm is
+    none of its own (its spec adopts them with `--reuse-arms` when Table 1's run folder is here;
+    benchmarks/paper_runs.sh trains them otherwise, but an older Table 2 run may lack them). A
+    borrowed arm is
     scored against Table 1's clean arm, which equals Table 2's only where the same machine
     trained both ("Trained twice"); `table2` says which arms were borrowed."""
     own = load(runs, "paper-table2-cpu", elsewhere=elsewhere)
@@ -272,7 +274,7 @@ def borrowed_arms(entries: list[Entry]) -> list[str]:
     )
 
 
-def table2(got: dict[tuple[str, str], Cell], borrowed: list[str] = ()) -> list[str]:
+def table2(got: dict[tuple[str, str], Cell], borrowed: Sequence[str] = ()) -> list[str]:
     """Table 2 from the cells of the Table 2 run and the undefended arms it borrowed.
 
     The paper prints each poison's change of UD against its undefended UD (Table 1); its
@@ -304,15 +306,17 @@ def table2(got: dict[tuple[str, str], Cell], borrowed: list[str] = ()) -> list[s
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for data in ("clean", *T2_POISONS):
-        undefended = 1.0 if data == "clean" else got.get((data, "none"), empty()).ud_mean
-        paper_undefended = 1.0 if data == "clean" else PAPER_T1[data][2]
         # the undefended row first: the reference every change of the data is read against
         c = got.get((data, "none"), empty())
-        paper_ud = "1 (by definition)" if data == "clean" else f"{paper_undefended:.3f}"
+        if data == "clean":
+            undefended, paper_undefended = 1.0, 1.0
+            ud, paper_ud = "1 (by definition)", "1 (by definition)"
+        else:
+            undefended, paper_undefended = c.ud_mean, PAPER_T1[data][2]
+            ud, paper_ud = Cell.fmt(c.ud, 3), f"{paper_undefended:.3f}"
         lines.append(
             f"| {data} | none | {Cell.fmt(c.acc, 1)} | {Cell.fmt(c.lp, 2)} | "
-            f"{PAPER_T1[data][1]:.2f} | "
-            f"{'1 (by definition)' if data == 'clean' else Cell.fmt(c.ud, 3)} | {paper_ud} |  |  |"
+            f"{PAPER_T1[data][1]:.2f} | {ud} | {paper_ud} |  |  |"
         )
         for defence in T2_DEFENCES:
             c = got.get((data, defence), empty())
@@ -489,14 +493,14 @@ def second_reading(t2: dict[tuple[str, str], Cell]) -> list[str]:
     The verdicts above rest on Table 1's runs, as planned; where the Table 2 run trained its own
     undefended arms (the same seed, scored against its own clean arm) they are a second
     measurement of the same UDs, and this says whether it reaches the same verdicts."""
-    expected = {"em": "< 1", "ops": "< 1", "tap": "> 1"}
-    values = {p: t2.get((p, "none"), empty()).ud_mean for p in expected}
+    below_one = {"em": True, "ops": True, "tap": False}  # the paper: UD < 1, else UD > 1
+    values = {p: t2.get((p, "none"), empty()).ud_mean for p in below_one}
     if any(v is None for v in values.values()):
         return []
     readings = [
-        f"{p.upper()} {values[p]:.3f} (UD {sign}: "
-        f"{verdict(values[p] < 1 if sign == '< 1' else values[p] > 1)})"
-        for p, sign in expected.items()
+        f"{p.upper()} {values[p]:.3f} (UD {'<' if below else '>'} 1: "
+        f"{verdict(values[p] < 1 if below else values[p] > 1)})"
+        for p, below in below_one.items()
     ]
     return [
         "",
