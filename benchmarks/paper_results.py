@@ -519,6 +519,10 @@ RUNS = [
 ]
 
 
+def yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
 def retrained(runs: Path, elsewhere: Elsewhere = Elsewhere()) -> list[str]:
     """Table 2's undefended arms, when it trained them itself, against Table 1's of seed 0.
 
@@ -539,10 +543,11 @@ def retrained(runs: Path, elsewhere: Elsewhere = Elsewhere()) -> list[str]:
             continue
         ra, rb = a.results, b.results
         same_machine = not hardware_differs(a.hardware, b.hardware)
+        accuracy_equal = ra.test_metric.per_epoch == rb.test_metric.per_epoch
+        learnable_equal = ra.learnable_per_epoch == rb.learnable_per_epoch
         rows.append(
-            f"| {arm_id} | {'yes' if same_machine else 'no'} | "
-            f"{ra.test_metric.per_epoch == rb.test_metric.per_epoch} | "
-            f"{ra.learnable_per_epoch == rb.learnable_per_epoch} | {ra.final_train_loss!r} | "
+            f"| {arm_id} | {yes_no(same_machine)} | {yes_no(accuracy_equal)} | "
+            f"{yes_no(learnable_equal)} | {ra.final_train_loss!r} | "
             f"{rb.final_train_loss!r} | {ra.ud if ra.ud is None else f'{ra.ud:.3f}'} | "
             f"{rb.ud if rb.ud is None else f'{rb.ud:.3f}'} |"
         )

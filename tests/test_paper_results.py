@@ -233,8 +233,8 @@ def test_undefended_arms_trained_again_by_table_2_are_compared_with_table_1s(tmp
     lines = pr.retrained(runs)
     rows = [line for line in lines if line.startswith("| clean__") or line.startswith("| em__")]
     assert [row.split(" | ")[:4] for row in rows] == [
-        ["| clean__none__s0", "yes", "True", "True"],
-        ["| em__none__s0", "yes", "True", "True"],
+        ["| clean__none__s0", "yes", "yes", "yes"],
+        ["| em__none__s0", "yes", "yes", "yes"],
     ]
     em = rows[1].removesuffix(" |").split(" | ")
     assert em[4] == em[5] and em[6] == em[7]  # the same final training loss and UD
