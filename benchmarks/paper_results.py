@@ -249,9 +249,8 @@ def table2_entries(runs: Path, elsewhere: Elsewhere = Elsewhere()) -> list[Entry
     """The Table 2 run's arms, and Table 1's undefended poisoned arms of seed 0 where Table 2 has
     none of its own (its spec adopts them with `--reuse-arms` when Table 1's run folder is here;
     benchmarks/paper_runs.sh trains them otherwise, but an older Table 2 run may lack them). A
-    borrowed arm is
-    scored against Table 1's clean arm, which equals Table 2's only where the same machine
-    trained both ("Trained twice"); `table2` says which arms were borrowed."""
+    borrowed arm is scored against Table 1's clean arm, which equals Table 2's only where the
+    same machine trained both ("Trained twice"); `table2` says which arms were borrowed."""
     own = load(runs, "paper-table2-cpu", elsewhere=elsewhere)
     have = {e.arm_id for e in own}
     first = load(runs, "paper-table1-cpu", elsewhere=elsewhere)
