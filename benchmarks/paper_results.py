@@ -28,7 +28,7 @@ import argparse
 import functools
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +94,8 @@ SEEDED = ["clean", "em", "ops", "tap"]
 T2_DEFENCES = ["jpeg", "adv-training", "ueraser-max", "mixup", "cutout"]
 #: the unlearnable examples of Table 2's rows, beside the clean data
 T2_POISONS = ("em", "tap", "ops")
+#: the specs of the runs, read for the arms each plans
+SPECS = Path(__file__).resolve().parents[1] / "specs"
 T3_BACKBONES = {
     "resnet18": "paper-table1-cpu",
     "resnet50": "paper-table3-resnet50-cpu",
@@ -602,11 +604,12 @@ def machines(elsewhere: Elsewhere) -> list[str]:
     ]
 
 
-def status(runs: Path, elsewhere: Elsewhere = Elsewhere()) -> list[str]:
+def status(runs: Path, elsewhere: Elsewhere = Elsewhere(), specs: Path = SPECS) -> list[str]:
     """Which run folders exist, how many of their arms are complete (in run.h5) and how many of
     those have entries (scored: `harness eval` writes them at the end, `harness score` any time
     the run is stopped); the tables above read the entries, and for the arms no folder here
-    holds, those filed for the run in the leaderboard or kept from earlier sessions."""
+    holds, those filed for the run in the leaderboard or kept from earlier sessions, with the
+    arms of its spec (under `specs`) that none of those holds."""
     from harness.results import open_run
 
     lines = ["## Status of the runs", "", "| run | state |", "|---|---|"]
@@ -632,8 +635,26 @@ def status(runs: Path, elsewhere: Elsewhere = Elsewhere()) -> list[str]:
             state = f"run folder not here; {len(kept)} arm(s) kept from earlier sessions"
         else:
             state = "not started"
+        if not (folder / "run.h5").exists() and (filed or kept):
+            missing = unheld_arms(specs / f"{name}.yaml", elsewhere.entries(name).values())
+            state += f"; not run: {', '.join(missing)}" if missing else ""
         lines.append(f"| {name} | {state} |")
     return lines
+
+
+def unheld_arms(spec_file: Path, held: Iterable[Entry]) -> list[str]:
+    """The arms the spec plans that no entry filed or kept holds: a campaign that ran arm by arm
+    on machines that did not last (docs/paper-arms) says which of its arms never finished."""
+    from ruamel.yaml import YAML
+
+    from harness.plan import plan_arms
+    from harness.spec import Spec
+
+    if not spec_file.exists():
+        return []
+    spec = Spec.model_validate(YAML(typ="safe", pure=True).load(spec_file.read_text()))
+    have = {e.arm_id for e in held}
+    return [a.id for a in plan_arms(spec) if a.id not in have]
 
 
 def figures(runs: Path, out_dir: Path) -> list[str]:
@@ -950,6 +971,12 @@ def main() -> None:
         help="arms kept from earlier sessions (benchmarks/paper_arms.py keep), read for the arms "
         "no run folder under RUNS holds",
     )
+    parser.add_argument(
+        "--specs",
+        type=Path,
+        default=SPECS,
+        help="the runs' specs (NAME.yaml), read for the arms a run without its folder never ran",
+    )
     args = parser.parse_args()
     runs = args.runs.expanduser()
     elsewhere = Elsewhere(args.filed.expanduser(), args.kept.expanduser())
@@ -972,7 +999,7 @@ def main() -> None:
             "reference (convergence stop) on a 128-image probe. The paper trains on all 50,000 "
             "images at width 64. Mean ± sd over seeds where there are several.",
         ],
-        status(runs, elsewhere),
+        status(runs, elsewhere, args.specs.expanduser()),
         l1,
         table2(t2, borrowed_arms(t2_entries)),
         table3(t3),

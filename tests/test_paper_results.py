@@ -125,12 +125,19 @@ def test_results_are_generated_from_the_runs_and_missing_ones_say_so(tmp_path, m
     (runs / "paper-table1-cpu").rename(elsewhere)
     sal_analyses = (out.parent / "results-table1.md").read_text()
     filed = ["--filed", str(board / "entries"), "--kept", str(tmp_path / "no-kept")]
-    monkeypatch.setattr(
-        sys, "argv", ["paper_results", "--runs", str(runs), "--out", str(out), *filed]
-    )
+    # the spec plans one poison more than was run: the status names its arms as never run
+    specs = tmp_path / "specs"
+    more = [*poisons, {"name": "random-noise", "label": "rem", "params": {"epsilon": 0.2}}]
+    planned = tiny_spec("paper-table1-cpu", poisons=more, seeds=[0, 1], sal=settings)
+    write_spec(specs / "paper-table1-cpu.yaml", planned)
+    argv = ["paper_results", "--runs", str(runs), "--out", str(out), *filed, "--specs", str(specs)]
+    monkeypatch.setattr(sys, "argv", argv)
     load_benchmark("paper_results").main()
     again = out.read_text()
-    assert "| paper-table1-cpu | run folder not here; 8 arm(s) read from the entries filed" in again
+    assert (
+        "| paper-table1-cpu | run folder not here; 8 arm(s) read from the entries filed; "
+        "not run: rem__none__s0, rem__none__s1 |"
+    ) in again
     for row in ("| em |", "| ops |", "| rem |", "| UD < 1 for EM |"):
         line = next(line for line in tables.splitlines() if line.startswith(row))
         assert line in again.splitlines()
