@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,28 @@ def small_runs(tmp_path_factory) -> dict[str, Path]:
     finally:
         torch.set_num_threads(threads)
     return {"figs": root / "runs" / "figs", "lin": root / "runs" / "lin"}
+
+
+REPO = Path(__file__).resolve().parent.parent
+#: the CIFAR-10 ImageFolder archive: named by $HARNESS_CIFAR10_JPG, else shared/ beside the clone
+#: (as in CI), else this project's machines' copy
+CIFAR10_ARCHIVES = [
+    os.environ.get("HARNESS_CIFAR10_JPG"),
+    REPO.parent / "shared" / "data" / "cifar10-jpg.tar.xz",
+    Path("/work/shared/data/cifar10-jpg.tar.xz"),
+]
+#: where the specs and official tracks read CIFAR-10 from (`harness data extract` puts it there)
+CIFAR10_CACHE = Path("~/.cache/harness/data/cifar10-jpg").expanduser()
+
+
+@pytest.fixture(scope="session")
+def cifar10_folder() -> Path:
+    """CIFAR-10 as an ImageFolder in the user's data cache (not the per-session $HARNESS_CACHE
+    the tests use for poisons), extracted from the archive once; skips where no archive is on
+    the machine. Extraction is atomic, so xdist workers asking at once are safe."""
+    from harness.archive import extract_archive
+
+    archive = next((Path(c) for c in CIFAR10_ARCHIVES if c and Path(c).exists()), None)
+    if archive is None:
+        pytest.skip(f"{CIFAR10_ARCHIVES[1]} is not on this machine")
+    return extract_archive(archive, CIFAR10_CACHE)

@@ -69,10 +69,11 @@ def test_arms_kept_session_by_session_complete_the_table(tmp_path, monkeypatch, 
     # docs/results.md from the kept arms alone: the run folders are gone
     out = tmp_path / "docs" / "results.md"
     argv = ["paper_results", "--runs", str(tmp_path / "none"), "--out", str(out)]
-    argv += ["--filed", str(tmp_path / "no-board"), "--kept", str(kept)]
+    argv += ["--filed", str(tmp_path / "no-board"), "--kept", str(kept), "--specs", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", argv)
     load_benchmark("paper_results").main()
     text = out.read_text()
+    # every arm the spec plans is kept, so none is listed as not run
     assert "| paper-table2-cpu | run folder not here; 6 arm(s) kept from earlier sessions |" in text
     for data in ("em", "ops"):
         row = next(line for line in text.splitlines() if line.startswith(f"| {data} | cutout |"))

@@ -6,37 +6,15 @@ slow. Both skip, saying why, where the archive is not on the machine.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
-from conftest import write_spec
+from conftest import REPO, write_spec
 
-from harness.archive import extract_archive
 from harness.cli import main
 from harness.entries import read_entries
 
-REPO = Path(__file__).resolve().parent.parent
-CANDIDATES = [
-    os.environ.get("HARNESS_CIFAR10_JPG"),
-    REPO.parent / "shared" / "data" / "cifar10-jpg.tar.xz",  # CI: shared/ beside the clone
-    Path("/work/shared/data/cifar10-jpg.tar.xz"),
-]
-ARCHIVE = next(
-    (Path(c) for c in CANDIDATES if c and Path(c).exists()),
-    REPO.parent / "shared" / "data" / "cifar10-jpg.tar.xz",
-)
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 pytestmark = pytest.mark.realdata
-
-
-@pytest.fixture(scope="session")
-def cifar10_folder(tmp_path_factory) -> Path:
-    if not ARCHIVE.exists():
-        pytest.skip(f"{ARCHIVE} is not on this machine")
-    # the user's data cache, not the per-session $HARNESS_CACHE the tests use for poisons
-    return extract_archive(ARCHIVE, Path("~/.cache/harness/data/cifar10-jpg").expanduser())
 
 
 def test_cifar10_folder_loads_as_the_real_data_set(cifar10_folder):
